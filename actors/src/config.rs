@@ -1,0 +1,371 @@
+//! Configuration of the screening pipeline. Plain serde structs with
+//! compiled defaults; `validate` names the first bad key.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{currency, ActorError};
+
+/// Everything txmesh-actors needs, nested into the ingress's config.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActorsConfig {
+    pub shards: ShardsConfig,
+    pub window: WindowConfig,
+    pub rules: RulesConfig,
+    pub publisher: PublisherConfig,
+}
+
+/// How accounts are spread over arbiters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardsConfig {
+    /// Number of shards, one arbiter (thread) each; 0 means one per core.
+    pub count: usize,
+    /// Mailbox capacity of a shard, in request batches.
+    pub shard_mailbox: usize,
+    /// Mailbox capacity of an account actor, in transactions.
+    pub account_mailbox: usize,
+    /// Retry delay suggested to callers when a mailbox is full.
+    pub overload_retry_after_ms: u32,
+    /// Largest request batch accepted; larger ones are answered with
+    /// INVALID_REQUEST per transaction.
+    pub max_batch: usize,
+}
+
+/// Bounds of each account's history window.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Most transactions kept per account.
+    pub max_entries: usize,
+    /// Oldest transaction kept, relative to the newest one, in seconds.
+    pub max_age_secs: u64,
+}
+
+/// Thresholds of every rule. Amounts are integer minor units.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RulesConfig {
+    /// HIGH_AMOUNT fires at or above this amount, per currency code.
+    pub high_amount: BTreeMap<String, i64>,
+    /// HIGH_AMOUNT threshold for currencies missing from `high_amount`,
+    /// expressed in major units and scaled by the currency's exponent.
+    pub high_amount_default_major: i64,
+    /// VELOCITY fires when more than this many transactions (this one
+    /// included) fall within `velocity_window_secs`.
+    pub velocity_max: usize,
+    pub velocity_window_secs: u64,
+    /// AMOUNT_ANOMALY needs at least this many earlier transactions in the
+    /// same currency...
+    pub anomaly_min_history: usize,
+    /// ...and fires when the amount is at least this many percent of their
+    /// mean (500 = five times the mean).
+    pub anomaly_factor_percent: u32,
+    /// A timestamp more than this far ahead of the ingress's clock is
+    /// INVALID_TIMESTAMP.
+    pub max_future_skew_secs: u64,
+    /// Risk points each reason adds (capped at 100).
+    pub risk_weights: BTreeMap<String, u32>,
+}
+
+/// The dashboard publisher's outbox, batching, retries and breaker.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublisherConfig {
+    /// Most verdicts held while the dashboard is slow or down; past this,
+    /// new verdicts are shed and counted.
+    pub outbox_capacity: usize,
+    /// Most verdicts per batch.
+    pub max_batch: usize,
+    /// Most batches sent and not yet acknowledged.
+    pub max_in_flight: usize,
+    /// How often the outbox is drained into batches, milliseconds.
+    pub flush_interval_ms: u64,
+    /// A batch not acknowledged within this time fails the stream.
+    pub ack_timeout_ms: u64,
+    /// Backoff between reconnect attempts (the `backoff` crate's
+    /// exponential policy with jitter).
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub backoff_multiplier: f64,
+    pub backoff_jitter: f64,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long the breaker stays open before a half-open probe.
+    pub breaker_open_ms: u64,
+    /// Longest open period (it doubles on every failed probe).
+    pub breaker_open_max_ms: u64,
+}
+
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            shard_mailbox: 1024,
+            account_mailbox: 256,
+            overload_retry_after_ms: 50,
+            max_batch: 4096,
+        }
+    }
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 64,
+            max_age_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        let high_amount = [
+            ("EUR", 1_000_000),
+            ("USD", 1_000_000),
+            ("GBP", 800_000),
+            ("CHF", 1_000_000),
+            ("JPY", 1_500_000),
+        ]
+        .into_iter()
+        .map(|(c, a)| (c.to_owned(), a))
+        .collect();
+        let risk_weights = [
+            ("HIGH_AMOUNT", 60),
+            ("VELOCITY", 40),
+            ("AMOUNT_ANOMALY", 35),
+        ]
+        .into_iter()
+        .map(|(r, w)| (r.to_owned(), w))
+        .collect();
+        Self {
+            high_amount,
+            high_amount_default_major: 10_000,
+            velocity_max: 10,
+            velocity_window_secs: 60,
+            anomaly_min_history: 5,
+            anomaly_factor_percent: 500,
+            max_future_skew_secs: 300,
+            risk_weights,
+        }
+    }
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        Self {
+            outbox_capacity: 2_000_000,
+            max_batch: 2048,
+            max_in_flight: 16,
+            flush_interval_ms: 5,
+            ack_timeout_ms: 5_000,
+            backoff_initial_ms: 50,
+            backoff_max_ms: 2_000,
+            backoff_multiplier: 2.0,
+            backoff_jitter: 0.5,
+            breaker_failure_threshold: 3,
+            breaker_open_ms: 500,
+            breaker_open_max_ms: 5_000,
+        }
+    }
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ActorError {
+    ActorError::Config {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl ActorsConfig {
+    /// Checks every value; the error names the key (as `section.key`,
+    /// relative to this config's place in the service config).
+    ///
+    /// # Errors
+    /// [`ActorError::Config`] for the first bad value.
+    pub fn validate(&self) -> Result<(), ActorError> {
+        let s = &self.shards;
+        if s.shard_mailbox == 0 {
+            return Err(bad("shards.shard_mailbox", "must be at least 1"));
+        }
+        if s.account_mailbox == 0 {
+            return Err(bad("shards.account_mailbox", "must be at least 1"));
+        }
+        if s.max_batch == 0 {
+            return Err(bad("shards.max_batch", "must be at least 1"));
+        }
+        if self.window.max_entries == 0 {
+            return Err(bad("window.max_entries", "must be at least 1"));
+        }
+        if self.window.max_age_secs == 0 {
+            return Err(bad("window.max_age_secs", "must be at least 1"));
+        }
+        self.rules.validate()?;
+        self.publisher.validate()
+    }
+
+    /// The number of shards to start: `shards.count`, or one per core.
+    pub fn shard_count(&self) -> usize {
+        if self.shards.count > 0 {
+            self.shards.count
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}
+
+impl RulesConfig {
+    fn validate(&self) -> Result<(), ActorError> {
+        for (code, amount) in &self.high_amount {
+            if !currency::is_known(code) {
+                return Err(bad(
+                    &format!("rules.high_amount.{code}"),
+                    "not an ISO 4217 currency code",
+                ));
+            }
+            if *amount <= 0 {
+                return Err(bad(
+                    &format!("rules.high_amount.{code}"),
+                    "must be positive",
+                ));
+            }
+        }
+        if self.high_amount_default_major <= 0 {
+            return Err(bad("rules.high_amount_default_major", "must be positive"));
+        }
+        if self.velocity_max == 0 {
+            return Err(bad("rules.velocity_max", "must be at least 1"));
+        }
+        if self.velocity_window_secs == 0 {
+            return Err(bad("rules.velocity_window_secs", "must be at least 1"));
+        }
+        if self.anomaly_factor_percent <= 100 {
+            return Err(bad("rules.anomaly_factor_percent", "must be above 100"));
+        }
+        for reason in self.risk_weights.keys() {
+            if txmesh_proto::v1::Reason::from_str_name(&format!("REASON_{reason}")).is_none() {
+                return Err(bad(
+                    &format!("rules.risk_weights.{reason}"),
+                    "unknown reason",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The HIGH_AMOUNT threshold of `currency`, in its minor units.
+    pub fn high_amount_threshold(&self, currency: &str) -> i64 {
+        if let Some(amount) = self.high_amount.get(currency) {
+            return *amount;
+        }
+        let exponent = currency::minor_unit_exponent(currency).unwrap_or(2);
+        self.high_amount_default_major
+            .saturating_mul(10_i64.pow(u32::from(exponent)))
+    }
+}
+
+impl PublisherConfig {
+    fn validate(&self) -> Result<(), ActorError> {
+        let checks: [(&str, bool, &str); 8] = [
+            (
+                "publisher.outbox_capacity",
+                self.outbox_capacity > 0,
+                "must be at least 1",
+            ),
+            (
+                "publisher.max_batch",
+                self.max_batch > 0,
+                "must be at least 1",
+            ),
+            (
+                "publisher.max_in_flight",
+                self.max_in_flight > 0,
+                "must be at least 1",
+            ),
+            (
+                "publisher.flush_interval_ms",
+                self.flush_interval_ms > 0,
+                "must be at least 1",
+            ),
+            (
+                "publisher.ack_timeout_ms",
+                self.ack_timeout_ms > 0,
+                "must be at least 1",
+            ),
+            (
+                "publisher.backoff_multiplier",
+                self.backoff_multiplier >= 1.0,
+                "must be at least 1.0",
+            ),
+            (
+                "publisher.backoff_jitter",
+                (0.0..=1.0).contains(&self.backoff_jitter),
+                "must be between 0 and 1",
+            ),
+            (
+                "publisher.breaker_failure_threshold",
+                self.breaker_failure_threshold > 0,
+                "must be at least 1",
+            ),
+        ];
+        for (key, ok, reason) in checks {
+            if !ok {
+                return Err(bad(key, reason));
+            }
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            return Err(bad(
+                "publisher.backoff_max_ms",
+                "must be at least backoff_initial_ms",
+            ));
+        }
+        if self.breaker_open_max_ms < self.breaker_open_ms {
+            return Err(bad(
+                "publisher.breaker_open_max_ms",
+                "must be at least breaker_open_ms",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `flush_interval_ms` as a duration.
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ActorsConfig::default()
+            .validate()
+            .expect("defaults validate");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut config = ActorsConfig::default();
+        config.rules.high_amount.insert("ZZZ".into(), 5);
+        let err = config.validate().expect_err("unknown currency").to_string();
+        assert!(err.contains("rules.high_amount.ZZZ"), "{err}");
+
+        let mut config = ActorsConfig::default();
+        config.publisher.backoff_jitter = 2.0;
+        let err = config.validate().expect_err("bad jitter").to_string();
+        assert!(err.contains("publisher.backoff_jitter"), "{err}");
+    }
+
+    #[test]
+    fn default_threshold_scales_with_the_exponent() {
+        let rules = RulesConfig::default();
+        assert_eq!(rules.high_amount_threshold("EUR"), 1_000_000);
+        assert_eq!(rules.high_amount_threshold("SEK"), 1_000_000);
+        assert_eq!(rules.high_amount_threshold("KWD"), 10_000_000);
+        assert_eq!(rules.high_amount_threshold("ISK"), 10_000);
+    }
+}

@@ -1,0 +1,55 @@
+//! The one error type of txmesh-actors, and how each error answers a
+//! transaction.
+
+use txmesh_proto::v1::{TxnError, TxnErrorCode};
+
+/// Why a transaction could not be screened (as opposed to a verdict, which
+/// is a successful screening whatever its status).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ActorError {
+    #[error("{what} mailbox is full")]
+    Overloaded {
+        what: &'static str,
+        retry_after_ms: u32,
+    },
+    #[error("account actor failed while screening: {0}")]
+    AccountFailed(String),
+    #[error("the screening pipeline is shutting down")]
+    ShuttingDown,
+    #[error("batch of {got} transactions exceeds the limit of {max}")]
+    BatchTooLarge { got: usize, max: usize },
+    #[error("transaction was dropped before it was answered")]
+    Dropped,
+    #[error("invalid configuration: {key}: {reason}")]
+    Config { key: String, reason: String },
+}
+
+impl ActorError {
+    /// Whether the caller may send the same transaction again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Overloaded { .. } | Self::AccountFailed(_) | Self::Dropped | Self::ShuttingDown
+        )
+    }
+
+    /// The per-transaction error sent back on the stream.
+    pub fn to_txn_error(&self) -> TxnError {
+        let (code, retry_after_ms) = match self {
+            Self::Overloaded { retry_after_ms, .. } => {
+                (TxnErrorCode::ResourceExhausted, *retry_after_ms)
+            }
+            Self::AccountFailed(_) => (TxnErrorCode::Unavailable, 10),
+            Self::ShuttingDown => (TxnErrorCode::ShuttingDown, 1000),
+            Self::BatchTooLarge { .. } => (TxnErrorCode::InvalidRequest, 0),
+            Self::Dropped => (TxnErrorCode::Internal, 10),
+            Self::Config { .. } => (TxnErrorCode::Internal, 0),
+        };
+        TxnError {
+            code: code as i32,
+            message: self.to_string(),
+            retryable: self.is_retryable(),
+            retry_after_ms,
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! txmesh-actors: where transactions are screened.
+//!
+//! ```text
+//! ShardRouter (a cheap handle, cloned into every ingress stream)
+//!   --locate(account)--> Shard (one actor per arbiter, owns the accounts of its hash range)
+//!        --try_send--> AccountActor (one per account, supervised, holds its HistoryWindow)
+//!             evaluate(&window, &txn, &rules) -> Verdict, then the window learns the txn
+//!             --ReplySlot--> BatchReply (assembles one response per request batch)
+//!                               --> the caller's stream and the DashboardPublisher's outbox
+//! DashboardPublisher (actor): outbox -> batches with sequence numbers -> PublishTransport,
+//!   retries with exponential backoff and jitter, guarded by a circuit breaker.
+//! ```
+//!
+//! Nothing here knows about tonic or HTTP: the network lives in `services`,
+//! behind [`publisher::PublishTransport`]. Every mailbox is bounded; a full one
+//! answers the transaction with a retryable RESOURCE_EXHAUSTED error.
+#![forbid(unsafe_code)]
+
+pub mod account;
+pub mod config;
+pub mod currency;
+mod error;
+pub mod publisher;
+pub mod reply;
+pub mod router;
+pub mod rules;
+
+pub use account::{window::HistoryWindow, AccountActor};
+pub use config::{ActorsConfig, PublisherConfig, RulesConfig, ShardsConfig, WindowConfig};
+pub use error::ActorError;
+pub use publisher::{DashboardPublisher, Outbox, PublishTransport, PublisherStatusView};
+pub use reply::{BatchReply, ReplySlot};
+pub use router::{Location, ShardRouter};

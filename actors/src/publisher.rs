@@ -1,0 +1,394 @@
+//! DashboardPublisher: drains the [`Outbox`] into numbered batches and
+//! streams them to the dashboard through a [`PublishTransport`].
+//!
+//! Delivery: every batch keeps its sequence number until acknowledged. When
+//! the stream fails (or an ack does not come within the ack timeout) the
+//! unacknowledged batches are sent again, in order, on the next stream; the
+//! dashboard drops sequence numbers it already applied, so nothing is lost
+//! and nothing is counted twice. Reconnects wait an exponential, jittered
+//! backoff (the `backoff` crate) and are guarded by a [`Breaker`].
+
+pub mod breaker;
+pub mod outbox;
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use actix::{
+    fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, StreamHandler,
+};
+use backoff::{backoff::Backoff, ExponentialBackoff, ExponentialBackoffBuilder};
+use futures_util::{stream, Stream, StreamExt};
+use txmesh_proto::v1::{Ack, BreakerState as WireBreaker, PublisherStatus, VerdictBatch};
+
+pub use breaker::{Breaker, BreakerState};
+pub use outbox::Outbox;
+
+use crate::config::PublisherConfig;
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// An open Publish stream: batches go in, acks come out.
+pub struct PublishConnection {
+    pub batches: tokio::sync::mpsc::Sender<VerdictBatch>,
+    pub acks: Pin<Box<dyn Stream<Item = Result<Ack, String>> + Send>>,
+}
+
+/// How the publisher reaches the dashboard (a tonic client in `services`).
+pub trait PublishTransport: Send + Sync + 'static {
+    /// Opens a new Publish stream; resolves once the dashboard accepted it.
+    fn connect(&self) -> BoxFuture<Result<PublishConnection, String>>;
+}
+
+/// What the publisher reports, readable from any thread.
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    breaker: AtomicU8,
+    pub breaker_transitions: AtomicU64,
+    pub batches_sent: AtomicU64,
+    pub acks: AtomicU64,
+    pub retries: AtomicU64,
+    pub connects: AtomicU64,
+    /// Verdicts in batches not yet acknowledged.
+    pub unacked_verdicts: AtomicU64,
+    /// Verdicts acknowledged by the dashboard.
+    pub delivered_verdicts: AtomicU64,
+}
+
+/// A snapshot of the publisher for summaries and the dashboard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PublisherStatusView {
+    pub breaker: BreakerState,
+    pub breaker_transitions: u64,
+    pub outbox_depth: u64,
+    pub unacked: u64,
+    pub shed_total: u64,
+    pub retries_total: u64,
+    pub batches_sent: u64,
+    pub delivered: u64,
+}
+
+/// The publisher actor.
+pub struct DashboardPublisher {
+    id: String,
+    config: PublisherConfig,
+    outbox: Outbox,
+    transport: Arc<dyn PublishTransport>,
+    /// Formed batches not yet acknowledged, in sequence order.
+    pending: VecDeque<VerdictBatch>,
+    /// How many of `pending` went out on the current stream.
+    sent: usize,
+    /// When the oldest unacknowledged batch was sent.
+    oldest_sent_at: Option<Instant>,
+    next_seq: u64,
+    link: Link,
+    generation: u64,
+    next_attempt: Instant,
+    breaker: Breaker,
+    backoff: ExponentialBackoff,
+    stats: Arc<PublisherStats>,
+}
+
+enum Link {
+    Down,
+    Connecting,
+    Up(tokio::sync::mpsc::Sender<VerdictBatch>),
+}
+
+/// Events of one stream generation.
+enum StreamEvent {
+    Ack(u64, Ack),
+    Failed(u64, String),
+    Ended(u64),
+}
+
+struct Connected(u64, Result<PublishConnection, String>);
+
+impl Message for Connected {
+    type Result = ();
+}
+
+impl DashboardPublisher {
+    /// A publisher named `id` (unique per process run) draining `outbox`.
+    pub fn new(
+        id: String,
+        config: PublisherConfig,
+        outbox: Outbox,
+        transport: Arc<dyn PublishTransport>,
+    ) -> Self {
+        let backoff = ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(config.backoff_initial_ms))
+            .with_max_interval(Duration::from_millis(config.backoff_max_ms))
+            .with_multiplier(config.backoff_multiplier)
+            .with_randomization_factor(config.backoff_jitter)
+            .with_max_elapsed_time(None)
+            .build();
+        let breaker = Breaker::new(
+            config.breaker_failure_threshold,
+            Duration::from_millis(config.breaker_open_ms),
+            Duration::from_millis(config.breaker_open_max_ms),
+        );
+        Self {
+            id,
+            config,
+            outbox,
+            transport,
+            pending: VecDeque::new(),
+            sent: 0,
+            oldest_sent_at: None,
+            next_seq: 1,
+            link: Link::Down,
+            generation: 0,
+            next_attempt: Instant::now(),
+            breaker,
+            backoff,
+            stats: Arc::new(PublisherStats::default()),
+        }
+    }
+
+    /// The counters this actor keeps up to date.
+    pub fn stats(&self) -> Arc<PublisherStats> {
+        self.stats.clone()
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        self.form_batches();
+        if let Link::Up(tx) = &self.link {
+            let tx = tx.clone();
+            self.send_pending(&tx, now);
+            let timeout = Duration::from_millis(self.config.ack_timeout_ms);
+            if self
+                .oldest_sent_at
+                .is_some_and(|at| now.saturating_duration_since(at) > timeout)
+            {
+                self.link_failed(now, "ack timeout");
+            }
+        }
+        if matches!(self.link, Link::Down) && now >= self.next_attempt && self.breaker.allow(now) {
+            self.connect(ctx);
+        }
+        self.publish_stats();
+    }
+
+    fn form_batches(&mut self) {
+        while self.pending.len() < self.config.max_in_flight {
+            let verdicts = self.outbox.take(self.config.max_batch);
+            if verdicts.is_empty() {
+                break;
+            }
+            self.stats
+                .unacked_verdicts
+                .fetch_add(verdicts.len() as u64, Ordering::Relaxed);
+            self.pending.push_back(VerdictBatch {
+                publisher_id: self.id.clone(),
+                sequence: self.next_seq,
+                verdicts,
+                status: None,
+            });
+            self.next_seq += 1;
+        }
+    }
+
+    fn send_pending(&mut self, tx: &tokio::sync::mpsc::Sender<VerdictBatch>, now: Instant) {
+        while self.sent < self.pending.len() {
+            let mut batch = self.pending[self.sent].clone();
+            batch.status = Some(self.wire_status());
+            match tx.try_send(batch) {
+                Ok(()) => {
+                    if self.sent == 0 {
+                        self.oldest_sent_at = Some(now);
+                    }
+                    self.sent += 1;
+                    self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                // The stream's own buffer is full: try again next tick.
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => break,
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    self.link_failed(now, "stream closed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        self.link = Link::Connecting;
+        self.generation += 1;
+        let generation = self.generation;
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let fut = self.transport.connect();
+        ctx.spawn(wrap_future::<_, Self>(fut).map(move |result, _act, ctx| {
+            ctx.notify(Connected(generation, result));
+        }));
+    }
+
+    fn on_ack(&mut self, ack: &Ack) {
+        let mut acked = 0;
+        while self
+            .pending
+            .front()
+            .is_some_and(|b| b.sequence <= ack.sequence)
+            && self.sent > 0
+        {
+            if let Some(batch) = self.pending.pop_front() {
+                acked += batch.verdicts.len() as u64;
+            }
+            self.sent -= 1;
+        }
+        self.oldest_sent_at = (self.sent > 0).then(Instant::now);
+        self.stats.acks.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .unacked_verdicts
+            .fetch_sub(acked, Ordering::Relaxed);
+        self.stats
+            .delivered_verdicts
+            .fetch_add(acked, Ordering::Relaxed);
+        self.breaker.on_success();
+        self.backoff.reset();
+    }
+
+    fn link_failed(&mut self, now: Instant, why: &str) {
+        if matches!(self.link, Link::Down) {
+            return;
+        }
+        tracing::warn!(publisher = %self.id, reason = why, unacked = self.pending.len(), "dashboard stream failed; will resend unacknowledged batches");
+        self.link = Link::Down;
+        // A new generation makes events of the dead stream stale.
+        self.generation += 1;
+        self.sent = 0;
+        self.oldest_sent_at = None;
+        self.breaker.on_failure(now);
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        let delay = self
+            .backoff
+            .next_backoff()
+            .unwrap_or(Duration::from_millis(self.config.backoff_max_ms));
+        self.next_attempt = now + delay.max(self.breaker.remaining_open(now));
+    }
+
+    fn wire_status(&self) -> PublisherStatus {
+        let breaker = match self.breaker.state() {
+            BreakerState::Closed => WireBreaker::Closed,
+            BreakerState::Open => WireBreaker::Open,
+            BreakerState::HalfOpen => WireBreaker::HalfOpen,
+        };
+        PublisherStatus {
+            breaker: breaker as i32,
+            outbox_depth: self.outbox.depth() as u64,
+            shed_total: self.outbox.shed_total(),
+            retries_total: self.stats.retries.load(Ordering::Relaxed),
+            breaker_transitions_total: self.breaker.transitions(),
+        }
+    }
+
+    fn publish_stats(&self) {
+        let code = match self.breaker.state() {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        };
+        self.stats.breaker.store(code, Ordering::Relaxed);
+        self.stats
+            .breaker_transitions
+            .store(self.breaker.transitions(), Ordering::Relaxed);
+    }
+}
+
+impl PublisherStats {
+    /// A consistent-enough snapshot for display.
+    pub fn view(&self, outbox: &Outbox) -> PublisherStatusView {
+        let breaker = match self.breaker.load(Ordering::Relaxed) {
+            1 => BreakerState::Open,
+            2 => BreakerState::HalfOpen,
+            _ => BreakerState::Closed,
+        };
+        PublisherStatusView {
+            breaker,
+            breaker_transitions: self.breaker_transitions.load(Ordering::Relaxed),
+            outbox_depth: outbox.depth() as u64,
+            unacked: self.unacked_verdicts.load(Ordering::Relaxed),
+            shed_total: outbox.shed_total(),
+            retries_total: self.retries.load(Ordering::Relaxed),
+            batches_sent: self.batches_sent.load(Ordering::Relaxed),
+            delivered: self.delivered_verdicts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl PublisherStatusView {
+    /// True when every verdict handed to the publisher was acknowledged.
+    pub fn drained(&self) -> bool {
+        self.outbox_depth == 0 && self.unacked == 0
+    }
+}
+
+impl Actor for DashboardPublisher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.config.flush_interval(), |act, ctx| act.tick(ctx));
+    }
+}
+
+impl Handler<Connected> for DashboardPublisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Connected, ctx: &mut Self::Context) {
+        let Connected(generation, result) = msg;
+        if generation != self.generation {
+            return;
+        }
+        let now = Instant::now();
+        match result {
+            Ok(conn) => {
+                tracing::info!(publisher = %self.id, resend = self.pending.len(), "dashboard stream open");
+                self.breaker.on_success();
+                self.backoff.reset();
+                self.link = Link::Up(conn.batches);
+                self.sent = 0;
+                let events = conn
+                    .acks
+                    .map(move |r| match r {
+                        Ok(ack) => StreamEvent::Ack(generation, ack),
+                        Err(e) => StreamEvent::Failed(generation, e),
+                    })
+                    .chain(stream::once(async move { StreamEvent::Ended(generation) }));
+                ctx.add_stream(events);
+                self.tick(ctx);
+            }
+            Err(e) => {
+                tracing::debug!(publisher = %self.id, error = %e, "dashboard connect failed");
+                self.link = Link::Connecting;
+                self.link_failed(now, "connect failed");
+            }
+        }
+    }
+}
+
+impl StreamHandler<StreamEvent> for DashboardPublisher {
+    fn handle(&mut self, event: StreamEvent, _ctx: &mut Self::Context) {
+        match event {
+            StreamEvent::Ack(generation, ack) if generation == self.generation => self.on_ack(&ack),
+            StreamEvent::Failed(generation, e) if generation == self.generation => {
+                self.link_failed(Instant::now(), &e);
+            }
+            StreamEvent::Ended(generation) if generation == self.generation => {
+                self.link_failed(Instant::now(), "stream ended");
+            }
+            _ => {}
+        }
+    }
+
+    // A finished stream is a link event handled above, never a reason to stop.
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
+}

@@ -1,0 +1,25 @@
+//! txmesh-certs: who is who on the mesh.
+//!
+//! Owns the certificate authority and the SPIFFE X.509-SVIDs of every
+//! component (issued with rcgen into the cert-manager Secret layout
+//! `DIR/NAME/{tls.crt,tls.key,ca.crt}`), the rustls server and client configs
+//! every listener and client uses (TLS 1.3 only, client certificate required,
+//! no resumption), the SVID checks done on every peer certificate, and the
+//! deny-by-default authorization policy keyed by SPIFFE ID.
+//!
+//! Called by `services` (listeners, clients, `txmesh certs`) and by tests.
+#![forbid(unsafe_code)]
+
+mod authz;
+mod error;
+mod identity;
+mod issue;
+mod tls;
+
+pub use authz::{AuthzPolicy, Decision, Service};
+pub use error::CertError;
+pub use identity::{check_svid, peer_spiffe_id, SpiffeId, SvidUsage, DEFAULT_TRUST_DOMAIN};
+pub use issue::{
+    CertAuthority, IssueOptions, StateLayout, COMPONENT_IDENTITIES, DEFAULT_TTL, P12_PASSWORD,
+};
+pub use tls::{client_config, install_crypto_provider, server_config, TlsMaterial, ALPN_H2};

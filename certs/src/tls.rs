@@ -1,0 +1,313 @@
+//! rustls configs for every txmesh listener and client.
+//!
+//! Server: TLS 1.3 only, a client certificate is required, verified against
+//! the trust bundle and then checked against the X.509-SVID profile; no
+//! session tickets or session cache, so every connection is verified again;
+//! no 0-RTT. Client: presents its own SVID and accepts the server only if it
+//! chains to the bundle, is an SVID with serverAuth and carries the expected
+//! SPIFFE ID. DNS names play no part: identity is the SPIFFE ID.
+
+use std::{fmt, fs, path::Path, sync::Arc};
+
+use rustls::{
+    client::{
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        Resumption,
+    },
+    crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    server::{
+        danger::{ClientCertVerified, ClientCertVerifier},
+        NoServerSessionStorage, WebPkiClientVerifier,
+    },
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+
+use crate::{
+    identity::{check_svid, SpiffeId, SvidUsage},
+    CertError,
+};
+
+/// ALPN protocol id of HTTP/2, which every gRPC listener requires.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// One identity's certificate chain, private key and trust bundle, as read
+/// from `DIR/NAME/{tls.crt,tls.key,ca.crt}`.
+pub struct TlsMaterial {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Arc<RootCertStore>,
+    id: SpiffeId,
+    trust_domain: String,
+}
+
+impl TlsMaterial {
+    /// Reads and checks the material in `dir`: the leaf must be an SVID of
+    /// `trust_domain` and the bundle must hold at least one CA.
+    ///
+    /// # Errors
+    /// Naming the file that is missing or malformed.
+    pub fn load(dir: &Path, trust_domain: &str) -> Result<Self, CertError> {
+        let chain = read_certs(&dir.join("tls.crt"))?;
+        let key = read_key(&dir.join("tls.key"))?;
+        let mut roots = RootCertStore::empty();
+        let ca_path = dir.join("ca.crt");
+        for ca in read_certs(&ca_path)? {
+            roots.add(ca).map_err(|e| CertError::BadFile {
+                path: ca_path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        let leaf = chain.first().ok_or_else(|| CertError::BadFile {
+            path: dir.join("tls.crt"),
+            reason: "no certificate".into(),
+        })?;
+        let id =
+            check_svid(leaf, trust_domain, SvidUsage::Client).map_err(|e| CertError::BadFile {
+                path: dir.join("tls.crt"),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            chain,
+            key,
+            roots: Arc::new(roots),
+            id,
+            trust_domain: trust_domain.to_owned(),
+        })
+    }
+
+    /// This identity's SPIFFE ID.
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    /// The trust domain peers must belong to.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("id", &self.id)
+            .field("chain_len", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Installs ring as the process-wide rustls provider (idempotent). Call once
+/// at start; every config here also names the provider explicitly.
+pub fn install_crypto_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server config for a txmesh listener offering `alpn` (for example
+/// `[ALPN_H2]`, or h2 and http/1.1 for the dashboard's HTTPS listener).
+///
+/// # Errors
+/// When the key does not match the certificate or rustls refuses the config.
+pub fn server_config(material: &TlsMaterial, alpn: &[&[u8]]) -> Result<ServerConfig, CertError> {
+    let provider = provider();
+    let inner =
+        WebPkiClientVerifier::builder_with_provider(material.roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))?;
+    let verifier = Arc::new(SvidClientVerifier {
+        inner,
+        trust_domain: material.trust_domain.clone(),
+    });
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(material.chain.clone(), material.key.clone_key())?;
+    // Every connection runs the full handshake and certificate checks.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.max_early_data_size = 0;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A client config presenting `material`'s identity and accepting only a
+/// server whose SVID carries `expected_server`.
+///
+/// # Errors
+/// When the key does not match the certificate or rustls refuses the config.
+pub fn client_config(
+    material: &TlsMaterial,
+    expected_server: &SpiffeId,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, CertError> {
+    let provider = provider();
+    let verifier = Arc::new(SvidServerVerifier {
+        roots: material.roots.clone(),
+        algorithms: provider.signature_verification_algorithms,
+        trust_domain: material.trust_domain.clone(),
+        expected: expected_server.clone(),
+    });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(material.chain.clone(), material.key.clone_key())?;
+    config.resumption = Resumption::disabled();
+    config.enable_early_data = false;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Chain checks by webpki, then the SVID profile.
+#[derive(Debug)]
+struct SvidClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for SvidClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_svid(end_entity, &self.trust_domain, SvidUsage::Client)
+            .map_err(|e| rustls::Error::InvalidCertificate(svid_error(e)))?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Chain to the bundle with serverAuth, then the SVID profile and the
+/// expected SPIFFE ID. The TLS server name is not compared: identity is the
+/// SPIFFE ID.
+#[derive(Debug)]
+struct SvidServerVerifier {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+    trust_domain: String,
+    expected: SpiffeId,
+}
+
+impl ServerCertVerifier for SvidServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        let id = check_svid(end_entity, &self.trust_domain, SvidUsage::Server)
+            .map_err(|e| rustls::Error::InvalidCertificate(svid_error(e)))?;
+        if id != self.expected {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(CertError::NotSvid(
+                    format!("server is {id}, expected {}", self.expected),
+                )))),
+            ));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+fn svid_error(e: CertError) -> rustls::CertificateError {
+    rustls::CertificateError::Other(rustls::OtherError(Arc::new(e)))
+}
+
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let bytes = fs::read(path).map_err(|e| CertError::io(path, e))?;
+    parse_certs_pem(&bytes, path)
+}
+
+pub(crate) fn parse_certs_pem(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::BadFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(CertError::BadFile {
+            path: path.to_owned(),
+            reason: "no PEM certificate".into(),
+        });
+    }
+    Ok(certs)
+}
+
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+    let bytes = fs::read(path).map_err(|e| CertError::io(path, e))?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| CertError::BadFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
