@@ -1,1 +1,255 @@
-fn main() {}
+//! The `txmesh` binary: parses the command line, loads the configuration,
+//! installs tracing, runs the chosen command and turns its outcome into an
+//! exit code.
+#![forbid(unsafe_code)]
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use txmesh::{config::TxmeshConfig, shutdown, txgen, up};
+
+#[derive(Parser)]
+#[command(
+    name = "txmesh",
+    version,
+    about = "Real-time transaction screening over mutual TLS, without a service mesh"
+)]
+struct Cli {
+    /// Configuration file (default: ./txmesh.toml when present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Set any configuration key, e.g. --set actors.rules.velocity_max=5.
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start dashboard, ingress and txgen in one process with generated certificates.
+    Up(UpArgs),
+    /// Run the ingress alone.
+    Ingress,
+    /// Run the dashboard alone.
+    Dashboard,
+    /// Run the load generator against an ingress.
+    Txgen(TxgenArgs),
+    /// Certificate authority and identities.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// Transactions per second, or `max`.
+    #[arg(long)]
+    rate: Option<String>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Stop after this many transactions.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Distinct accounts.
+    #[arg(long)]
+    accounts: Option<u64>,
+    /// Print the final report as `json` (one object on stdout) or `text`.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    report: ReportFormat,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Move every default port by this much.
+    #[arg(long, default_value_t = 0)]
+    port_offset: u16,
+    /// State directory (certificates, dashboard totals).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TxgenArgs {
+    #[command(flatten)]
+    load: LoadArgs,
+    /// The ingress address.
+    #[arg(long)]
+    target: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create the CA (if missing) and an SVID per component in DIR/NAME/{tls.crt,tls.key,ca.crt}.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the merged configuration as TOML-like JSON.
+    Print,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    install_tracing();
+    txmesh_certs::install_crypto_provider();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("txmesh: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut overrides = Vec::new();
+    for kv in &cli.set {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv}: expected KEY=VALUE"))?;
+        overrides.push((k.to_owned(), v.to_owned()));
+    }
+    match cli.command {
+        Command::Up(args) => {
+            load_overrides(&args.load, &mut overrides)?;
+            if let Some(dir) = &args.state_dir {
+                overrides.push(("state_dir".into(), dir.display().to_string()));
+            }
+            let mut config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
+            config.offset_ports(args.port_offset);
+            let json = args.load.report == ReportFormat::Json;
+            let options = up::UpOptions {
+                report_json: json,
+                summary_every: Duration::from_secs(5),
+            };
+            let report = txmesh::runtime::block_on(2, up::run(config, options))??;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.txgen.summary());
+                println!(
+                    "dashboard totals: {} verdicts (ingress answered {}), publisher drained: {}",
+                    report.dashboard.verdicts, report.ingress_verdicts, report.publisher_drained
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Txgen(args) => {
+            load_overrides(&args.load, &mut overrides)?;
+            if let Some(target) = &args.target {
+                overrides.push(("txgen.target".into(), target.clone()));
+            }
+            let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
+            let (trigger, stop) = shutdown::channel();
+            let progress = Arc::new(txgen::TxgenProgress::default());
+            let report = txmesh::runtime::block_on(2, async move {
+                let ctrl_c = tokio::spawn(async move {
+                    let _ = tokio::signal::ctrl_c().await;
+                    trigger.fire();
+                });
+                let report = txgen::run(&config, stop, progress).await;
+                ctrl_c.abort();
+                report
+            })??;
+            if args.load.report == ReportFormat::Json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.summary());
+            }
+            Ok(if report.unanswered == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Ingress => {
+            let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
+            txmesh::runtime::block_on(2, async move {
+                let handle = txmesh::ingress::start(&config).await?;
+                let _ = tokio::signal::ctrl_c().await;
+                let drained = handle.stop(Duration::from_secs(10)).await;
+                anyhow::Ok(drained)
+            })??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dashboard => {
+            let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
+            txmesh::runtime::block_on(2, async move {
+                let handle = txmesh::dashboard::start(&config).await?;
+                let _ = tokio::signal::ctrl_c().await;
+                handle.stop().await;
+                anyhow::Ok(())
+            })??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(CertsCommand::Init { dir }) => {
+            let mut config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
+            config.state_dir = dir;
+            up::ensure_certs(&config)?;
+            println!(
+                "certificates in {} (operator.p12 password: {})",
+                config.state_dir.display(),
+                txmesh_certs::P12_PASSWORD
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Print) => {
+            let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
+            println!("{}", serde_json::to_string_pretty(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_overrides(load: &LoadArgs, overrides: &mut Vec<(String, String)>) -> anyhow::Result<()> {
+    if let Some(rate) = &load.rate {
+        let rate = if rate == "max" {
+            "0".to_owned()
+        } else {
+            rate.parse::<u64>()
+                .with_context(|| format!("--rate {rate}: expected a number or `max`"))?
+                .to_string()
+        };
+        overrides.push(("txgen.rate".into(), rate));
+    }
+    if let Some(d) = load.duration {
+        overrides.push(("txgen.duration_secs".into(), d.to_string()));
+    }
+    if let Some(c) = load.count {
+        overrides.push(("txgen.count".into(), c.to_string()));
+    }
+    if let Some(a) = load.accounts {
+        overrides.push(("txgen.accounts".into(), a.to_string()));
+    }
+    Ok(())
+}
+
+fn install_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}

@@ -1,0 +1,361 @@
+//! The one place configuration is read: compiled defaults < file (`--config`
+//! or `txmesh.toml` if present) < environment `TXMESH__SECTION__KEY` <
+//! command-line overrides. The result is validated; a bad value fails at
+//! start with a message naming its key.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use txmesh_actors::ActorsConfig;
+use txmesh_certs::{AuthzPolicy, Service};
+
+use crate::error::ServiceError;
+
+/// The whole configuration of a txmesh process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TxmeshConfig {
+    /// SPIFFE trust domain every identity belongs to.
+    pub trust_domain: String,
+    /// State directory: certificates (`DIR/NAME/tls.*`) and the dashboard's
+    /// saved totals.
+    pub state_dir: PathBuf,
+    pub ingress: IngressConfig,
+    pub dashboard: DashboardConfig,
+    pub txgen: TxgenConfig,
+    /// Who may call what, by workload name or full SPIFFE ID.
+    pub authz: AuthzConfig,
+    /// Screening pipeline: shards, windows, rules, publisher.
+    pub actors: ActorsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressConfig {
+    /// gRPC listener (Ingress, health, reflection), mTLS only.
+    pub listen: SocketAddr,
+    /// Where the dashboard's gRPC listener is.
+    pub dashboard_addr: SocketAddr,
+    /// Identity directory under `state_dir` (cert-manager layout).
+    pub identity: String,
+    /// Request batches in flight per Screen stream.
+    pub max_in_flight_batches: usize,
+    /// TLS handshakes that take longer are dropped, milliseconds.
+    pub handshake_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// gRPC listener (Dashboard.Publish, health, reflection), mTLS only.
+    pub grpc_listen: SocketAddr,
+    /// HTTPS listener (page, WebSocket, JSON API), mTLS only.
+    pub https_listen: SocketAddr,
+    pub identity: String,
+    /// How often browsers get an update, milliseconds.
+    pub push_interval_ms: u64,
+    /// Flagged transactions kept for the alert list.
+    pub recent_alerts: usize,
+    /// Seconds of per-second throughput kept.
+    pub throughput_window_secs: usize,
+    /// Messages queued per browser before updates to it are dropped.
+    pub session_queue: usize,
+    /// Totals saved here on shutdown and reloaded at start (relative to
+    /// `state_dir`); empty disables.
+    pub state_file: String,
+    pub handshake_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TxgenConfig {
+    /// The ingress to screen against.
+    pub target: SocketAddr,
+    pub identity: String,
+    /// Transactions per second; 0 means as fast as the ingress answers.
+    pub rate: u64,
+    /// Run time in seconds (0: until `count` or forever).
+    pub duration_secs: u64,
+    /// Stop after this many transactions (0: no limit).
+    pub count: u64,
+    /// Distinct accounts.
+    pub accounts: u64,
+    /// Transactions per request batch.
+    pub batch_size: usize,
+    /// Concurrent Screen streams (accounts are partitioned between them).
+    pub streams: usize,
+    /// Share of transactions that are injected patterns, 0..1.
+    pub inject_ratio: f64,
+    /// Batches in flight per stream when running at maximum rate.
+    pub max_in_flight: usize,
+    /// Random seed; the same seed replays the same traffic.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthzConfig {
+    pub screen: Vec<String>,
+    pub publish: Vec<String>,
+    pub dashboard_ui: Vec<String>,
+    pub metrics: Vec<String>,
+}
+
+impl Default for TxmeshConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: txmesh_certs::DEFAULT_TRUST_DOMAIN.to_owned(),
+            state_dir: PathBuf::from(".txmesh"),
+            ingress: IngressConfig::default(),
+            dashboard: DashboardConfig::default(),
+            txgen: TxgenConfig::default(),
+            authz: AuthzConfig::default(),
+            actors: ActorsConfig::default(),
+        }
+    }
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            dashboard_addr: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            identity: "ingress".to_owned(),
+            max_in_flight_batches: 128,
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            https_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            identity: "dashboard".to_owned(),
+            push_interval_ms: 500,
+            recent_alerts: 50,
+            throughput_window_secs: 300,
+            session_queue: 16,
+            state_file: "dashboard-state.json".to_owned(),
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for TxgenConfig {
+    fn default() -> Self {
+        Self {
+            target: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            identity: "txgen".to_owned(),
+            rate: 2_000,
+            duration_secs: 0,
+            count: 0,
+            accounts: 10_000,
+            batch_size: 256,
+            streams: 2,
+            inject_ratio: 0.02,
+            max_in_flight: 32,
+            seed: 42,
+        }
+    }
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            screen: names(&["txgen"]),
+            publish: names(&["ingress"]),
+            dashboard_ui: names(&["operator"]),
+            metrics: names(&["prometheus", "operator"]),
+        }
+    }
+}
+
+impl TxmeshConfig {
+    /// Layers defaults, `file` (or `./txmesh.toml` when present), the
+    /// `TXMESH__` environment and `overrides` (`("section.key", value)`),
+    /// then validates.
+    ///
+    /// # Errors
+    /// [`ServiceError::Config`] naming the key or file at fault.
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, ServiceError> {
+        let defaults = config::Config::try_from(&Self::default())
+            .map_err(|e| ServiceError::config("defaults", e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ServiceError::config(
+                        "--config",
+                        format!("{} does not exist", path.display()),
+                    ));
+                }
+                builder = builder.add_source(config::File::from(path));
+            }
+            None => {
+                builder =
+                    builder.add_source(config::File::with_name("txmesh.toml").required(false));
+            }
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("TXMESH")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        for (key, value) in overrides {
+            builder = builder
+                .set_override(key.as_str(), value.as_str())
+                .map_err(|e| ServiceError::config(key, e.to_string()))?;
+        }
+        let merged = builder
+            .build()
+            .map_err(|e| ServiceError::config("configuration", e.to_string()))?;
+        let config: Self = merged
+            .try_deserialize()
+            .map_err(|e| ServiceError::config("configuration", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values the types cannot.
+    ///
+    /// # Errors
+    /// [`ServiceError::Config`] naming the first bad key.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        self.actors
+            .validate()
+            .map_err(|e| ServiceError::config("actors", e.to_string()))?;
+        self.policy()?;
+        let t = &self.txgen;
+        if !(0.0..=1.0).contains(&t.inject_ratio) {
+            return Err(ServiceError::config(
+                "txgen.inject_ratio",
+                "must be between 0 and 1",
+            ));
+        }
+        if t.accounts == 0 {
+            return Err(ServiceError::config("txgen.accounts", "must be at least 1"));
+        }
+        if t.batch_size == 0 || t.batch_size > self.actors.shards.max_batch {
+            return Err(ServiceError::config(
+                "txgen.batch_size",
+                format!(
+                    "must be between 1 and actors.shards.max_batch ({})",
+                    self.actors.shards.max_batch
+                ),
+            ));
+        }
+        if t.streams == 0 {
+            return Err(ServiceError::config("txgen.streams", "must be at least 1"));
+        }
+        if t.max_in_flight == 0 {
+            return Err(ServiceError::config(
+                "txgen.max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        if self.ingress.max_in_flight_batches == 0 {
+            return Err(ServiceError::config(
+                "ingress.max_in_flight_batches",
+                "must be at least 1",
+            ));
+        }
+        if self.dashboard.push_interval_ms == 0 {
+            return Err(ServiceError::config(
+                "dashboard.push_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.dashboard.session_queue == 0 {
+            return Err(ServiceError::config(
+                "dashboard.session_queue",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The authorization policy built from `authz`.
+    ///
+    /// # Errors
+    /// [`ServiceError::Config`] naming the list with a bad entry.
+    pub fn policy(&self) -> Result<AuthzPolicy, ServiceError> {
+        let mut policy = AuthzPolicy::deny_all();
+        let lists = [
+            (Service::Screen, "authz.screen", &self.authz.screen),
+            (Service::Publish, "authz.publish", &self.authz.publish),
+            (
+                Service::DashboardUi,
+                "authz.dashboard_ui",
+                &self.authz.dashboard_ui,
+            ),
+            (Service::Metrics, "authz.metrics", &self.authz.metrics),
+        ];
+        for (service, key, names) in lists {
+            policy
+                .allow(service, &self.trust_domain, names)
+                .map_err(|e| ServiceError::config(key, e.to_string()))?;
+        }
+        Ok(policy)
+    }
+
+    /// `state_dir/NAME`: one identity's certificate directory.
+    pub fn identity_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join(name)
+    }
+
+    /// Moves every default port by `offset` (for running several systems).
+    pub fn offset_ports(&mut self, offset: u16) {
+        for addr in [
+            &mut self.ingress.listen,
+            &mut self.ingress.dashboard_addr,
+            &mut self.dashboard.grpc_listen,
+            &mut self.dashboard.https_listen,
+            &mut self.txgen.target,
+        ] {
+            addr.set_port(addr.port().saturating_add(offset));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_file_env_and_overrides_and_names_bad_keys() {
+        let dir = std::env::temp_dir().join(format!("txmesh-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("txmesh.toml");
+        std::fs::write(&file, "[txgen]\nrate = 500\naccounts = 7\n").expect("write config");
+        let config = TxmeshConfig::load(Some(&file), &[("txgen.accounts".into(), "9".into())])
+            .expect("valid config");
+        assert_eq!(config.txgen.rate, 500, "file beats defaults");
+        assert_eq!(config.txgen.accounts, 9, "overrides beat the file");
+
+        std::fs::write(&file, "[txgen]\ninject_ratio = 3.0\n").expect("write config");
+        let err = TxmeshConfig::load(Some(&file), &[])
+            .expect_err("bad ratio")
+            .to_string();
+        assert!(err.contains("txgen.inject_ratio"), "{err}");
+
+        std::fs::write(&file, "[txgen]\nrate = \"fast\"\n").expect("write config");
+        let err = TxmeshConfig::load(Some(&file), &[])
+            .expect_err("bad type")
+            .to_string();
+        assert!(err.contains("rate"), "{err}");
+
+        std::fs::write(&file, "[actors.rules.high_amount]\nZZZ = 5\n").expect("write config");
+        let err = TxmeshConfig::load(Some(&file), &[])
+            .expect_err("bad currency")
+            .to_string();
+        assert!(err.contains("rules.high_amount.ZZZ"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

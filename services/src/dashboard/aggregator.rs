@@ -1,0 +1,357 @@
+//! Aggregator: the dashboard's single source of truth. Applies verdict
+//! batches in sequence order per publisher (dropping duplicates), keeps
+//! totals by status and reason, per-second throughput, recent alerts and
+//! each publisher's reported state, and pushes a snapshot to the
+//! Broadcaster on every tick. Totals and sequence watermarks are saved on
+//! shutdown and reloaded at start, so a restarted dashboard neither forgets
+//! nor double-counts.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, MessageResult};
+use serde::{Deserialize, Serialize};
+use txmesh_proto::v1::{BreakerState, Reason, VerdictBatch, VerdictStatus};
+
+use super::broadcaster::{Broadcast, BroadcastStats, Broadcaster};
+
+/// Verdict totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub verdicts: u64,
+    pub approved: u64,
+    pub flagged: u64,
+    pub rejected: u64,
+    pub replayed: u64,
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+/// One flagged or rejected transaction, for the alert list.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    pub transaction_id: String,
+    /// Only the last four characters: account ids are never shown whole.
+    pub account: String,
+    pub status: String,
+    pub reasons: Vec<String>,
+    pub risk_score: u32,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub country: String,
+}
+
+/// What the dashboard knows of one publisher.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PublisherRecord {
+    pub applied_seq: u64,
+    pub duplicates: u64,
+    pub breaker: String,
+    pub outbox_depth: u64,
+    /// Verdicts the publisher shed (outbox overflow): a gap in the totals.
+    pub shed_total: u64,
+    pub retries_total: u64,
+    pub breaker_transitions_total: u64,
+    pub last_seen_unix_ms: i64,
+}
+
+/// Everything a browser or `/api/snapshot` gets.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub totals: Totals,
+    /// Verdicts per second, oldest first, ending with the current second.
+    pub throughput: Vec<u64>,
+    pub recent_alerts: Vec<Alert>,
+    pub publishers: BTreeMap<String, PublisherRecord>,
+    pub sessions: usize,
+    pub dropped_updates: u64,
+}
+
+/// What is saved across restarts.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    totals: Totals,
+    publishers: BTreeMap<String, PublisherRecord>,
+}
+
+/// Apply one batch; answers whether it was a duplicate.
+pub struct ApplyBatch(pub VerdictBatch);
+
+impl Message for ApplyBatch {
+    type Result = bool;
+}
+
+/// Ask for the current snapshot.
+pub struct GetSnapshot;
+
+impl Message for GetSnapshot {
+    type Result = Snapshot;
+}
+
+/// Save totals and watermarks now.
+pub struct Persist;
+
+impl Message for Persist {
+    type Result = Result<(), String>;
+}
+
+/// The aggregator actor.
+pub struct Aggregator {
+    totals: Totals,
+    publishers: BTreeMap<String, PublisherRecord>,
+    throughput: VecDeque<(i64, u64)>,
+    throughput_window: usize,
+    alerts: VecDeque<Alert>,
+    max_alerts: usize,
+    state_file: Option<PathBuf>,
+    broadcaster: Addr<Broadcaster>,
+    broadcast_stats: Arc<BroadcastStats>,
+    push_interval: Duration,
+}
+
+impl Aggregator {
+    /// A new aggregator, reloading `state_file` when it exists.
+    ///
+    /// # Errors
+    /// When the state file exists but cannot be read or parsed (it is never
+    /// silently replaced).
+    pub fn new(
+        state_file: Option<PathBuf>,
+        broadcaster: Addr<Broadcaster>,
+        broadcast_stats: Arc<BroadcastStats>,
+        push_interval: Duration,
+        max_alerts: usize,
+        throughput_window: usize,
+    ) -> Result<Self, crate::error::ServiceError> {
+        let saved = match &state_file {
+            Some(path) if path.exists() => {
+                let bytes =
+                    std::fs::read(path).map_err(|source| crate::error::ServiceError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                serde_json::from_slice::<Saved>(&bytes).map_err(|e| {
+                    crate::error::ServiceError::config(
+                        "dashboard.state_file",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?
+            }
+            _ => Saved::default(),
+        };
+        Ok(Self {
+            totals: saved.totals,
+            publishers: saved.publishers,
+            throughput: VecDeque::new(),
+            throughput_window: throughput_window.max(1),
+            alerts: VecDeque::new(),
+            max_alerts,
+            state_file,
+            broadcaster,
+            broadcast_stats,
+            push_interval,
+        })
+    }
+
+    fn apply(&mut self, batch: VerdictBatch) -> bool {
+        let now_ms = unix_ms();
+        let record = self
+            .publishers
+            .entry(batch.publisher_id.clone())
+            .or_default();
+        record.last_seen_unix_ms = now_ms;
+        if let Some(status) = &batch.status {
+            record.breaker = breaker_name(status.breaker()).to_owned();
+            record.outbox_depth = status.outbox_depth;
+            record.shed_total = status.shed_total;
+            record.retries_total = status.retries_total;
+            record.breaker_transitions_total = status.breaker_transitions_total;
+        }
+        if batch.sequence <= record.applied_seq {
+            record.duplicates += 1;
+            return true;
+        }
+        record.applied_seq = batch.sequence;
+        let second = now_ms / 1000;
+        let count = batch.verdicts.len() as u64;
+        match self.throughput.back_mut() {
+            Some((s, n)) if *s == second => *n += count,
+            _ => self.throughput.push_back((second, count)),
+        }
+        while self.throughput.len() > self.throughput_window {
+            self.throughput.pop_front();
+        }
+        for v in batch.verdicts {
+            let t = &mut self.totals;
+            t.verdicts += 1;
+            if v.replayed {
+                t.replayed += 1;
+            }
+            let status = v.status();
+            match status {
+                VerdictStatus::Approved => t.approved += 1,
+                VerdictStatus::Flagged => t.flagged += 1,
+                _ => t.rejected += 1,
+            }
+            for r in &v.reasons {
+                *t.by_reason.entry(reason_name(*r)).or_default() += 1;
+            }
+            if status != VerdictStatus::Approved && !v.replayed {
+                self.alerts.push_front(Alert {
+                    account: mask(&v.account_id),
+                    status: status_name(status).to_owned(),
+                    reasons: v.reasons.iter().map(|r| reason_name(*r)).collect(),
+                    risk_score: v.risk_score,
+                    amount_minor: v.amount_minor,
+                    currency: v.currency,
+                    country: v.country,
+                    transaction_id: v.transaction_id,
+                });
+                self.alerts.truncate(self.max_alerts);
+            }
+        }
+        false
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let (sessions, dropped_updates) = self.broadcaster_stats();
+        Snapshot {
+            kind: "snapshot",
+            totals: self.totals.clone(),
+            throughput: self.throughput_series(),
+            recent_alerts: self.alerts.iter().cloned().collect(),
+            publishers: self.publishers.clone(),
+            sessions,
+            dropped_updates,
+        }
+    }
+
+    fn throughput_series(&self) -> Vec<u64> {
+        let now = unix_ms() / 1000;
+        let window = i64::try_from(self.throughput_window).unwrap_or(i64::MAX);
+        let start = now - window.min(60) + 1;
+        (start..=now)
+            .map(|s| {
+                self.throughput
+                    .iter()
+                    .find(|(sec, _)| *sec == s)
+                    .map_or(0, |(_, n)| *n)
+            })
+            .collect()
+    }
+
+    fn broadcaster_stats(&self) -> (usize, u64) {
+        self.broadcast_stats.get()
+    }
+
+    fn persist(&self) -> Result<(), String> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        let saved = Saved {
+            totals: self.totals.clone(),
+            publishers: self.publishers.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&saved).map_err(|e| e.to_string())?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+impl Actor for Aggregator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.push_interval, |act, _ctx| {
+            match serde_json::to_string(&act.snapshot()) {
+                Ok(json) => {
+                    // A full broadcaster mailbox only delays this update to
+                    // the next tick; snapshots are complete, not deltas.
+                    let _ = act.broadcaster.try_send(Broadcast(Arc::from(json)));
+                }
+                Err(e) => tracing::error!(error = %e, "snapshot did not serialize"),
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Err(e) = self.persist() {
+            tracing::error!(error = %e, "dashboard state not saved");
+        }
+    }
+}
+
+impl Handler<ApplyBatch> for Aggregator {
+    type Result = bool;
+
+    fn handle(&mut self, msg: ApplyBatch, _ctx: &mut Self::Context) -> bool {
+        self.apply(msg.0)
+    }
+}
+
+impl Handler<GetSnapshot> for Aggregator {
+    type Result = MessageResult<GetSnapshot>;
+
+    fn handle(&mut self, _msg: GetSnapshot, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.snapshot())
+    }
+}
+
+impl Handler<Persist> for Aggregator {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, _msg: Persist, _ctx: &mut Self::Context) -> Self::Result {
+        self.persist()
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `REASON_HIGH_AMOUNT` -> `HIGH_AMOUNT`.
+pub(super) fn reason_name(code: i32) -> String {
+    Reason::try_from(code).map_or_else(
+        |_| format!("UNKNOWN_{code}"),
+        |r| r.as_str_name().trim_start_matches("REASON_").to_owned(),
+    )
+}
+
+fn status_name(status: VerdictStatus) -> &'static str {
+    match status {
+        VerdictStatus::Approved => "APPROVED",
+        VerdictStatus::Flagged => "FLAGGED",
+        VerdictStatus::Rejected => "REJECTED",
+        VerdictStatus::Unspecified => "UNSPECIFIED",
+    }
+}
+
+fn breaker_name(state: BreakerState) -> &'static str {
+    match state {
+        BreakerState::Closed => "CLOSED",
+        BreakerState::Open => "OPEN",
+        BreakerState::HalfOpen => "HALF_OPEN",
+        BreakerState::Unspecified => "UNKNOWN",
+    }
+}
+
+/// Keeps the last four characters of an account id.
+fn mask(account: &str) -> String {
+    let tail: String = account
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("…{tail}")
+}

@@ -1,0 +1,74 @@
+//! The `txmesh.v1.Dashboard` implementation: only the ingress identity may
+//! publish. Each batch is applied by the Aggregator (which drops duplicate
+//! sequence numbers) and acknowledged in order on the response stream.
+
+use std::{pin::Pin, sync::Arc};
+
+use actix::Addr;
+use futures_util::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use txmesh_certs::{AuthzPolicy, Service};
+use txmesh_proto::v1::{dashboard_server::Dashboard, Ack, VerdictBatch};
+
+use super::aggregator::{Aggregator, ApplyBatch};
+use crate::net::authorize;
+
+/// Acks buffered toward a slow publisher before reading pauses.
+const ACK_BUFFER: usize = 32;
+
+pub(super) struct PublishService {
+    aggregator: Addr<Aggregator>,
+    policy: Arc<AuthzPolicy>,
+}
+
+impl PublishService {
+    pub(super) fn new(aggregator: Addr<Aggregator>, policy: Arc<AuthzPolicy>) -> Self {
+        Self { aggregator, policy }
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Dashboard for PublishService {
+    type PublishStream = AckStream;
+
+    async fn publish(
+        &self,
+        request: Request<Streaming<VerdictBatch>>,
+    ) -> Result<Response<Self::PublishStream>, Status> {
+        let peer = authorize(&request, &self.policy, Service::Publish)?;
+        tracing::info!(%peer, "Publish stream opened");
+        let mut inbound = request.into_inner();
+        let aggregator = self.aggregator.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(ACK_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let batch = match inbound.message().await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "Publish stream ended");
+                        break;
+                    }
+                };
+                let publisher_id = batch.publisher_id.clone();
+                let sequence = batch.sequence;
+                let ack = match aggregator.send(ApplyBatch(batch)).await {
+                    Ok(duplicate) => Ok(Ack {
+                        publisher_id,
+                        sequence,
+                        duplicate,
+                    }),
+                    Err(_) => Err(Status::unavailable("dashboard is shutting down")),
+                };
+                let failed = ack.is_err();
+                if tx.send(ack).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

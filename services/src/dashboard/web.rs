@@ -1,0 +1,177 @@
+//! The dashboard's HTTPS listener (actix-web over our rustls config, mTLS
+//! only): the page at `/`, `GET /api/snapshot` (JSON) and the WebSocket at
+//! `/ws`, where each browser gets one `WsSession` actor: a snapshot on
+//! connect, then every pushed update. Only the operator identity (or what
+//! `authz.dashboard_ui` names) gets past the 403.
+
+use std::{
+    any::Any,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use actix::{
+    fut::wrap_future, Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Handler, Message,
+    StreamHandler,
+};
+use actix_web::{dev::Extensions, http::header, web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use tokio::net::TcpStream;
+use txmesh_certs::{AuthzPolicy, Decision, Service, SpiffeId};
+
+use super::{
+    aggregator::{Aggregator, GetSnapshot},
+    broadcaster::{Broadcaster, Register, Unregister},
+};
+
+/// A browser that sends nothing (not even a pong) for this long is dropped.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// The verified SPIFFE ID of an HTTPS connection, set at connect time.
+#[derive(Debug, Clone)]
+pub(super) struct PeerIdentity(pub Option<SpiffeId>);
+
+/// Shared by every request handler.
+#[derive(Clone)]
+pub(super) struct WebState {
+    pub aggregator: Addr<Aggregator>,
+    pub broadcaster: Addr<Broadcaster>,
+    pub policy: Arc<AuthzPolicy>,
+    pub session_queue: usize,
+    pub next_session: Arc<AtomicU64>,
+}
+
+/// One serialized update for a session.
+pub struct Push(pub Arc<str>);
+
+impl Message for Push {
+    type Result = ();
+}
+
+/// One browser's WebSocket.
+pub struct WsSession {
+    id: u64,
+    state: WebState,
+    last_heard: Instant,
+}
+
+/// `on_connect` hook: records the peer's SPIFFE ID for the handlers.
+pub(super) fn record_peer(conn: &dyn Any, ext: &mut Extensions) {
+    let id = conn
+        .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()
+        .and_then(|tls| tls.get_ref().1.peer_certificates()?.first().cloned())
+        .and_then(|leaf| txmesh_certs::peer_spiffe_id(&leaf).ok());
+    ext.insert(PeerIdentity(id));
+}
+
+fn authorize(req: &HttpRequest, state: &WebState) -> Result<(), HttpResponse> {
+    let peer = req.conn_data::<PeerIdentity>().and_then(|p| p.0.clone());
+    match peer {
+        Some(id) if state.policy.decide(Service::DashboardUi, &id) == Decision::Allow => Ok(()),
+        Some(id) => {
+            tracing::warn!(peer = %id, path = req.path(), "dashboard access denied");
+            Err(HttpResponse::Forbidden().body(format!("{id} may not use the dashboard\n")))
+        }
+        None => Err(HttpResponse::Forbidden().body("no client identity\n")),
+    }
+}
+
+/// `GET /`.
+pub(super) async fn index(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(include_str!("assets/index.html"))
+}
+
+/// `GET /api/snapshot`.
+pub(super) async fn snapshot(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state) {
+        return denied;
+    }
+    match state.aggregator.send(GetSnapshot).await {
+        Ok(snapshot) => HttpResponse::Ok().json(snapshot),
+        Err(_) => HttpResponse::ServiceUnavailable().body("aggregator unavailable\n"),
+    }
+}
+
+/// `GET /ws`: upgrades to a WebSocket session.
+pub(super) async fn websocket(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    if let Err(denied) = authorize(&req, &state) {
+        return Ok(denied);
+    }
+    let session = WsSession {
+        id: state.next_session.fetch_add(1, Ordering::Relaxed),
+        state: state.get_ref().clone(),
+        last_heard: Instant::now(),
+    };
+    ws::start(session, &req, stream)
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.state.session_queue);
+        self.state.broadcaster.do_send(Register {
+            id: self.id,
+            addr: ctx.address(),
+        });
+        // The snapshot comes first, before any pushed update.
+        let snapshot = self.state.aggregator.send(GetSnapshot);
+        ctx.wait(wrap_future::<_, Self>(snapshot).map(|result, _act, ctx| {
+            match result.ok().and_then(|s| serde_json::to_string(&s).ok()) {
+                Some(json) => ctx.text(json),
+                None => ctx.stop(),
+            }
+        }));
+        ctx.run_interval(HEARTBEAT, |act, ctx| {
+            if act.last_heard.elapsed() > CLIENT_TIMEOUT {
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.state.broadcaster.do_send(Unregister(self.id));
+    }
+}
+
+impl Handler<Push> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        ctx.text(&*msg.0);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket protocol error");
+                ctx.stop();
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The ingress: the `Ingress` gRPC service over mTLS, the shard router and
+//! the dashboard publisher, in one process.
+//!
+//! Start order: certificates, shards, publisher, then the listener (so no
+//! call arrives before it can be screened). Stop order: listener (no new
+//! streams), shards, then the publisher keeps flushing until its outbox is
+//! drained or the grace period ends.
+
+mod publish_client;
+mod service;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use actix::Actor;
+use tonic::transport::Server;
+use txmesh_actors::{
+    publisher::PublisherStats, DashboardPublisher, Outbox, PublisherStatusView, ShardRouter,
+};
+use txmesh_certs::{SpiffeId, TlsMaterial};
+use txmesh_proto::v1::ingress_server::IngressServer;
+
+pub use service::{IngressCounters, IngressService};
+
+use crate::{
+    config::TxmeshConfig,
+    error::ServiceError,
+    net::{mtls_incoming, HandshakeStats},
+    shutdown::{self, Trigger},
+};
+
+/// A running ingress.
+pub struct IngressHandle {
+    pub local_addr: SocketAddr,
+    pub counters: Arc<IngressCounters>,
+    pub handshakes: Arc<HandshakeStats>,
+    router: ShardRouter,
+    outbox: Outbox,
+    publisher: Arc<PublisherStats>,
+    trigger: Trigger,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Starts the ingress described by `config`. Must run inside an actix
+/// `System` (shards and the publisher are actors).
+///
+/// # Errors
+/// When certificates cannot be loaded, the config is invalid or the port
+/// cannot be bound.
+pub async fn start(config: &TxmeshConfig) -> Result<IngressHandle, ServiceError> {
+    let material = TlsMaterial::load(
+        &config.identity_dir(&config.ingress.identity),
+        &config.trust_domain,
+    )?;
+    let policy = Arc::new(config.policy()?);
+    let router = ShardRouter::start(&config.actors);
+    let outbox = Outbox::new(config.actors.publisher.outbox_capacity);
+
+    let dashboard_id = SpiffeId::for_workload(&config.trust_domain, "dashboard")?;
+    let transport = publish_client::GrpcPublishTransport::new(
+        config.ingress.dashboard_addr,
+        &material,
+        &dashboard_id,
+    )?;
+    let publisher_id = format!(
+        "{}-{:08x}",
+        material.spiffe_id().path(),
+        rand::random::<u32>()
+    );
+    let publisher = DashboardPublisher::new(
+        publisher_id,
+        config.actors.publisher.clone(),
+        outbox.clone(),
+        Arc::new(transport),
+    );
+    let publisher_stats = publisher.stats();
+    publisher.start();
+
+    let counters = Arc::new(IngressCounters::default());
+    let service = IngressService::new(
+        router.clone(),
+        outbox.clone(),
+        policy,
+        counters.clone(),
+        config.ingress.max_in_flight_batches,
+    );
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<IngressServer<IngressService>>()
+        .await;
+    let reflection = crate::grpc::reflection_service()?;
+
+    let (trigger, shutdown) = shutdown::channel();
+    let tls = txmesh_certs::server_config(&material, &[txmesh_certs::ALPN_H2])?;
+    let incoming = mtls_incoming(
+        config.ingress.listen,
+        tls,
+        Duration::from_millis(config.ingress.handshake_timeout_ms),
+        "ingress-grpc",
+        shutdown.clone(),
+    )
+    .await?;
+    let local_addr = incoming.local_addr;
+    let handshakes = incoming.stats.clone();
+    let server = tokio::spawn(
+        Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(IngressServer::new(service))
+            .serve_with_incoming_shutdown(incoming.stream, async move { shutdown.wait().await }),
+    );
+    tracing::info!(%local_addr, identity = %material.spiffe_id(), "ingress listening (mTLS)");
+    Ok(IngressHandle {
+        local_addr,
+        counters,
+        handshakes,
+        router,
+        outbox,
+        publisher: publisher_stats,
+        trigger,
+        server,
+    })
+}
+
+impl IngressHandle {
+    /// The publisher's state.
+    pub fn publisher(&self) -> PublisherStatusView {
+        self.publisher.view(&self.outbox)
+    }
+
+    /// Waits until every verdict handed to the publisher is acknowledged by
+    /// the dashboard, or `within` passes. Returns whether it drained.
+    pub async fn wait_drained(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.publisher().drained() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.publisher().drained()
+    }
+
+    /// Stops accepting, stops the shards, and gives the publisher up to
+    /// `grace` to deliver what it holds. Returns whether it drained.
+    pub async fn stop(self, grace: Duration) -> bool {
+        self.trigger.fire();
+        let _ = tokio::time::timeout(grace, self.server).await;
+        let drained = {
+            let deadline = tokio::time::Instant::now() + grace;
+            loop {
+                let view = self.publisher.view(&self.outbox);
+                if view.drained() || tokio::time::Instant::now() >= deadline {
+                    break view.drained();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        self.router.stop();
+        drained
+    }
+}

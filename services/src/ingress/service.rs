@@ -1,0 +1,191 @@
+//! The `txmesh.v1.Ingress` implementation: authorizes the caller, then hands
+//! each request batch to the shard router. Each completed batch goes back on
+//! the caller's stream and, as verdicts, into the publisher's outbox.
+//!
+//! Backpressure: a stream may have `max_in_flight` batches between "read
+//! from the client" and "written back"; past that the handler stops reading,
+//! which HTTP/2 flow control turns into backpressure on the client.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use txmesh_actors::{Outbox, ShardRouter};
+use txmesh_certs::{AuthzPolicy, Service};
+use txmesh_proto::v1::{
+    ingress_server::Ingress, txn_result::Outcome, ScreenRequest, ScreenResponse, Transaction,
+    TxnResult, VerdictStatus,
+};
+
+use crate::net::authorize;
+
+/// What the ingress answered, by outcome.
+#[derive(Debug, Default)]
+pub struct IngressCounters {
+    pub received: AtomicU64,
+    pub approved: AtomicU64,
+    pub flagged: AtomicU64,
+    pub rejected: AtomicU64,
+    pub errors: AtomicU64,
+    pub shed: AtomicU64,
+}
+
+impl IngressCounters {
+    /// Verdicts answered (every status).
+    pub fn verdicts(&self) -> u64 {
+        self.approved.load(Ordering::Relaxed)
+            + self.flagged.load(Ordering::Relaxed)
+            + self.rejected.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, results: &[TxnResult]) {
+        let (mut a, mut f, mut r, mut e) = (0, 0, 0, 0);
+        for result in results {
+            match &result.outcome {
+                Some(Outcome::Verdict(v)) => match v.status() {
+                    VerdictStatus::Approved => a += 1,
+                    VerdictStatus::Flagged => f += 1,
+                    _ => r += 1,
+                },
+                _ => e += 1,
+            }
+        }
+        self.approved.fetch_add(a, Ordering::Relaxed);
+        self.flagged.fetch_add(f, Ordering::Relaxed);
+        self.rejected.fetch_add(r, Ordering::Relaxed);
+        self.errors.fetch_add(e, Ordering::Relaxed);
+    }
+}
+
+/// The gRPC service.
+pub struct IngressService {
+    router: ShardRouter,
+    outbox: Outbox,
+    policy: Arc<AuthzPolicy>,
+    counters: Arc<IngressCounters>,
+    max_in_flight: usize,
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ScreenResponse, Status>> + Send>>;
+
+impl IngressService {
+    pub fn new(
+        router: ShardRouter,
+        outbox: Outbox,
+        policy: Arc<AuthzPolicy>,
+        counters: Arc<IngressCounters>,
+        max_in_flight: usize,
+    ) -> Self {
+        Self {
+            router,
+            outbox,
+            policy,
+            counters,
+            max_in_flight,
+        }
+    }
+
+    /// Screens one batch; `deliver` gets the results once all are decided.
+    fn dispatch(
+        &self,
+        txns: Vec<Transaction>,
+        deliver: impl FnOnce(Vec<TxnResult>) + Send + 'static,
+    ) {
+        self.counters
+            .received
+            .fetch_add(txns.len() as u64, Ordering::Relaxed);
+        let outbox = self.outbox.clone();
+        let counters = self.counters.clone();
+        self.router.screen(txns, Instant::now(), move |results| {
+            counters.count(&results);
+            let shed = outbox.push(results.iter().filter_map(|r| match &r.outcome {
+                Some(Outcome::Verdict(v)) => Some(v.clone()),
+                _ => None,
+            }));
+            if shed > 0 {
+                counters.shed.fetch_add(shed, Ordering::Relaxed);
+            }
+            deliver(results);
+        });
+    }
+}
+
+#[tonic::async_trait]
+impl Ingress for IngressService {
+    type ScreenStream = ResponseStream;
+
+    async fn screen(
+        &self,
+        request: Request<Streaming<ScreenRequest>>,
+    ) -> Result<Response<Self::ScreenStream>, Status> {
+        let peer = authorize(&request, &self.policy, Service::Screen)?;
+        tracing::debug!(%peer, "Screen stream opened");
+        let mut inbound = request.into_inner();
+        // Channel capacity equals the permits, and a permit is released only
+        // when its response leaves the channel, so `try_send` cannot fail
+        // for lack of room.
+        let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let (tx, rx) = tokio::sync::mpsc::channel::<(ScreenResponse, OwnedSemaphorePermit)>(
+            self.max_in_flight,
+        );
+        let this = self.clone_for_stream();
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                match inbound.message().await {
+                    Ok(Some(req)) => {
+                        let tx = tx.clone();
+                        this.dispatch(req.transactions, move |results| {
+                            let _ = tx.try_send((ScreenResponse { results }, permit));
+                        });
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "Screen stream ended by the client");
+                        break;
+                    }
+                }
+            }
+        });
+        let out = ReceiverStream::new(rx).map(|(response, _permit)| Ok(response));
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn screen_one(
+        &self,
+        request: Request<Transaction>,
+    ) -> Result<Response<TxnResult>, Status> {
+        authorize(&request, &self.policy, Service::Screen)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.dispatch(vec![request.into_inner()], move |mut results| {
+            let _ = tx.send(results.pop());
+        });
+        match rx.await {
+            Ok(Some(result)) => Ok(Response::new(result)),
+            _ => Err(Status::internal("transaction was not answered")),
+        }
+    }
+}
+
+impl IngressService {
+    fn clone_for_stream(&self) -> Self {
+        Self {
+            router: self.router.clone(),
+            outbox: self.outbox.clone(),
+            policy: self.policy.clone(),
+            counters: self.counters.clone(),
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! mTLS plumbing shared by every gRPC listener and client: a TCP accept loop
+//! that completes rustls handshakes (with a timeout) before tonic sees the
+//! connection, a tonic channel whose connector does our TLS, and the
+//! per-request authorization check by the peer's SPIFFE ID.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{server::TlsStream, TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use txmesh_certs::{AuthzPolicy, Decision, Service, SpiffeId, TlsMaterial};
+
+use crate::{error::ServiceError, shutdown::Shutdown};
+
+/// Counters of one listener's handshakes.
+#[derive(Debug, Default)]
+pub struct HandshakeStats {
+    pub accepted: AtomicU64,
+    pub failed: AtomicU64,
+    pub timed_out: AtomicU64,
+}
+
+/// A bound mTLS listener whose accepted, verified connections feed tonic's
+/// `serve_with_incoming`.
+pub struct MtlsIncoming {
+    pub local_addr: SocketAddr,
+    pub stream: ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    pub stats: Arc<HandshakeStats>,
+}
+
+/// Binds `addr` and starts the accept loop; stops when `shutdown` fires.
+///
+/// # Errors
+/// [`ServiceError::Bind`] when the address cannot be bound.
+pub async fn mtls_incoming(
+    addr: SocketAddr,
+    tls: rustls::ServerConfig,
+    handshake_timeout: Duration,
+    name: &'static str,
+    shutdown: Shutdown,
+) -> Result<MtlsIncoming, ServiceError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServiceError::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| ServiceError::Bind { addr, source })?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let stats = Arc::new(HandshakeStats::default());
+    // Handshakes finish in parallel; a slow or silent client never blocks
+    // the accept loop. Room for a burst of new connections.
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let loop_stats = stats.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.wait() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let stats = loop_stats.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        stats.failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(listener = name, %peer, error = %e, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(listener = name, %peer, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    Ok(MtlsIncoming {
+        local_addr,
+        stream: ReceiverStream::new(rx),
+        stats,
+    })
+}
+
+/// A tonic channel to `addr` over mTLS as `material`'s identity, accepting
+/// only a server whose SVID is `expected_server`. Connects lazily.
+///
+/// # Errors
+/// When the TLS config cannot be built.
+pub fn mtls_channel(
+    addr: SocketAddr,
+    material: &TlsMaterial,
+    expected_server: &SpiffeId,
+) -> Result<Channel, ServiceError> {
+    let tls = txmesh_certs::client_config(material, expected_server, &[txmesh_certs::ALPN_H2])?;
+    let connector = TlsConnector::from(Arc::new(tls));
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ServiceError::Connect {
+            target: addr.to_string(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                // The verifier checks the SPIFFE ID, not this name.
+                let name = ServerName::IpAddress(addr.ip().into());
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        })),
+    )
+}
+
+/// The SPIFFE ID of the peer that made `request`.
+///
+/// # Errors
+/// `UNAUTHENTICATED` when the connection carries no usable certificate.
+pub fn peer_id<T>(request: &tonic::Request<T>) -> Result<SpiffeId, tonic::Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| tonic::Status::unauthenticated("no client certificate"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| tonic::Status::unauthenticated("no client certificate"))?;
+    txmesh_certs::peer_spiffe_id(leaf).map_err(|e| tonic::Status::unauthenticated(e.to_string()))
+}
+
+/// Deny-by-default check of `request` against `service`'s allow-list.
+///
+/// # Errors
+/// `UNAUTHENTICATED` without an identity, `PERMISSION_DENIED` for an
+/// identity that is not allowed.
+pub fn authorize<T>(
+    request: &tonic::Request<T>,
+    policy: &AuthzPolicy,
+    service: Service,
+) -> Result<SpiffeId, tonic::Status> {
+    let peer = peer_id(request)?;
+    match policy.decide(service, &peer) {
+        Decision::Allow => Ok(peer),
+        Decision::Deny => {
+            tracing::warn!(service = service.name(), %peer, "permission denied");
+            Err(tonic::Status::permission_denied(format!(
+                "{peer} may not call {}",
+                service.name()
+            )))
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! What txgen measured: outcomes by status and reason, detection per
+//! injected pattern, false positives on clean traffic, and latency in an
+//! HdrHistogram (microseconds; measured from each transaction's intended
+//! send time when the rate is fixed, so queueing is not hidden).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use txmesh_proto::v1::{txn_result::Outcome, TxnResult, VerdictStatus};
+
+use super::patterns::{Label, Pattern};
+
+/// Counts kept by one stream, merged at the end.
+pub struct Tally {
+    pub sent: u64,
+    pub answered: u64,
+    pub errors: u64,
+    pub by_status: BTreeMap<String, u64>,
+    pub by_reason: BTreeMap<String, u64>,
+    pub by_error: BTreeMap<String, u64>,
+    pub injected: BTreeMap<&'static str, PatternCount>,
+    pub clean: CleanCount,
+    pub latency_us: Histogram<u64>,
+}
+
+/// Sent and detected cases of one pattern.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct PatternCount {
+    pub sent: u64,
+    pub detected: u64,
+}
+
+/// Clean transactions and how many were wrongly flagged or rejected.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CleanCount {
+    pub sent: u64,
+    pub flagged: u64,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyMs {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// The `--report json` object.
+#[derive(Debug, Clone, Serialize)]
+pub struct TxgenReport {
+    pub sent: u64,
+    pub answered: u64,
+    pub errors: u64,
+    pub unanswered: u64,
+    pub by_status: BTreeMap<String, u64>,
+    pub by_reason: BTreeMap<String, u64>,
+    pub by_error: BTreeMap<String, u64>,
+    pub target_rate: Option<u64>,
+    pub achieved_tps: f64,
+    pub duration_s: f64,
+    pub latency_ms: LatencyMs,
+    pub injected: BTreeMap<&'static str, PatternCount>,
+    pub clean: CleanCount,
+}
+
+impl Tally {
+    pub fn new() -> Self {
+        Self {
+            sent: 0,
+            answered: 0,
+            errors: 0,
+            by_status: BTreeMap::new(),
+            by_reason: BTreeMap::new(),
+            by_error: BTreeMap::new(),
+            injected: Pattern::ALL
+                .iter()
+                .map(|p| (p.name(), PatternCount::default()))
+                .collect(),
+            clean: CleanCount::default(),
+            // 1 us .. 1 h at 3 significant digits; bounds are constants.
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits is valid")),
+        }
+    }
+
+    pub fn sent(&mut self, label: Label) {
+        self.sent += 1;
+        match label {
+            Label::Clean => self.clean.sent += 1,
+            Label::Injected(p) => {
+                if let Some(c) = self.injected.get_mut(p.name()) {
+                    c.sent += 1;
+                }
+            }
+            Label::Filler => {}
+        }
+    }
+
+    pub fn answered(&mut self, result: &TxnResult, label: Label, latency: Duration) {
+        self.answered += 1;
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let _ = self.latency_us.record(us.min(3_600_000_000));
+        match &result.outcome {
+            Some(Outcome::Verdict(v)) => {
+                let status = v
+                    .status()
+                    .as_str_name()
+                    .trim_start_matches("VERDICT_STATUS_")
+                    .to_owned();
+                *self.by_status.entry(status).or_default() += 1;
+                for r in &v.reasons {
+                    *self
+                        .by_reason
+                        .entry(crate::txgen::reason_name(*r))
+                        .or_default() += 1;
+                }
+                match label {
+                    Label::Clean if v.status() != VerdictStatus::Approved => {
+                        self.clean.flagged += 1
+                    }
+                    Label::Injected(p) if p.detected_by(result) => {
+                        if let Some(c) = self.injected.get_mut(p.name()) {
+                            c.detected += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some(Outcome::Error(e)) => {
+                self.errors += 1;
+                let code = e
+                    .code()
+                    .as_str_name()
+                    .trim_start_matches("TXN_ERROR_CODE_")
+                    .to_owned();
+                *self.by_error.entry(code).or_default() += 1;
+            }
+            None => self.errors += 1,
+        }
+    }
+
+    pub fn merge(&mut self, other: Tally) {
+        self.sent += other.sent;
+        self.answered += other.answered;
+        self.errors += other.errors;
+        for (k, v) in other.by_status {
+            *self.by_status.entry(k).or_default() += v;
+        }
+        for (k, v) in other.by_reason {
+            *self.by_reason.entry(k).or_default() += v;
+        }
+        for (k, v) in other.by_error {
+            *self.by_error.entry(k).or_default() += v;
+        }
+        for (k, v) in other.injected {
+            let c = self.injected.entry(k).or_default();
+            c.sent += v.sent;
+            c.detected += v.detected;
+        }
+        self.clean.sent += other.clean.sent;
+        self.clean.flagged += other.clean.flagged;
+        let _ = self.latency_us.add(&other.latency_us);
+    }
+
+    pub fn report(self, target_rate: Option<u64>, elapsed: Duration) -> TxgenReport {
+        let ms = |q: f64| self.latency_us.value_at_quantile(q) as f64 / 1000.0;
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        TxgenReport {
+            latency_ms: LatencyMs {
+                p50: ms(0.5),
+                p90: ms(0.9),
+                p99: ms(0.99),
+                p999: ms(0.999),
+                max: self.latency_us.max() as f64 / 1000.0,
+            },
+            sent: self.sent,
+            answered: self.answered,
+            errors: self.errors,
+            unanswered: self.sent.saturating_sub(self.answered),
+            by_status: self.by_status,
+            by_reason: self.by_reason,
+            by_error: self.by_error,
+            target_rate,
+            achieved_tps: self.answered as f64 / secs,
+            duration_s: secs,
+            injected: self.injected,
+            clean: self.clean,
+        }
+    }
+}
+
+impl TxgenReport {
+    /// The readable summary printed without `--report json`.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "sent {} answered {} errors {} unanswered {} in {:.1} s: {:.0} tx/s\n",
+            self.sent,
+            self.answered,
+            self.errors,
+            self.unanswered,
+            self.duration_s,
+            self.achieved_tps
+        );
+        out += &format!(
+            "latency ms: p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}\n",
+            self.latency_ms.p50,
+            self.latency_ms.p90,
+            self.latency_ms.p99,
+            self.latency_ms.p999,
+            self.latency_ms.max
+        );
+        out += &format!(
+            "by status: {:?}\nby reason: {:?}\n",
+            self.by_status, self.by_reason
+        );
+        if !self.by_error.is_empty() {
+            out += &format!("errors by code: {:?}\n", self.by_error);
+        }
+        out += "injected patterns (detected / sent):\n";
+        for (name, c) in &self.injected {
+            out += &format!("  {name:<15} {:>8} / {:<8}\n", c.detected, c.sent);
+        }
+        out += &format!(
+            "clean transactions flagged: {} of {}\n",
+            self.clean.flagged, self.clean.sent
+        );
+        out
+    }
+}

@@ -1,0 +1,153 @@
+//! `txmesh up`: the whole system in one process on 127.0.0.1 with its own
+//! certificates, for a newcomer's first run. Creates (or reuses) the state
+//! directory's CA and identities, starts the dashboard, then the ingress,
+//! then txgen, prints a summary line every few seconds, and on Ctrl-C (or
+//! at the end of `--duration`) stops txgen, lets the publisher deliver what
+//! it holds, stops the ingress and then the dashboard.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use serde::Serialize;
+use txmesh_certs::{CertAuthority, IssueOptions, StateLayout, COMPONENT_IDENTITIES, P12_PASSWORD};
+
+use crate::{
+    config::TxmeshConfig,
+    dashboard::{self, Totals},
+    error::ServiceError,
+    ingress, shutdown,
+    txgen::{self, TxgenProgress, TxgenReport},
+};
+
+/// How `up` runs.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// Print the final report as one JSON object on stdout.
+    pub report_json: bool,
+    /// Seconds between summary lines.
+    pub summary_every: Duration,
+}
+
+/// The `up --report json` object: txgen's report plus the dashboard's own
+/// totals and the ingress's publisher state.
+#[derive(Debug, Serialize)]
+pub struct UpReport {
+    #[serde(flatten)]
+    pub txgen: TxgenReport,
+    pub dashboard: Totals,
+    pub ingress_verdicts: u64,
+    pub publisher_drained: bool,
+}
+
+/// Creates or reuses the certificates of every component under
+/// `config.state_dir`.
+///
+/// # Errors
+/// When the directory or a certificate cannot be written or read.
+pub fn ensure_certs(config: &TxmeshConfig) -> Result<(), ServiceError> {
+    let layout = StateLayout::new(&config.state_dir);
+    CertAuthority::ensure(
+        &layout,
+        &config.trust_domain,
+        COMPONENT_IDENTITIES,
+        &IssueOptions::default(),
+    )?;
+    Ok(())
+}
+
+/// Runs the whole system until Ctrl-C or the end of `txgen.duration_secs`.
+///
+/// # Errors
+/// When a component fails to start.
+pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, ServiceError> {
+    ensure_certs(&config)?;
+    let say = |line: String| {
+        if options.report_json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    let dashboard = dashboard::start(&config).await?;
+    let ingress = ingress::start(&config).await?;
+    let layout = StateLayout::new(&config.state_dir);
+    say(format!("txmesh is up (all listeners mTLS on 127.0.0.1):"));
+    say(format!("  ingress gRPC    {}", ingress.local_addr));
+    say(format!("  dashboard gRPC  {}", dashboard.grpc_addr));
+    say(format!(
+        "  dashboard       https://localhost:{}/",
+        dashboard.https_addr.port()
+    ));
+    say(format!(
+        "  browser access: import {} (password \"{P12_PASSWORD}\") as your certificate,\n  \
+         and trust {} as an authority (Chromium: Settings > Privacy and security > Security > Manage certificates)",
+        layout.operator_p12().display(),
+        layout.ca_dir().join("tls.crt").display()
+    ));
+    say("  Ctrl-C stops everything.".to_string());
+
+    let (trigger, stop) = shutdown::channel();
+    let progress = Arc::new(TxgenProgress::default());
+    let mut txgen_task = {
+        let config = config.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move { txgen::run(&config, stop, progress).await })
+    };
+    let every = if options.summary_every.is_zero() {
+        Duration::from_secs(5)
+    } else {
+        options.summary_every
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    let mut last_answered = 0u64;
+    let report = loop {
+        tokio::select! {
+            result = &mut txgen_task => break result,
+            _ = tokio::signal::ctrl_c() => {
+                say("stopping…".to_string());
+                trigger.fire();
+                break (&mut txgen_task).await;
+            }
+            _ = ticker.tick() => {
+                let answered = progress.answered.load(Ordering::Relaxed);
+                let rate = (answered - last_answered) as f64 / every.as_secs_f64();
+                last_answered = answered;
+                let c = &ingress.counters;
+                let publisher = ingress.publisher();
+                say(format!(
+                    "{rate:>9.0} tx/s | approved {} flagged {} rejected {} errors {} | breaker {:?} outbox {}",
+                    c.approved.load(Ordering::Relaxed),
+                    c.flagged.load(Ordering::Relaxed),
+                    c.rejected.load(Ordering::Relaxed),
+                    c.errors.load(Ordering::Relaxed),
+                    publisher.breaker,
+                    publisher.outbox_depth,
+                ));
+            }
+        }
+    };
+    let txgen_report = match report {
+        Ok(Ok(report)) => report,
+        Ok(Err(e)) => return Err(e),
+        Err(e) => {
+            return Err(ServiceError::config(
+                "txgen",
+                format!("txgen task failed: {e}"),
+            ))
+        }
+    };
+    let publisher_drained = ingress.wait_drained(Duration::from_secs(10)).await;
+    let totals = dashboard.snapshot().await?.totals;
+    let ingress_verdicts = ingress.counters.verdicts();
+    ingress.stop(Duration::from_secs(5)).await;
+    dashboard.stop().await;
+    Ok(UpReport {
+        txgen: txgen_report,
+        dashboard: totals,
+        ingress_verdicts,
+        publisher_drained,
+    })
+}
