@@ -11,7 +11,7 @@ mod patterns;
 mod report;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -45,7 +45,9 @@ struct Pending {
     label: Label,
 }
 
-type PendingMap = Arc<Mutex<HashMap<String, VecDeque<Pending>>>>;
+/// Sent and not yet answered, by request id: one entry per transaction,
+/// in request order (results come back in the same order).
+type PendingMap = Arc<Mutex<HashMap<u64, Vec<Pending>>>>;
 
 /// Runs txgen as configured until its duration or count is reached, or
 /// `stop` fires; then waits for outstanding answers and reports.
@@ -151,22 +153,14 @@ async fn run_stream(
             while let Some(item) = responses.next().await {
                 let Ok(response) = item else { break };
                 let now = Instant::now();
-                let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
-                for result in &response.results {
-                    let entry = map
-                        .get_mut(&result.transaction_id)
-                        .and_then(VecDeque::pop_front);
-                    if let Some(p) = entry {
-                        tally.answered(result, p.label, now.saturating_duration_since(p.intended));
-                    }
-                    if map
-                        .get(&result.transaction_id)
-                        .is_some_and(VecDeque::is_empty)
-                    {
-                        map.remove(&result.transaction_id);
-                    }
+                let sent = pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&response.request_id)
+                    .unwrap_or_default();
+                for (result, p) in response.results.iter().zip(sent) {
+                    tally.answered(result, p.label, now.saturating_duration_since(p.intended));
                 }
-                drop(map);
                 progress
                     .answered
                     .fetch_add(response.results.len() as u64, Ordering::Relaxed);
@@ -179,6 +173,8 @@ async fn run_stream(
     let mut sent_tally = Tally::new();
     let start = Instant::now();
     let mut generated: u64 = 0;
+    let mut request_id: u64 = 0;
+    let mut request_id: u64 = 0;
     let tick = Duration::from_millis(1);
     'send: loop {
         if stop.is_fired() || plan.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -212,25 +208,33 @@ async fn run_stream(
             permit.forget();
             let now_ms = unix_ms();
             let mut txns = Vec::with_capacity(n);
-            {
-                let mut map = pending.lock().unwrap_or_else(|e| e.into_inner());
-                for i in 0..n {
-                    let Planned { txn, label } = generator.next(now_ms);
-                    let intended = match interval {
-                        Some(iv) => start + iv.mul_f64((generated + i as u64) as f64),
-                        None => Instant::now(),
-                    };
-                    map.entry(txn.transaction_id.clone())
-                        .or_default()
-                        .push_back(Pending { intended, label });
-                    sent_tally.sent(label);
-                    txns.push(txn);
-                }
+            let mut sent = Vec::with_capacity(n);
+            for i in 0..n {
+                let Planned { txn, label } = generator.next(now_ms);
+                let intended = match interval {
+                    Some(iv) => start + iv.mul_f64((generated + i as u64) as f64),
+                    None => Instant::now(),
+                };
+                sent.push(Pending { intended, label });
+                sent_tally.sent(label);
+                txns.push(txn);
             }
+            request_id += 1;
+            pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(request_id, sent);
             generated += n as u64;
             left -= n as u64;
             progress.sent.fetch_add(n as u64, Ordering::Relaxed);
-            if tx.send(ScreenRequest { transactions: txns }).await.is_err() {
+            if tx
+                .send(ScreenRequest {
+                    transactions: txns,
+                    request_id,
+                })
+                .await
+                .is_err()
+            {
                 break 'send;
             }
         }

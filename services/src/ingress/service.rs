@@ -146,8 +146,13 @@ impl Ingress for IngressService {
                 match inbound.message().await {
                     Ok(Some(req)) => {
                         let tx = tx.clone();
+                        let request_id = req.request_id;
                         this.dispatch(req.transactions, move |results| {
-                            let _ = tx.try_send((ScreenResponse { results }, permit));
+                            let response = ScreenResponse {
+                                results,
+                                request_id,
+                            };
+                            let _ = tx.try_send((response, permit));
                         });
                     }
                     Ok(None) => break,

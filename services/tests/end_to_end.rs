@@ -1,0 +1,174 @@
+//! txgen -> ingress -> dashboard over real mTLS on 127.0.0.1: every
+//! transaction answered once, patterns detected, and a WebSocket client
+//! holding the operator certificate sees the same totals.
+
+#[path = "support/system.rs"]
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use support::*;
+use txmesh_proto::v1::{
+    ingress_client::IngressClient, txn_result::Outcome, Reason, ScreenRequest, Transaction,
+    VerdictStatus,
+};
+
+#[actix_rt::test]
+async fn screened_end_to_end_with_every_pattern_detected_and_totals_seen_in_the_browser_feed() {
+    let dir = TempDir::new("e2e");
+    let mut config = test_config(&dir.0);
+    config.txgen.count = 6_000;
+    config.txgen.rate = 0;
+    let (dash, ing) = start_system(&mut config).await;
+
+    let report = run_txgen(&config).await;
+    assert_eq!(report.sent, 6_000);
+    assert_eq!(
+        report.answered, report.sent,
+        "every transaction answered once: {report:?}"
+    );
+    assert_eq!(report.errors, 0, "{:?}", report.by_error);
+    for (pattern, count) in &report.injected {
+        if *pattern == "amount_anomaly" || *pattern == "id_conflict" {
+            assert_eq!(count.detected, count.sent, "{pattern}");
+            continue;
+        }
+        assert!(count.sent > 0, "{pattern} was injected");
+        assert_eq!(count.detected, count.sent, "{pattern} detected every time");
+    }
+    assert_eq!(report.clean.flagged, 0, "no clean transaction flagged");
+
+    assert!(
+        ing.wait_drained(Duration::from_secs(20)).await,
+        "publisher delivered everything"
+    );
+    let answered = ing.counters.verdicts();
+    assert_eq!(answered, report.answered);
+    let totals = dash.snapshot().await.expect("snapshot").totals;
+    assert_eq!(totals.verdicts, answered, "dashboard equals ingress");
+
+    // The browser feed: a WebSocket over mTLS as the operator.
+    let tls = https_as(&config, "operator", dash.https_addr)
+        .await
+        .expect("operator connects");
+    let (mut ws, response) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .expect("WebSocket upgrade");
+    assert_eq!(response.status(), 101);
+    let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("snapshot on connect")
+        .expect("a message")
+        .expect("not an error");
+    let snapshot: serde_json::Value =
+        serde_json::from_str(first.to_text().expect("text")).expect("JSON");
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["totals"]["verdicts"].as_u64(), Some(answered));
+    let update = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("live updates follow")
+        .expect("a message")
+        .expect("not an error");
+    let update: serde_json::Value =
+        serde_json::from_str(update.to_text().expect("text")).expect("JSON");
+    assert_eq!(update["totals"]["verdicts"].as_u64(), Some(answered));
+
+    ing.stop(Duration::from_secs(5)).await;
+    dash.stop().await;
+}
+
+fn txn(id: &str, account: &str, amount: i64) -> Transaction {
+    Transaction {
+        transaction_id: id.into(),
+        account_id: account.into(),
+        amount_minor: amount,
+        currency: "EUR".into(),
+        timestamp_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as i64
+            - 1_000,
+        merchant_id: "m-1".into(),
+        country: "DE".into(),
+        channel: 2,
+    }
+}
+
+#[actix_rt::test]
+async fn malformed_transactions_are_answered_and_the_stream_goes_on_and_replays_return_the_original(
+) {
+    let dir = TempDir::new("malformed");
+    let mut config = test_config(&dir.0);
+    let (dash, ing) = start_system(&mut config).await;
+    let channel = txmesh::net::mtls_channel(
+        ing.local_addr,
+        &material(&config, "txgen"),
+        &spiffe(&config, "ingress"),
+    )
+    .expect("channel");
+    let mut client = IngressClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut responses = client
+        .screen(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("Screen opens")
+        .into_inner();
+
+    let original = txn("t-1", "acc-1", 2_000_000);
+    let mut bad_currency = txn("t-2", "acc-1", 100);
+    bad_currency.currency = "EURO".into();
+    tx.send(ScreenRequest {
+        transactions: vec![original.clone(), bad_currency, txn("", "acc-1", -5)],
+        request_id: 1,
+    })
+    .await
+    .expect("send");
+    let first = responses.next().await.expect("response").expect("ok");
+    assert_eq!(first.results.len(), 3);
+    assert_eq!(first.request_id, 1, "the response echoes its request");
+    let verdict = |i: usize, r: &txmesh_proto::v1::ScreenResponse| match &r.results[i].outcome {
+        Some(Outcome::Verdict(v)) => v.clone(),
+        other => panic!("expected a verdict, got {other:?}"),
+    };
+    assert_eq!(verdict(0, &first).reasons, vec![Reason::HighAmount as i32]);
+    assert_eq!(verdict(1, &first).status(), VerdictStatus::Rejected);
+    assert_eq!(
+        verdict(1, &first).reasons,
+        vec![Reason::InvalidCurrency as i32]
+    );
+    assert_eq!(
+        verdict(2, &first).reasons,
+        vec![
+            Reason::InvalidTransactionId as i32,
+            Reason::InvalidAmount as i32
+        ]
+    );
+
+    // The stream is still open: a replay gets the original verdict back.
+    tx.send(ScreenRequest {
+        transactions: vec![original.clone()],
+        request_id: 2,
+    })
+    .await
+    .expect("send");
+    let second = responses.next().await.expect("response").expect("ok");
+    let replay = verdict(0, &second);
+    assert!(replay.replayed);
+    assert_eq!(replay.status(), VerdictStatus::Flagged);
+    assert_eq!(replay.reasons, vec![Reason::HighAmount as i32]);
+
+    // ScreenOne, for simple clients.
+    let one = client
+        .screen_one(txn("t-9", "acc-2", 100))
+        .await
+        .expect("ScreenOne")
+        .into_inner();
+    assert!(
+        matches!(one.outcome, Some(Outcome::Verdict(ref v)) if v.status() == VerdictStatus::Approved)
+    );
+
+    drop(tx);
+    ing.stop(Duration::from_secs(5)).await;
+    dash.stop().await;
+}

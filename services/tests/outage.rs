@@ -1,0 +1,85 @@
+//! The dashboard goes away in the middle of a run and comes back: the
+//! publisher's breaker opens and closes again, and afterwards the
+//! dashboard's totals equal the ingress's, nothing lost or counted twice.
+
+#[path = "support/system.rs"]
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use support::*;
+use txmesh::{dashboard, shutdown, txgen};
+use txmesh_actors::publisher::BreakerState;
+
+#[actix_rt::test]
+async fn dashboard_outage_opens_the_breaker_and_loses_nothing() {
+    let dir = TempDir::new("outage");
+    let mut config = test_config(&dir.0);
+    config.txgen.rate = 1_500;
+    config.txgen.duration_secs = 8;
+    let (dash, ing) = start_system(&mut config).await;
+
+    let load = {
+        let config = config.clone();
+        tokio::spawn(async move {
+            let (_trigger, stop) = shutdown::channel();
+            txgen::run(&config, stop, Arc::new(txgen::TxgenProgress::default())).await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grpc_addr = dash.grpc_addr;
+    dash.stop().await;
+
+    let mut saw_open = false;
+    for _ in 0..100 {
+        if ing.publisher().breaker == BreakerState::Open {
+            saw_open = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        saw_open,
+        "breaker opens while the dashboard is down: {:?}",
+        ing.publisher()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        ing.publisher().outbox_depth > 0,
+        "verdicts wait in the outbox"
+    );
+
+    // The dashboard comes back on the same address with its saved state.
+    config.dashboard.grpc_listen = grpc_addr;
+    let dash = dashboard::start(&config).await.expect("dashboard restarts");
+
+    let report = load.await.expect("txgen task").expect("txgen runs");
+    assert_eq!(report.answered, report.sent);
+    assert_eq!(report.errors, 0);
+    assert!(
+        ing.wait_drained(Duration::from_secs(30)).await,
+        "outbox drained: {:?}",
+        ing.publisher()
+    );
+    let publisher = ing.publisher();
+    assert_eq!(
+        publisher.breaker,
+        BreakerState::Closed,
+        "breaker closed again"
+    );
+    assert!(
+        publisher.breaker_transitions >= 3,
+        "closed -> open -> half-open -> closed: {publisher:?}"
+    );
+    assert_eq!(publisher.shed_total, 0);
+
+    let totals = dash.snapshot().await.expect("snapshot").totals;
+    assert_eq!(ing.counters.verdicts(), report.answered);
+    assert_eq!(
+        totals.verdicts, report.answered,
+        "nothing lost, nothing counted twice"
+    );
+
+    ing.stop(Duration::from_secs(5)).await;
+    dash.stop().await;
+}

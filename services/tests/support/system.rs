@@ -1,0 +1,143 @@
+//! Test fixtures: a txmesh system on 127.0.0.1 with OS-chosen ports and
+//! certificates made by txmesh-certs in a fresh temporary directory.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::{client::TlsStream, TlsConnector};
+use txmesh::{config::TxmeshConfig, dashboard, ingress, shutdown, txgen, up};
+use txmesh_certs::{SpiffeId, TlsMaterial};
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "txmesh-test-{tag}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A config for `dir` with every listener on 127.0.0.1:0, and its
+/// certificates created.
+pub fn test_config(dir: &Path) -> TxmeshConfig {
+    let mut config = TxmeshConfig::default();
+    config.state_dir = dir.to_path_buf();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.ingress.listen = any;
+    config.dashboard.grpc_listen = any;
+    config.dashboard.https_listen = any;
+    config.dashboard.push_interval_ms = 100;
+    config.actors.shards.count = 2;
+    config.txgen.accounts = 300;
+    config.txgen.streams = 2;
+    config.txgen.batch_size = 64;
+    config.txgen.inject_ratio = 0.1;
+    up::ensure_certs(&config).expect("certificates");
+    config
+}
+
+/// Dashboard then ingress, wired together.
+pub async fn start_system(
+    config: &mut TxmeshConfig,
+) -> (dashboard::DashboardHandle, ingress::IngressHandle) {
+    let dash = dashboard::start(config).await.expect("dashboard starts");
+    config.ingress.dashboard_addr = dash.grpc_addr;
+    let ing = ingress::start(config).await.expect("ingress starts");
+    config.txgen.target = ing.local_addr;
+    (dash, ing)
+}
+
+/// Runs txgen to completion with the config's settings.
+pub async fn run_txgen(config: &TxmeshConfig) -> txgen::TxgenReport {
+    let (_trigger, stop) = shutdown::channel();
+    txgen::run(config, stop, Arc::new(txgen::TxgenProgress::default()))
+        .await
+        .expect("txgen runs")
+}
+
+pub fn material(config: &TxmeshConfig, name: &str) -> TlsMaterial {
+    TlsMaterial::load(&config.identity_dir(name), &config.trust_domain).expect("identity loads")
+}
+
+pub fn spiffe(config: &TxmeshConfig, name: &str) -> SpiffeId {
+    SpiffeId::for_workload(&config.trust_domain, name).expect("valid id")
+}
+
+/// An HTTPS (http/1.1) mTLS connection to the dashboard as `identity`.
+pub async fn https_as(
+    config: &TxmeshConfig,
+    identity: &str,
+    addr: SocketAddr,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tls = txmesh_certs::client_config(
+        &material(config, identity),
+        &spiffe(config, "dashboard"),
+        &[b"http/1.1"],
+    )
+    .expect("client config");
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+}
+
+/// A TLS 1.3 client that trusts the CA but presents no certificate.
+pub fn no_client_cert_config(config: &TxmeshConfig, alpn: &[u8]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(config.state_dir.join("ca").join("tls.crt")).expect("CA file");
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.expect("CA parses")).expect("CA added");
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("TLS 1.3")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls
+}
+
+/// Reads whatever the peer sends within `wait` (empty on EOF or reset).
+pub async fn read_some<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, wait: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+        Ok(Ok(n)) => buf[..n].to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// Sends a plain HTTP/1.1 request on `stream` and returns the status code.
+pub async fn http_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    path: &str,
+) -> Option<u16> {
+    use tokio::io::AsyncWriteExt;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let head = read_some(stream, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&head);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
