@@ -1,5 +1,5 @@
-//! Pieces every gRPC server shares: server reflection over txmesh's
-//! descriptor set.
+//! Pieces the gRPC services share: server reflection over txmesh's
+//! descriptor set, and display names of wire enums.
 
 use crate::error::ServiceError;
 
@@ -18,4 +18,12 @@ pub fn reflection_service() -> Result<
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServiceError::config("reflection", e.to_string()))
+}
+
+/// `REASON_HIGH_AMOUNT` -> `HIGH_AMOUNT` (reports, dashboard, metrics).
+pub fn reason_name(code: i32) -> String {
+    txmesh_proto::v1::Reason::try_from(code).map_or_else(
+        |_| format!("UNKNOWN_{code}"),
+        |r| r.as_str_name().trim_start_matches("REASON_").to_owned(),
+    )
 }

@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use txmesh_certs::{SpiffeId, TlsMaterial};
-use txmesh_proto::v1::{ingress_client::IngressClient, Reason, ScreenRequest};
+use txmesh_proto::v1::{ingress_client::IngressClient, ScreenRequest};
 
 pub use patterns::{Generator, Label, Pattern, Planned};
 pub use report::{CleanCount, LatencyMs, PatternCount, Tally, TxgenReport};
@@ -174,7 +174,6 @@ async fn run_stream(
     let start = Instant::now();
     let mut generated: u64 = 0;
     let mut request_id: u64 = 0;
-    let mut request_id: u64 = 0;
     let tick = Duration::from_millis(1);
     'send: loop {
         if stop.is_fired() || plan.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -252,14 +251,6 @@ async fn run_stream(
     };
     sent_tally.merge(answered);
     Ok(sent_tally)
-}
-
-/// `REASON_HIGH_AMOUNT` -> `HIGH_AMOUNT`.
-pub(crate) fn reason_name(code: i32) -> String {
-    Reason::try_from(code).map_or_else(
-        |_| format!("UNKNOWN_{code}"),
-        |r| r.as_str_name().trim_start_matches("REASON_").to_owned(),
-    )
 }
 
 fn unix_ms() -> i64 {

@@ -73,7 +73,7 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     let dashboard = dashboard::start(&config).await?;
     let ingress = ingress::start(&config).await?;
     let layout = StateLayout::new(&config.state_dir);
-    say(format!("txmesh is up (all listeners mTLS on 127.0.0.1):"));
+    say("txmesh is up (all listeners mTLS on 127.0.0.1):".to_string());
     say(format!("  ingress gRPC    {}", ingress.local_addr));
     say(format!("  dashboard gRPC  {}", dashboard.grpc_addr));
     say(format!(

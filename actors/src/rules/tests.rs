@@ -148,7 +148,7 @@ fn invalid_input_is_rejected_with_every_reason() {
 fn replay_returns_the_original_and_conflict_is_rejected() {
     let rules = RulesConfig::default();
     let original = txn("dup", 2_000_000, NOW);
-    let w = window_with(&[original.clone()]);
+    let w = window_with(std::slice::from_ref(&original));
     match evaluate(&w, &original, &rules, NOW) {
         Evaluation::Replay(v) => {
             assert!(v.replayed);

@@ -15,7 +15,9 @@ use std::{
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, MessageResult};
 use serde::{Deserialize, Serialize};
-use txmesh_proto::v1::{BreakerState, Reason, VerdictBatch, VerdictStatus};
+use txmesh_proto::v1::{BreakerState, VerdictBatch, VerdictStatus};
+
+use crate::grpc::reason_name;
 
 use super::broadcaster::{Broadcast, BroadcastStats, Broadcaster};
 
@@ -315,14 +317,6 @@ fn unix_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// `REASON_HIGH_AMOUNT` -> `HIGH_AMOUNT`.
-pub(super) fn reason_name(code: i32) -> String {
-    Reason::try_from(code).map_or_else(
-        |_| format!("UNKNOWN_{code}"),
-        |r| r.as_str_name().trim_start_matches("REASON_").to_owned(),
-    )
 }
 
 fn status_name(status: VerdictStatus) -> &'static str {

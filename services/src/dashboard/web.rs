@@ -68,22 +68,27 @@ pub(super) fn record_peer(conn: &dyn Any, ext: &mut Extensions) {
     ext.insert(PeerIdentity(id));
 }
 
-fn authorize(req: &HttpRequest, state: &WebState) -> Result<(), HttpResponse> {
+/// `Err` carries the 403 to send back (boxed: a response is large).
+fn authorize(req: &HttpRequest, state: &WebState) -> Result<(), Box<HttpResponse>> {
     let peer = req.conn_data::<PeerIdentity>().and_then(|p| p.0.clone());
     match peer {
         Some(id) if state.policy.decide(Service::DashboardUi, &id) == Decision::Allow => Ok(()),
         Some(id) => {
             tracing::warn!(peer = %id, path = req.path(), "dashboard access denied");
-            Err(HttpResponse::Forbidden().body(format!("{id} may not use the dashboard\n")))
+            Err(Box::new(
+                HttpResponse::Forbidden().body(format!("{id} may not use the dashboard\n")),
+            ))
         }
-        None => Err(HttpResponse::Forbidden().body("no client identity\n")),
+        None => Err(Box::new(
+            HttpResponse::Forbidden().body("no client identity\n"),
+        )),
     }
 }
 
 /// `GET /`.
 pub(super) async fn index(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse {
     if let Err(denied) = authorize(&req, &state) {
-        return denied;
+        return *denied;
     }
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
@@ -94,7 +99,7 @@ pub(super) async fn index(req: HttpRequest, state: web::Data<WebState>) -> HttpR
 /// `GET /api/snapshot`.
 pub(super) async fn snapshot(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse {
     if let Err(denied) = authorize(&req, &state) {
-        return denied;
+        return *denied;
     }
     match state.aggregator.send(GetSnapshot).await {
         Ok(snapshot) => HttpResponse::Ok().json(snapshot),
@@ -109,7 +114,7 @@ pub(super) async fn websocket(
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     if let Err(denied) = authorize(&req, &state) {
-        return Ok(denied);
+        return Ok(*denied);
     }
     let session = WsSession {
         id: state.next_session.fetch_add(1, Ordering::Relaxed),

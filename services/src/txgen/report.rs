@@ -66,6 +66,12 @@ pub struct TxgenReport {
     pub clean: CleanCount,
 }
 
+impl Default for Tally {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Tally {
     pub fn new() -> Self {
         Self {
@@ -116,7 +122,7 @@ impl Tally {
                 for r in &v.reasons {
                     *self
                         .by_reason
-                        .entry(crate::txgen::reason_name(*r))
+                        .entry(crate::grpc::reason_name(*r))
                         .or_default() += 1;
                 }
                 match label {

@@ -40,8 +40,10 @@ impl Drop for TempDir {
 /// A config for `dir` with every listener on 127.0.0.1:0, and its
 /// certificates created.
 pub fn test_config(dir: &Path) -> TxmeshConfig {
-    let mut config = TxmeshConfig::default();
-    config.state_dir = dir.to_path_buf();
+    let mut config = TxmeshConfig {
+        state_dir: dir.to_path_buf(),
+        ..TxmeshConfig::default()
+    };
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     config.ingress.listen = any;
     config.dashboard.grpc_listen = any;
