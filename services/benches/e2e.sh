@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: dashboard, ingress and txgen as three processes on
+# this machine, everything over mTLS, the dashboard receiving every verdict.
+# Usage: services/benches/e2e.sh [RATE|max] [SECONDS] [ACCOUNTS]
+# Prints txgen's JSON report, then the dashboard's totals check.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rate=${1:-max}
+secs=${2:-30}
+accounts=${3:-100000}
+bin=target/release/txmesh
+cargo build --release --quiet
+state=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$state"' EXIT
+export TXMESH__STATE_DIR="$state" TXMESH__INGRESS__LISTEN=127.0.0.1:17443 \
+  TXMESH__INGRESS__DASHBOARD_ADDR=127.0.0.1:17444 TXMESH__DASHBOARD__GRPC_LISTEN=127.0.0.1:17444 \
+  TXMESH__DASHBOARD__HTTPS_LISTEN=127.0.0.1:18443 TXMESH__TXGEN__TARGET=127.0.0.1:17443
+"$bin" certs init --dir "$state" >/dev/null
+"$bin" dashboard & sleep 1
+"$bin" ingress & sleep 1
+"$bin" txgen --rate "$rate" --duration "$secs" --accounts "$accounts" --report json
