@@ -368,7 +368,6 @@ impl Handler<Connected> for DashboardPublisher {
             }
             Err(e) => {
                 tracing::debug!(publisher = %self.id, error = %e, "dashboard connect failed");
-                self.link = Link::Connecting;
                 self.link_failed(now, "connect failed");
             }
         }

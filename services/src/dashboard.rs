@@ -164,7 +164,7 @@ impl DashboardHandle {
         if let Ok(Err(e)) = self.aggregator.send(aggregator::Persist).await {
             tracing::error!(error = %e, "dashboard state not saved");
         }
-        actix::Addr::<Aggregator>::do_send(&self.aggregator, StopAggregator);
+        self.aggregator.do_send(StopAggregator);
     }
 }
 

@@ -66,7 +66,8 @@ impl IngressCounters {
     }
 }
 
-/// The gRPC service.
+/// The gRPC service. Clones share the router, outbox and counters.
+#[derive(Clone)]
 pub struct IngressService {
     router: ShardRouter,
     outbox: Outbox,
@@ -137,7 +138,7 @@ impl Ingress for IngressService {
         let (tx, rx) = tokio::sync::mpsc::channel::<(ScreenResponse, OwnedSemaphorePermit)>(
             self.max_in_flight,
         );
-        let this = self.clone_for_stream();
+        let this = self.clone();
         tokio::spawn(async move {
             loop {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -179,18 +180,6 @@ impl Ingress for IngressService {
         match rx.await {
             Ok(Some(result)) => Ok(Response::new(result)),
             _ => Err(Status::internal("transaction was not answered")),
-        }
-    }
-}
-
-impl IngressService {
-    fn clone_for_stream(&self) -> Self {
-        Self {
-            router: self.router.clone(),
-            outbox: self.outbox.clone(),
-            policy: self.policy.clone(),
-            counters: self.counters.clone(),
-            max_in_flight: self.max_in_flight,
         }
     }
 }
