@@ -1,30 +1,38 @@
 //! AccountActor: one actor per account, created by its shard on the
-//! account's first transaction and supervised (actix `Supervisor`), holding
-//! the account's [`HistoryWindow`].
+//! account's first transaction (or restored from its passivated state) and
+//! supervised (actix `Supervisor`), holding the account's [`HistoryWindow`].
 //!
-//! Screening is `rules::evaluate` inside `catch_unwind`: a panic answers the
-//! transaction with a retryable error and stops the actor, and the supervisor
-//! restarts it on the same value, so the window (which is written only after
-//! a verdict) survives intact.
+//! Screening is `rules::evaluate` inside `catch_unwind`. A panic answers the
+//! transaction (retryable, or POISON once it crashed `poison_attempts`
+//! times), consults the [`SupervisionState`] (restart intensity, quarantine)
+//! and stops the actor; the supervisor restarts it on the same value, so the
+//! window, written only after a verdict, survives intact.
 
 pub mod window;
 
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::Instant,
 };
 
-use actix::{Actor, Context, Handler, Message, Supervised};
-use txmesh_proto::v1::Transaction;
+use actix::{Actor, ActorContext, Context, Handler, Message, MessageResult, Supervised};
+use txmesh_proto::v1::{Reason, Transaction, Verdict, VerdictStatus};
 
 use crate::{
-    config::{RulesConfig, WindowConfig},
+    clock::SharedClock,
+    config::{RulesConfig, SupervisionConfig, WindowConfig},
     reply::ReplySlot,
     rules::{evaluate, Evaluation},
+    stats::{PoisonLog, ShardStats},
+    supervision::SupervisionState,
     ActorError,
 };
-use window::HistoryWindow;
+use window::{HistoryWindow, WindowEntry};
+
+/// A hook run inside the evaluation's `catch_unwind`, before the rules: it
+/// may panic to simulate a failing evaluation (tests and fault injection).
+pub type EvaluationHook = Arc<dyn Fn(&Transaction) + Send + Sync>;
 
 /// Screen one transaction of this account and answer through its slot.
 pub struct ScreenTxn {
@@ -38,27 +46,94 @@ impl Message for ScreenTxn {
     type Result = ();
 }
 
+/// Asks an idle account for its state; it answers `None` while quarantined
+/// (the quarantine must run its course in a live actor).
+pub struct Passivate;
+
+impl Message for Passivate {
+    type Result = Option<AccountState>;
+}
+
+/// What a passivated account keeps: its window entries without spare
+/// capacity, and its crash history only if it has one.
+#[derive(Debug, Clone)]
+pub struct AccountState {
+    pub entries: Box<[WindowEntry]>,
+    pub supervision: Option<Box<SupervisionState>>,
+}
+
+/// What every account of a shard shares.
+pub struct AccountEnv {
+    pub rules: RulesConfig,
+    pub window: WindowConfig,
+    pub supervision: SupervisionConfig,
+    pub clock: SharedClock,
+    pub stats: Arc<ShardStats>,
+    pub poison_log: Arc<PoisonLog>,
+    pub shard: u32,
+    pub hook: Option<EvaluationHook>,
+}
+
 /// The actor owning one account's history.
 pub struct AccountActor {
     window: HistoryWindow,
-    rules: Arc<RulesConfig>,
-    restarts: u32,
+    env: Arc<AccountEnv>,
+    supervision: Option<Box<SupervisionState>>,
 }
 
 impl AccountActor {
     /// A fresh account with an empty window. Its mailbox capacity is set by
     /// whoever starts it (the shard), before the first message.
-    pub fn new(window: &WindowConfig, rules: Arc<RulesConfig>) -> Self {
+    pub fn new(env: Arc<AccountEnv>) -> Self {
         Self {
-            window: HistoryWindow::new(window),
-            rules,
-            restarts: 0,
+            window: HistoryWindow::new(&env.window),
+            env,
+            supervision: None,
         }
     }
 
-    /// How many times the supervisor restarted this actor.
-    pub fn restarts(&self) -> u32 {
-        self.restarts
+    /// An account brought back from its passivated state.
+    pub fn restore(env: Arc<AccountEnv>, state: AccountState) -> Self {
+        Self {
+            window: HistoryWindow::restore(&env.window, state.entries),
+            env,
+            supervision: state.supervision,
+        }
+    }
+
+    fn crashed(&mut self, msg: ScreenTxn, panic: &(dyn std::any::Any + Send)) {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned());
+        let now = self.env.clock.now_ms();
+        let state = self.supervision.get_or_insert_with(Box::default);
+        let outcome = state.on_crash(&msg.txn.transaction_id, now, &self.env.supervision);
+        if outcome.quarantined {
+            self.env.stats.quarantines.inc();
+            tracing::warn!(
+                shard = self.env.shard,
+                quarantine_secs = self.env.supervision.quarantine_secs,
+                "account exceeded its restart intensity and is quarantined"
+            );
+        }
+        if outcome.poison {
+            self.env.stats.poison.inc();
+            self.env.poison_log.record(
+                self.env.shard,
+                &msg.txn,
+                outcome.attempts,
+                &what,
+                self.env.clock.unix_ms(),
+            );
+            msg.reply.error(&ActorError::Poison {
+                transaction_id: msg.txn.transaction_id.clone(),
+                attempts: outcome.attempts,
+            });
+        } else {
+            msg.reply.error(&ActorError::AccountFailed(what));
+        }
     }
 }
 
@@ -68,9 +143,9 @@ impl Actor for AccountActor {
 
 impl Supervised for AccountActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        self.restarts += 1;
-        tracing::warn!(
-            restarts = self.restarts,
+        self.env.stats.restarts.inc();
+        tracing::debug!(
+            shard = self.env.shard,
             "account actor restarted with its window intact"
         );
     }
@@ -80,40 +155,83 @@ impl Handler<ScreenTxn> for AccountActor {
     type Result = ();
 
     fn handle(&mut self, msg: ScreenTxn, ctx: &mut Self::Context) {
-        let now = unix_ms_now();
+        if let Some(state) = self.supervision.as_deref_mut() {
+            if state.is_poison(&msg.txn.transaction_id) {
+                msg.reply.error(&ActorError::Poison {
+                    transaction_id: msg.txn.transaction_id.clone(),
+                    attempts: self.env.supervision.poison_attempts,
+                });
+                return;
+            }
+            if state.quarantined(self.env.clock.now_ms()) {
+                msg.reply.verdict(quarantined(&msg.txn));
+                return;
+            }
+        }
+        let now = self.env.clock.unix_ms();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            evaluate(&self.window, &msg.txn, &self.rules, now)
+            if let Some(hook) = &self.env.hook {
+                hook(&msg.txn);
+            }
+            evaluate(&self.window, &msg.txn, &self.env.rules, now)
         }));
         let elapsed_us = u64::try_from(msg.received.elapsed().as_micros()).unwrap_or(u64::MAX);
-        match outcome {
+        let verdict = match outcome {
             Ok(Evaluation::Fresh(mut verdict)) => {
                 verdict.processing_time_us = elapsed_us;
                 self.window.record(&msg.txn, &verdict);
-                msg.reply.verdict(verdict);
+                verdict
             }
             Ok(Evaluation::Rejected(mut verdict)) => {
                 verdict.processing_time_us = elapsed_us;
-                msg.reply.verdict(verdict);
+                verdict
             }
-            Ok(Evaluation::Replay(verdict)) => msg.reply.verdict(verdict),
+            Ok(Evaluation::Replay(verdict)) => verdict,
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".to_owned());
-                msg.reply.error(&ActorError::AccountFailed(what));
+                self.crashed(msg, &*panic);
                 // Stopping hands the actor back to its supervisor, which
                 // restarts it on the same value (window included).
-                actix::ActorContext::stop(ctx);
+                ctx.stop();
+                return;
             }
+        };
+        if let Some(state) = self.supervision.as_deref_mut() {
+            state.on_success(&msg.txn.transaction_id);
         }
+        msg.reply.verdict(verdict);
     }
 }
 
-/// Wall-clock Unix milliseconds.
-pub(crate) fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+impl Handler<Passivate> for AccountActor {
+    type Result = MessageResult<Passivate>;
+
+    fn handle(&mut self, _msg: Passivate, _ctx: &mut Self::Context) -> Self::Result {
+        let now = self.env.clock.now_ms();
+        if let Some(state) = self.supervision.as_deref_mut() {
+            if state.quarantined(now) {
+                return MessageResult(None);
+            }
+        }
+        let window = std::mem::replace(&mut self.window, HistoryWindow::new(&self.env.window));
+        MessageResult(Some(AccountState {
+            entries: window.into_entries(),
+            supervision: self.supervision.take(),
+        }))
+    }
+}
+
+/// The answer for a transaction of a quarantined account.
+fn quarantined(txn: &Transaction) -> Verdict {
+    Verdict {
+        transaction_id: txn.transaction_id.clone(),
+        account_id: txn.account_id.clone(),
+        status: VerdictStatus::Rejected as i32,
+        reasons: vec![Reason::AccountQuarantined as i32],
+        risk_score: 100,
+        replayed: false,
+        processing_time_us: 0,
+        amount_minor: txn.amount_minor,
+        currency: txn.currency.clone(),
+        country: txn.country.clone(),
+    }
 }

@@ -12,6 +12,7 @@ use crate::{currency, ActorError};
 #[serde(default, deny_unknown_fields)]
 pub struct ActorsConfig {
     pub shards: ShardsConfig,
+    pub supervision: SupervisionConfig,
     pub window: WindowConfig,
     pub rules: RulesConfig,
     pub publisher: PublisherConfig,
@@ -32,6 +33,32 @@ pub struct ShardsConfig {
     /// Largest request batch accepted; larger ones are answered with
     /// INVALID_REQUEST per transaction.
     pub max_batch: usize,
+    /// An account actor idle this long hands its state back to its shard
+    /// and stops; its next transaction starts it again with that state.
+    pub passivate_after_secs: u64,
+    /// How often each shard looks for idle accounts, milliseconds.
+    pub passivation_sweep_ms: u64,
+    /// After a transaction of an account is refused for overload, later
+    /// transactions of that account are refused too until the refused one
+    /// is retried (so retries cannot reorder an account), or until this
+    /// many milliseconds pass without that retry.
+    pub order_hold_ms: u64,
+}
+
+/// Restart intensity, quarantine and poison messages, per account.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionConfig {
+    /// At most this many restarts of one account within
+    /// `restart_window_secs`; one more quarantines it.
+    pub max_restarts: u32,
+    pub restart_window_secs: u64,
+    /// How long a quarantine lasts: the account's transactions are REJECTED
+    /// with ACCOUNT_QUARANTINED meanwhile. It ends on its own.
+    pub quarantine_secs: u64,
+    /// A transaction that crashed the actor this many times is a poison
+    /// message: answered with a POISON error and recorded for operators.
+    pub poison_attempts: u32,
 }
 
 /// Bounds of each account's history window.
@@ -66,6 +93,22 @@ pub struct RulesConfig {
     /// A timestamp more than this far ahead of the ingress's clock is
     /// INVALID_TIMESTAMP.
     pub max_future_skew_secs: u64,
+    /// NEW_COUNTRY fires for a country absent from the account's window,
+    /// once the window holds at least this many transactions.
+    pub new_country_min_history: usize,
+    /// CURRENCY_SWITCH fires for a currency absent from the account's
+    /// window, once the window holds at least this many transactions.
+    pub currency_switch_min_history: usize,
+    /// STRUCTURING fires when at least `structuring_min_count` transactions
+    /// (this one included) within `structuring_window_secs`, in one currency,
+    /// each fall in [`structuring_lower_percent`, 100) % of that currency's
+    /// HIGH_AMOUNT threshold: amounts kept just under the reporting line.
+    pub structuring_min_count: usize,
+    pub structuring_window_secs: u64,
+    pub structuring_lower_percent: u32,
+    /// A verdict is FLAGGED when its risk score reaches this (and REJECTED
+    /// only for invalid input, id conflicts and quarantine).
+    pub flag_risk_score: u32,
     /// Risk points each reason adds (capped at 100).
     pub risk_weights: BTreeMap<String, u32>,
 }
@@ -107,6 +150,20 @@ impl Default for ShardsConfig {
             account_mailbox: 256,
             overload_retry_after_ms: 50,
             max_batch: 4096,
+            passivate_after_secs: 300,
+            passivation_sweep_ms: 1_000,
+            order_hold_ms: 10_000,
+        }
+    }
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            restart_window_secs: 10,
+            quarantine_secs: 30,
+            poison_attempts: 3,
         }
     }
 }
@@ -136,6 +193,9 @@ impl Default for RulesConfig {
             ("HIGH_AMOUNT", 60),
             ("VELOCITY", 40),
             ("AMOUNT_ANOMALY", 35),
+            ("NEW_COUNTRY", 20),
+            ("STRUCTURING", 50),
+            ("CURRENCY_SWITCH", 15),
         ]
         .into_iter()
         .map(|(r, w)| (r.to_owned(), w))
@@ -148,6 +208,12 @@ impl Default for RulesConfig {
             anomaly_min_history: 5,
             anomaly_factor_percent: 500,
             max_future_skew_secs: 300,
+            new_country_min_history: 5,
+            currency_switch_min_history: 5,
+            structuring_min_count: 3,
+            structuring_window_secs: 24 * 3600,
+            structuring_lower_percent: 90,
+            flag_risk_score: 1,
             risk_weights,
         }
     }
@@ -196,6 +262,22 @@ impl ActorsConfig {
         if s.max_batch == 0 {
             return Err(bad("shards.max_batch", "must be at least 1"));
         }
+        if s.passivate_after_secs == 0 {
+            return Err(bad("shards.passivate_after_secs", "must be at least 1"));
+        }
+        if s.passivation_sweep_ms == 0 {
+            return Err(bad("shards.passivation_sweep_ms", "must be at least 1"));
+        }
+        let v = &self.supervision;
+        if v.restart_window_secs == 0 {
+            return Err(bad("supervision.restart_window_secs", "must be at least 1"));
+        }
+        if v.quarantine_secs == 0 {
+            return Err(bad("supervision.quarantine_secs", "must be at least 1"));
+        }
+        if v.poison_attempts == 0 {
+            return Err(bad("supervision.poison_attempts", "must be at least 1"));
+        }
         if self.window.max_entries == 0 {
             return Err(bad("window.max_entries", "must be at least 1"));
         }
@@ -243,6 +325,21 @@ impl RulesConfig {
         }
         if self.anomaly_factor_percent <= 100 {
             return Err(bad("rules.anomaly_factor_percent", "must be above 100"));
+        }
+        if self.structuring_min_count < 2 {
+            return Err(bad("rules.structuring_min_count", "must be at least 2"));
+        }
+        if self.structuring_window_secs == 0 {
+            return Err(bad("rules.structuring_window_secs", "must be at least 1"));
+        }
+        if !(1..100).contains(&self.structuring_lower_percent) {
+            return Err(bad(
+                "rules.structuring_lower_percent",
+                "must be between 1 and 99",
+            ));
+        }
+        if !(1..=100).contains(&self.flag_risk_score) {
+            return Err(bad("rules.flag_risk_score", "must be between 1 and 100"));
         }
         for reason in self.risk_weights.keys() {
             if txmesh_proto::v1::Reason::from_str_name(&format!("REASON_{reason}")).is_none() {

@@ -20,6 +20,11 @@ pub enum ActorError {
     BatchTooLarge { got: usize, max: usize },
     #[error("transaction was dropped before it was answered")]
     Dropped,
+    #[error("transaction {transaction_id} crashed its account actor on all {attempts} attempts; recorded as poison, do not retry")]
+    Poison {
+        transaction_id: String,
+        attempts: u32,
+    },
     #[error("invalid configuration: {key}: {reason}")]
     Config { key: String, reason: String },
 }
@@ -43,6 +48,7 @@ impl ActorError {
             Self::ShuttingDown => (TxnErrorCode::ShuttingDown, 1000),
             Self::BatchTooLarge { .. } => (TxnErrorCode::InvalidRequest, 0),
             Self::Dropped => (TxnErrorCode::Internal, 10),
+            Self::Poison { .. } => (TxnErrorCode::Poison, 0),
             Self::Config { .. } => (TxnErrorCode::Internal, 0),
         };
         TxnError {

@@ -3,7 +3,8 @@
 //! ```text
 //! ShardRouter (a cheap handle, cloned into every ingress stream)
 //!   --locate(account)--> Shard (one actor per arbiter, owns the accounts of its hash range)
-//!        --try_send--> AccountActor (one per account, supervised, holds its HistoryWindow)
+//!        --try_send--> AccountActor (one per account, supervised, holds its HistoryWindow;
+//!                      restart intensity -> quarantine, poison messages; passivated when idle)
 //!             evaluate(&window, &txn, &rules) -> Verdict, then the window learns the txn
 //!             --ReplySlot--> BatchReply (assembles one response per request batch)
 //!                               --> the caller's stream and the DashboardPublisher's outbox
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod clock;
 pub mod config;
 pub mod currency;
 mod error;
@@ -24,10 +26,16 @@ pub mod publisher;
 pub mod reply;
 pub mod router;
 pub mod rules;
+pub mod stats;
+pub mod supervision;
 
 pub use account::{window::HistoryWindow, AccountActor};
-pub use config::{ActorsConfig, PublisherConfig, RulesConfig, ShardsConfig, WindowConfig};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use config::{
+    ActorsConfig, PublisherConfig, RulesConfig, ShardsConfig, SupervisionConfig, WindowConfig,
+};
 pub use error::ActorError;
 pub use publisher::{DashboardPublisher, Outbox, PublishTransport, PublisherStatusView};
 pub use reply::{BatchReply, ReplySlot};
-pub use router::{Location, ShardRouter};
+pub use router::{Location, RouterOptions, ShardRouter};
+pub use stats::{mask_account, ScreeningStats};

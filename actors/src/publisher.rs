@@ -32,7 +32,7 @@ use txmesh_proto::v1::{Ack, BreakerState as WireBreaker, PublisherStatus, Verdic
 pub use breaker::{Breaker, BreakerState};
 pub use outbox::Outbox;
 
-use crate::config::PublisherConfig;
+use crate::{config::PublisherConfig, stats::ScreeningStats};
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -96,6 +96,8 @@ pub struct DashboardPublisher {
     breaker: Breaker,
     backoff: ExponentialBackoff,
     stats: Arc<PublisherStats>,
+    /// The screening pipeline's counters, reported with every batch.
+    screening: Option<ScreeningStats>,
 }
 
 enum Link {
@@ -152,7 +154,15 @@ impl DashboardPublisher {
             breaker,
             backoff,
             stats: Arc::new(PublisherStats::default()),
+            screening: None,
         }
+    }
+
+    /// Reports `stats` (the router's) to the dashboard with every batch.
+    #[must_use]
+    pub fn with_screening(mut self, stats: ScreeningStats) -> Self {
+        self.screening = Some(stats);
+        self
     }
 
     /// The counters this actor keeps up to date.
@@ -288,6 +298,7 @@ impl DashboardPublisher {
             shed_total: self.outbox.shed_total(),
             retries_total: self.stats.retries.load(Ordering::Relaxed),
             breaker_transitions_total: self.breaker.transitions(),
+            screening: self.screening.as_ref().map(ScreeningStats::to_wire),
         }
     }
 

@@ -1,30 +1,43 @@
 //! ShardRouter and Shard: every account lives in exactly one shard (one
-//! actor per arbiter thread), chosen by a hash of its id; the shard creates
-//! the account's actor on first use and forwards each transaction to it.
+//! actor per arbiter thread), chosen by a hash of its id. The shard starts
+//! the account's actor on first use, passivates it when idle (keeping its
+//! state in compact form) and restores it on its next transaction.
 //!
 //! Order: one caller's batches reach a shard in the order sent (actix
 //! mailboxes are FIFO per sender) and a shard forwards them to each account
-//! in that order, so per-account order is preserved.
+//! in that order. A transaction refused for overload puts its account on
+//! hold (see [`holds`]): later transactions of the account are refused too
+//! until the refused one comes back, so a retry cannot overtake or be
+//! overtaken.
+
+mod holds;
 
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::Instant,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
-use actix::{dev::SendError, Actor, Addr, Arbiter, Context, Handler, Message, Supervisor};
+use actix::{
+    dev::SendError, Actor, ActorFutureExt, Addr, Arbiter, AsyncContext, Context, Handler,
+    MailboxError, Message, Supervisor, WrapFuture,
+};
 use txmesh_proto::v1::{Transaction, TxnResult};
 
 use crate::{
-    account::{AccountActor, ScreenTxn},
-    config::{ActorsConfig, RulesConfig, ShardsConfig, WindowConfig},
+    account::{AccountActor, AccountEnv, AccountState, EvaluationHook, Passivate, ScreenTxn},
+    clock::{SharedClock, SystemClock},
+    config::{ActorsConfig, ShardsConfig},
     reply::{BatchReply, ReplySlot},
+    stats::{PoisonLog, ScreeningStats, ShardStats},
     ActorError,
 };
+use holds::Holds;
+
+/// Most passivations one sweep starts, so a shard with many idle accounts
+/// spreads the work over several sweeps instead of stalling its mailbox.
+const MAX_PASSIVATIONS_PER_SWEEP: usize = 20_000;
 
 /// Where an account lives. Today always a local shard; with several ingress
 /// replicas this is where "another replica" will be answered.
@@ -33,20 +46,28 @@ pub enum Location {
     Local(usize),
 }
 
+/// What a router is started with besides its config.
+#[derive(Clone)]
+pub struct RouterOptions {
+    pub clock: SharedClock,
+    /// Runs before every evaluation, inside its `catch_unwind`.
+    pub hook: Option<EvaluationHook>,
+}
+
 /// Routes transactions to shards. Cheap to clone; one per process.
 #[derive(Clone)]
 pub struct ShardRouter {
-    shards: Arc<[Addr<Shard>]>,
+    shards: Arc<[ShardHandle]>,
     config: Arc<ShardsConfig>,
-    stats: Arc<RouterStats>,
+    clock: SharedClock,
+    stats: ScreeningStats,
     arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
 }
 
-/// Counters shared by every shard.
-#[derive(Debug, Default)]
-pub struct RouterStats {
-    pub accounts: AtomicU64,
-    pub overloaded: AtomicU64,
+struct ShardHandle {
+    addr: Addr<Shard>,
+    holds: Arc<Holds>,
+    stats: Arc<ShardStats>,
 }
 
 /// The transactions of one request batch that belong to one shard.
@@ -61,42 +82,82 @@ impl Message for ScreenPart {
 
 /// One shard: the account actors of its hash range, on its own arbiter.
 pub struct Shard {
-    accounts: HashMap<String, Addr<AccountActor>>,
-    rules: Arc<RulesConfig>,
-    window: WindowConfig,
+    env: Arc<AccountEnv>,
     config: Arc<ShardsConfig>,
-    stats: Arc<RouterStats>,
+    holds: Arc<Holds>,
+    active: HashMap<Box<str>, ActiveAccount>,
+    passive: HashMap<Box<str>, AccountState>,
+}
+
+struct ActiveAccount {
+    addr: Addr<AccountActor>,
+    last_used_ms: u64,
+    /// `Some` while a passivation is under way: transactions that arrive
+    /// meanwhile wait here, in order.
+    passivating: Option<Vec<ScreenTxn>>,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        Self {
+            clock: SystemClock::shared(),
+            hook: None,
+        }
+    }
 }
 
 impl ShardRouter {
+    /// Starts one shard per configured arbiter, with the real clock. Must
+    /// run inside an actix `System`.
+    pub fn start(config: &ActorsConfig) -> Self {
+        Self::start_with(config, RouterOptions::default())
+    }
+
     /// Starts one shard per configured arbiter. Must run inside an actix
     /// `System`.
-    pub fn start(config: &ActorsConfig) -> Self {
+    pub fn start_with(config: &ActorsConfig, options: RouterOptions) -> Self {
         let count = config.shard_count();
-        let rules = Arc::new(config.rules.clone());
         let shards_config = Arc::new(config.shards.clone());
-        let stats = Arc::new(RouterStats::default());
+        let poison = Arc::new(PoisonLog::default());
         let mut arbiters = Vec::with_capacity(count);
         let mut shards = Vec::with_capacity(count);
-        for _ in 0..count {
+        for index in 0..count {
             let arbiter = Arbiter::new();
-            let shard = Shard {
-                accounts: HashMap::new(),
-                rules: rules.clone(),
+            let stats = Arc::new(ShardStats::default());
+            let holds = Arc::new(Holds::default());
+            let env = Arc::new(AccountEnv {
+                rules: config.rules.clone(),
                 window: config.window.clone(),
-                config: shards_config.clone(),
+                supervision: config.supervision.clone(),
+                clock: options.clock.clone(),
                 stats: stats.clone(),
+                poison_log: poison.clone(),
+                shard: u32::try_from(index).unwrap_or(u32::MAX),
+                hook: options.hook.clone(),
+            });
+            let shard = Shard {
+                env,
+                config: shards_config.clone(),
+                holds: holds.clone(),
+                active: HashMap::new(),
+                passive: HashMap::new(),
             };
             let capacity = shards_config.shard_mailbox;
-            shards.push(Shard::start_in_arbiter(&arbiter.handle(), move |ctx| {
+            let addr = Shard::start_in_arbiter(&arbiter.handle(), move |ctx| {
                 ctx.set_mailbox_capacity(capacity);
                 shard
-            }));
+            });
+            shards.push(ShardHandle { addr, holds, stats });
             arbiters.push(arbiter);
         }
+        let stats = ScreeningStats {
+            shards: shards.iter().map(|s| s.stats.clone()).collect(),
+            poison,
+        };
         Self {
             shards: shards.into(),
             config: shards_config,
+            clock: options.clock,
             stats,
             arbiters: Arc::new(std::sync::Mutex::new(arbiters)),
         }
@@ -115,8 +176,8 @@ impl ShardRouter {
         self.shards.len()
     }
 
-    /// Shared counters.
-    pub fn stats(&self) -> &RouterStats {
+    /// Per-shard counters and the poison log.
+    pub fn stats(&self) -> &ScreeningStats {
         &self.stats
     }
 
@@ -154,18 +215,16 @@ impl ShardRouter {
             if items.is_empty() {
                 continue;
             }
-            match self.shards[shard].try_send(ScreenPart { items, received }) {
+            let handle = &self.shards[shard];
+            match handle.addr.try_send(ScreenPart { items, received }) {
                 Ok(()) => {}
                 Err(SendError::Full(part)) => {
-                    self.stats
-                        .overloaded
-                        .fetch_add(part.items.len() as u64, Ordering::Relaxed);
-                    let err = ActorError::Overloaded {
-                        what: "shard",
-                        retry_after_ms: self.config.overload_retry_after_ms,
-                    };
-                    for (_, slot) in part.items {
-                        slot.error(&err);
+                    let until = self.clock.now_ms() + self.config.order_hold_ms;
+                    for (txn, slot) in part.items {
+                        handle
+                            .holds
+                            .hold(&txn.account_id, &txn.transaction_id, until);
+                        overloaded(&handle.stats, &self.config, slot, "shard");
                     }
                 }
                 Err(SendError::Closed(part)) => {
@@ -188,31 +247,157 @@ impl ShardRouter {
     }
 }
 
+fn overloaded(stats: &ShardStats, config: &ShardsConfig, slot: ReplySlot, what: &'static str) {
+    stats.overloaded.inc();
+    slot.error(&ActorError::Overloaded {
+        what,
+        retry_after_ms: config.overload_retry_after_ms,
+    });
+}
+
 impl Actor for Shard {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = Duration::from_millis(self.config.passivation_sweep_ms);
+        ctx.run_interval(every, |shard, ctx| shard.sweep(ctx));
+    }
 }
 
 impl Shard {
-    /// The account's actor, started on first use. The stored `Addr` itself
-    /// is used for sending: actix tracks mailbox capacity per sender, and a
-    /// fresh clone would never see the mailbox as full.
-    fn account(&mut self, account_id: &str) -> &Addr<AccountActor> {
-        let live = self.accounts.get(account_id).is_some_and(Addr::connected);
-        if !live {
-            let window = self.window.clone();
-            let rules = self.rules.clone();
-            let mailbox = self.config.account_mailbox;
-            let addr = Supervisor::start(move |ctx: &mut Context<AccountActor>| {
-                // Set before the first message: the shard enqueues a whole
-                // part before the new actor first runs.
-                ctx.set_mailbox_capacity(mailbox);
-                AccountActor::new(&window, rules)
-            });
-            if self.accounts.insert(account_id.to_owned(), addr).is_none() {
-                self.stats.accounts.fetch_add(1, Ordering::Relaxed);
+    /// Starts an account actor, supervised, with the configured mailbox.
+    fn start_account(&self, actor: AccountActor) -> Addr<AccountActor> {
+        let mailbox = self.config.account_mailbox;
+        self.env.stats.active.inc();
+        Supervisor::start(move |ctx: &mut Context<AccountActor>| {
+            // Set before the first message: the shard enqueues a whole part
+            // before the new actor first runs.
+            ctx.set_mailbox_capacity(mailbox);
+            actor
+        })
+    }
+
+    /// The account's live actor, started (or restored from its passivated
+    /// state) on demand.
+    fn activate(&mut self, account_id: &str) -> &mut ActiveAccount {
+        if !self.active.contains_key(account_id) {
+            let actor = match self.passive.remove(account_id) {
+                Some(state) => {
+                    self.env.stats.passivated.dec();
+                    self.env.stats.reactivations.inc();
+                    AccountActor::restore(self.env.clone(), state)
+                }
+                None => AccountActor::new(self.env.clone()),
+            };
+            let addr = self.start_account(actor);
+            self.active.insert(
+                account_id.into(),
+                ActiveAccount {
+                    addr,
+                    last_used_ms: 0,
+                    passivating: None,
+                },
+            );
+        }
+        self.active
+            .get_mut(account_id)
+            .expect("inserted just above when missing")
+    }
+
+    /// Hands `msg` to its account's actor, or refuses it for overload.
+    fn deliver(&mut self, msg: ScreenTxn, now_ms: u64) {
+        let hold_until = now_ms + self.config.order_hold_ms;
+        let capacity = self.config.account_mailbox;
+        let account = self.activate(&msg.txn.account_id);
+        account.last_used_ms = now_ms;
+        let refused = match &mut account.passivating {
+            Some(waiting) if waiting.len() < capacity => {
+                waiting.push(msg);
+                None
+            }
+            Some(_) => Some(msg),
+            // The stored `Addr` itself is used for sending: actix tracks
+            // mailbox capacity per sender, and a fresh clone would never
+            // see the mailbox as full.
+            None => match account.addr.try_send(msg) {
+                Ok(()) => None,
+                Err(SendError::Full(msg)) => Some(msg),
+                Err(SendError::Closed(msg)) => {
+                    msg.reply.error(&ActorError::ShuttingDown);
+                    None
+                }
+            },
+        };
+        if let Some(msg) = refused {
+            self.holds
+                .hold(&msg.txn.account_id, &msg.txn.transaction_id, hold_until);
+            overloaded(&self.env.stats, &self.config, msg.reply, "account");
+        }
+    }
+
+    /// Starts passivating the accounts idle for `passivate_after_secs`.
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        let now = self.env.clock.now_ms();
+        self.holds.expire(now);
+        let idle_ms = self.config.passivate_after_secs.saturating_mul(1000);
+        let idle: Vec<Box<str>> = self
+            .active
+            .iter()
+            .filter(|(_, a)| {
+                a.passivating.is_none() && now.saturating_sub(a.last_used_ms) >= idle_ms
+            })
+            .map(|(k, _)| k.clone())
+            .take(MAX_PASSIVATIONS_PER_SWEEP)
+            .collect();
+        for key in idle {
+            let Some(account) = self.active.get_mut(&key) else {
+                continue;
+            };
+            account.passivating = Some(Vec::new());
+            let asked = account.addr.send(Passivate);
+            ctx.spawn(
+                asked
+                    .into_actor(self)
+                    .map(move |answer, shard, _ctx| shard.passivated(key, answer)),
+            );
+        }
+    }
+
+    /// The account's answer to [`Passivate`].
+    fn passivated(&mut self, key: Box<str>, answer: Result<Option<AccountState>, MailboxError>) {
+        let Some(mut account) = self.active.remove(&key) else {
+            return;
+        };
+        let waiting = account.passivating.take().unwrap_or_default();
+        let now = self.env.clock.now_ms();
+        match answer {
+            Ok(Some(state)) => {
+                // Dropping the only `Addr` stops the actor for good (its
+                // supervisor restarts only actors still addressed).
+                drop(account);
+                self.env.stats.active.dec();
+                self.env.stats.passivations.inc();
+                self.passive.insert(key.clone(), state);
+                self.env.stats.passivated.inc();
+            }
+            Ok(None) => {
+                // Quarantined: stays live until its quarantine ends.
+                account.last_used_ms = now;
+                self.active.insert(key.clone(), account);
+            }
+            Err(_) => {
+                // The actor is gone: its arbiter is stopping.
+                self.env.stats.active.dec();
+                for msg in waiting {
+                    msg.reply.error(&ActorError::ShuttingDown);
+                }
+                return;
             }
         }
-        &self.accounts[account_id]
+        // What arrived meanwhile goes on in order, to the restored actor.
+        for msg in waiting {
+            self.deliver(msg, now);
+        }
     }
 }
 
@@ -220,26 +405,18 @@ impl Handler<ScreenPart> for Shard {
     type Result = ();
 
     fn handle(&mut self, part: ScreenPart, _ctx: &mut Self::Context) {
-        for (mut txn, reply) in part.items {
-            let account_id = std::mem::take(&mut txn.account_id);
-            let addr = self.account(&account_id);
-            txn.account_id = account_id;
+        let now = self.env.clock.now_ms();
+        for (txn, reply) in part.items {
+            if !self.holds.admit(&txn.account_id, &txn.transaction_id, now) {
+                overloaded(&self.env.stats, &self.config, reply, "account (order hold)");
+                continue;
+            }
             let msg = ScreenTxn {
                 txn,
                 reply,
                 received: part.received,
             };
-            match addr.try_send(msg) {
-                Ok(()) => {}
-                Err(SendError::Full(msg)) => {
-                    self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-                    msg.reply.error(&ActorError::Overloaded {
-                        what: "account",
-                        retry_after_ms: self.config.overload_retry_after_ms,
-                    });
-                }
-                Err(SendError::Closed(msg)) => msg.reply.error(&ActorError::ShuttingDown),
-            }
+            self.deliver(msg, now);
         }
     }
 }

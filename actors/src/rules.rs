@@ -9,6 +9,12 @@
 //! | HIGH_AMOUNT | amount >= the currency's threshold | EUR/USD/CHF 10,000.00, GBP 8,000.00, JPY 1,500,000 |
 //! | VELOCITY | more than `velocity_max` transactions (this one included) within `velocity_window_secs` | 10 in 60 s |
 //! | AMOUNT_ANOMALY | at least `anomaly_min_history` earlier transactions in the currency and amount >= `anomaly_factor_percent` of their mean | 5, 500 % |
+//! | NEW_COUNTRY | a country absent from the window, once it holds `new_country_min_history` transactions | 5 |
+//! | STRUCTURING | `structuring_min_count` transactions (this one included) within `structuring_window_secs`, one currency, each in [`structuring_lower_percent`, 100) % of the HIGH_AMOUNT threshold | 3 in 24 h, 90 % |
+//! | CURRENCY_SWITCH | a currency absent from the window, once it holds `currency_switch_min_history` transactions | 5 |
+//!
+//! The risk score is the sum of the fired reasons' `risk_weights`, capped at
+//! 100; a score of at least `flag_risk_score` makes the verdict FLAGGED.
 
 use txmesh_proto::v1::{Reason, Transaction, Verdict, VerdictStatus};
 
@@ -72,15 +78,28 @@ pub fn evaluate(
     if amount_anomalous(window, txn, rules) {
         reasons.push(Reason::AmountAnomaly);
     }
+    if window.len() >= rules.new_country_min_history
+        && !window.entries().any(|e| e.country_str() == txn.country)
+    {
+        reasons.push(Reason::NewCountry);
+    }
+    if structuring(window, txn, rules) {
+        reasons.push(Reason::Structuring);
+    }
+    if window.len() >= rules.currency_switch_min_history
+        && !window.entries().any(|e| e.currency_str() == txn.currency)
+    {
+        reasons.push(Reason::CurrencySwitch);
+    }
     let risk = reasons
         .iter()
         .map(|r| risk_weight(rules, *r))
         .sum::<u32>()
         .min(100);
-    let status = if reasons.is_empty() {
-        VerdictStatus::Approved
-    } else {
+    let status = if risk >= rules.flag_risk_score {
         VerdictStatus::Flagged
+    } else {
+        VerdictStatus::Approved
     };
     Evaluation::Fresh(verdict(
         txn,
@@ -139,6 +158,34 @@ fn amount_anomalous(window: &HistoryWindow, txn: &Transaction, rules: &RulesConf
     }
     // amount >= factor% * sum / count, in integers.
     i128::from(txn.amount_minor) * 100 * count >= sum * i128::from(rules.anomaly_factor_percent)
+}
+
+/// Whether `amount` sits in the structuring band of its currency: at or
+/// above `structuring_lower_percent` of the HIGH_AMOUNT threshold, below it.
+fn in_structuring_band(amount: i64, threshold: i64, rules: &RulesConfig) -> bool {
+    amount < threshold
+        && i128::from(amount) * 100
+            >= i128::from(threshold) * i128::from(rules.structuring_lower_percent)
+}
+
+fn structuring(window: &HistoryWindow, txn: &Transaction, rules: &RulesConfig) -> bool {
+    let threshold = rules.high_amount_threshold(&txn.currency);
+    if !in_structuring_band(txn.amount_minor, threshold, rules) {
+        return false;
+    }
+    let span_ms =
+        i64::try_from(rules.structuring_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let since = txn.timestamp_unix_ms.saturating_sub(span_ms);
+    let earlier = window
+        .entries()
+        .filter(|e| {
+            e.timestamp_unix_ms > since
+                && e.timestamp_unix_ms <= txn.timestamp_unix_ms
+                && e.currency_str() == txn.currency
+                && in_structuring_band(e.amount_minor, threshold, rules)
+        })
+        .count();
+    earlier + 1 >= rules.structuring_min_count
 }
 
 fn risk_weight(rules: &RulesConfig, reason: Reason) -> u32 {

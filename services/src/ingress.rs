@@ -14,7 +14,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use actix::Actor;
 use tonic::transport::Server;
 use txmesh_actors::{
-    publisher::PublisherStats, DashboardPublisher, Outbox, PublisherStatusView, ShardRouter,
+    publisher::PublisherStats, DashboardPublisher, Outbox, PublisherStatusView, RouterOptions,
+    ScreeningStats, ShardRouter,
 };
 use txmesh_certs::{SpiffeId, TlsMaterial};
 use txmesh_proto::v1::ingress_server::IngressServer;
@@ -47,12 +48,24 @@ pub struct IngressHandle {
 /// When certificates cannot be loaded, the config is invalid or the port
 /// cannot be bound.
 pub async fn start(config: &TxmeshConfig) -> Result<IngressHandle, ServiceError> {
+    start_with(config, RouterOptions::default()).await
+}
+
+/// [`start`] with the router's clock and evaluation hook chosen by the
+/// caller (tests inject evaluation failures this way).
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with(
+    config: &TxmeshConfig,
+    options: RouterOptions,
+) -> Result<IngressHandle, ServiceError> {
     let material = TlsMaterial::load(
         &config.identity_dir(&config.ingress.identity),
         &config.trust_domain,
     )?;
     let policy = Arc::new(config.policy()?);
-    let router = ShardRouter::start(&config.actors);
+    let router = ShardRouter::start_with(&config.actors, options);
     let outbox = Outbox::new(config.actors.publisher.outbox_capacity);
 
     let dashboard_id = SpiffeId::for_workload(&config.trust_domain, "dashboard")?;
@@ -71,7 +84,8 @@ pub async fn start(config: &TxmeshConfig) -> Result<IngressHandle, ServiceError>
         config.actors.publisher.clone(),
         outbox.clone(),
         Arc::new(transport),
-    );
+    )
+    .with_screening(router.stats().clone());
     let publisher_stats = publisher.stats();
     publisher.start();
 
@@ -122,6 +136,11 @@ pub async fn start(config: &TxmeshConfig) -> Result<IngressHandle, ServiceError>
 }
 
 impl IngressHandle {
+    /// Per-shard supervision, passivation and overload counters.
+    pub fn screening(&self) -> &ScreeningStats {
+        self.router.stats()
+    }
+
     /// The publisher's state.
     pub fn publisher(&self) -> PublisherStatusView {
         self.publisher.view(&self.outbox)

@@ -56,6 +56,26 @@ impl HistoryWindow {
         }
     }
 
+    /// A window holding `entries` (oldest first, as [`Self::into_entries`]
+    /// gave them), bounded by `config`.
+    pub fn restore(config: &WindowConfig, entries: Box<[WindowEntry]>) -> Self {
+        let mut window = Self::new(config);
+        window.newest_ms = entries
+            .iter()
+            .map(|e| e.timestamp_unix_ms)
+            .max()
+            .unwrap_or(i64::MIN);
+        window.entries = entries.into_vec().into();
+        window.evict();
+        window
+    }
+
+    /// The entries, oldest first, in the compact form a passivated account
+    /// keeps (no spare capacity).
+    pub fn into_entries(self) -> Box<[WindowEntry]> {
+        Vec::from(self.entries).into_boxed_slice()
+    }
+
     /// The entries, oldest first.
     pub fn entries(&self) -> impl DoubleEndedIterator<Item = &WindowEntry> + ExactSizeIterator {
         self.entries.iter()
@@ -156,68 +176,13 @@ impl WindowEntry {
     pub fn currency_str(&self) -> &str {
         std::str::from_utf8(&self.currency).unwrap_or("")
     }
+
+    /// The country code as text.
+    pub fn country_str(&self) -> &str {
+        std::str::from_utf8(&self.country).unwrap_or("")
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn txn(id: &str, ts: i64, amount: i64) -> Transaction {
-        Transaction {
-            transaction_id: id.into(),
-            account_id: "acc".into(),
-            amount_minor: amount,
-            currency: "EUR".into(),
-            timestamp_unix_ms: ts,
-            merchant_id: "m".into(),
-            country: "DE".into(),
-            channel: 1,
-        }
-    }
-
-    fn approved() -> Verdict {
-        Verdict {
-            status: VerdictStatus::Approved as i32,
-            ..Verdict::default()
-        }
-    }
-
-    #[test]
-    fn evicts_by_count_keeping_the_newest() {
-        let mut w = HistoryWindow::new(&WindowConfig {
-            max_entries: 3,
-            max_age_secs: 3600,
-        });
-        for i in 0..5 {
-            w.record(&txn(&format!("t{i}"), 1_000 + i, 10), &approved());
-        }
-        let ids: Vec<_> = w.entries().map(|e| e.transaction_id.to_string()).collect();
-        assert_eq!(ids, ["t2", "t3", "t4"]);
-    }
-
-    #[test]
-    fn evicts_by_age_relative_to_the_newest() {
-        let mut w = HistoryWindow::new(&WindowConfig {
-            max_entries: 100,
-            max_age_secs: 10,
-        });
-        w.record(&txn("old", 0, 10), &approved());
-        w.record(&txn("mid", 5_000, 10), &approved());
-        assert_eq!(w.len(), 2);
-        w.record(&txn("new", 12_000, 10), &approved());
-        let ids: Vec<_> = w.entries().map(|e| e.transaction_id.to_string()).collect();
-        assert_eq!(ids, ["mid", "new"]);
-        assert!(w.find("old").is_none());
-        assert!(w.find("mid").is_some());
-    }
-
-    #[test]
-    fn fingerprint_changes_with_content_only() {
-        let a = txn("x", 1, 10);
-        let mut b = a.clone();
-        b.transaction_id = "y".into();
-        assert_eq!(fingerprint(&a), fingerprint(&b));
-        b.amount_minor = 11;
-        assert_ne!(fingerprint(&a), fingerprint(&b));
-    }
-}
+#[path = "window/tests.rs"]
+mod tests;

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use txmesh_proto::v1::{txn_result::Outcome, Reason, VerdictStatus};
+use txmesh_proto::v1::{txn_result::Outcome, Reason, TxnErrorCode, VerdictStatus};
 
 use super::*;
+use crate::clock::ManualClock;
 
 fn txn(account: &str, id: &str, amount: i64, ts: i64) -> Transaction {
     Transaction {
@@ -43,7 +44,7 @@ async fn every_transaction_gets_one_result_in_order_with_history_per_account() {
     let mut config = ActorsConfig::default();
     config.shards.count = 2;
     let router = ShardRouter::start(&config);
-    let now = crate::account::unix_ms_now();
+    let now = crate::clock::system_unix_ms();
     // 11 transactions for one account within a minute: the 11th is VELOCITY.
     let mut txns: Vec<_> = (0..11)
         .map(|i| txn("a", &format!("a{i}"), 1_000, now - 30_000 + i))
@@ -76,7 +77,7 @@ async fn oversized_batches_and_full_mailboxes_answer_with_errors() {
     config.shards.count = 1;
     config.shards.max_batch = 3;
     let router = ShardRouter::start(&config);
-    let now = crate::account::unix_ms_now();
+    let now = crate::clock::system_unix_ms();
     let results = screen(
         &router,
         (0..4).map(|i| txn("a", &format!("t{i}"), 5, now)).collect(),
@@ -104,16 +105,240 @@ async fn oversized_batches_and_full_mailboxes_answer_with_errors() {
             .collect(),
     )
     .await;
-    let overloaded = results
+    // A prefix is screened; from the first refusal on, the account is held,
+    // so everything after it is refused too (order kept for the retries).
+    let first_refused = results
         .iter()
-        .filter(|r| matches!(&r.outcome, Some(Outcome::Error(e)) if e.retryable && e.retry_after_ms > 0))
-        .count();
-    let screened = results
+        .position(|r| matches!(&r.outcome, Some(Outcome::Error(e)) if e.retryable && e.retry_after_ms > 0))
+        .expect("a mailbox of 1 must overflow");
+    assert!(first_refused > 0, "the first transaction fits");
+    for r in &results[first_refused..] {
+        match &r.outcome {
+            Some(Outcome::Error(e)) => {
+                assert_eq!(e.code(), TxnErrorCode::ResourceExhausted);
+                assert!(e.retryable);
+            }
+            other => panic!("{} must be refused, got {other:?}", r.transaction_id),
+        }
+    }
+    assert_eq!(
+        router.stats().total(|s| &s.overloaded),
+        (50 - first_refused) as u64
+    );
+    // Another transaction of the held account is refused until the first
+    // refused one comes back; then both go through, in that order.
+    let refused = results[first_refused].transaction_id.clone();
+    let later = results[49].transaction_id.clone();
+    let by_id = |id: &str| {
+        let i: i64 = id[1..].parse().expect("numbered id");
+        txn("hot", id, 5, now - 600_000 + i * 60_000)
+    };
+    let out = screen(&router, vec![by_id(&later)]).await;
+    assert!(matches!(&out[0].outcome, Some(Outcome::Error(e)) if e.retryable));
+    let out = screen(&router, vec![by_id(&refused)]).await;
+    verdict(&out[0]);
+    let out = screen(&router, vec![by_id(&later)]).await;
+    verdict(&out[0]);
+    router.stop();
+}
+
+/// A router whose evaluations panic for transactions of merchant "crash",
+/// on a clock the test moves.
+fn crashing_router(config: &ActorsConfig) -> (ShardRouter, Arc<ManualClock>) {
+    let clock = ManualClock::new();
+    let hook: EvaluationHook = Arc::new(|txn: &Transaction| {
+        if txn.merchant_id == "crash" {
+            panic!("injected evaluation failure");
+        }
+    });
+    let options = RouterOptions {
+        clock: clock.clone(),
+        hook: Some(hook),
+    };
+    (ShardRouter::start_with(config, options), clock)
+}
+
+fn crash(account: &str, id: &str, ts: i64) -> Transaction {
+    let mut t = txn(account, id, 1_000, ts);
+    t.merchant_id = "crash".into();
+    t
+}
+
+fn error(r: &TxnResult) -> &txmesh_proto::v1::TxnError {
+    match &r.outcome {
+        Some(Outcome::Error(e)) => e,
+        other => panic!("expected an error for {}, got {other:?}", r.transaction_id),
+    }
+}
+
+/// Polls `cond` until it holds; the actors run on other threads.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_panic_is_answered_retryably_and_the_restart_keeps_the_window() {
+    let mut config = ActorsConfig::default();
+    config.shards.count = 1;
+    let (router, _clock) = crashing_router(&config);
+    let now = crate::clock::system_unix_ms();
+    let first = txn("a", "a0", 2_000_000, now - 5_000);
+    screen(
+        &router,
+        vec![first.clone(), txn("a", "a1", 1_000, now - 4_000)],
+    )
+    .await;
+    let out = screen(
+        &router,
+        vec![crash("a", "boom", now - 3_000), first.clone()],
+    )
+    .await;
+    let e = error(&out[0]);
+    assert_eq!(e.code(), TxnErrorCode::Unavailable);
+    assert!(e.retryable);
+    // The transaction queued behind the crash is screened by the restarted
+    // actor, which still knows the account's history.
+    assert!(verdict(&out[1]).replayed);
+    assert_eq!(verdict(&out[1]).reasons, vec![Reason::HighAmount as i32]);
+    assert_eq!(router.stats().total(|s| &s.restarts), 1);
+    router.stop();
+}
+
+#[actix_rt::test]
+async fn past_the_restart_intensity_the_account_is_quarantined_until_the_cool_down_ends() {
+    let mut config = ActorsConfig::default();
+    config.shards.count = 1;
+    let (router, clock) = crashing_router(&config);
+    let now = crate::clock::system_unix_ms();
+    // Three restarts within 10 s are allowed; the fourth crash quarantines.
+    for i in 0..4 {
+        let out = screen(
+            &router,
+            vec![crash("q", &format!("c{i}"), now - 10_000 + i)],
+        )
+        .await;
+        assert!(error(&out[0]).retryable);
+        clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(router.stats().total(|s| &s.quarantines), 1);
+    let out = screen(
+        &router,
+        vec![
+            txn("q", "q1", 1_000, now - 1_000),
+            txn("other", "o1", 1_000, now),
+        ],
+    )
+    .await;
+    assert_eq!(verdict(&out[0]).status(), VerdictStatus::Rejected);
+    assert_eq!(
+        verdict(&out[0]).reasons,
+        vec![Reason::AccountQuarantined as i32]
+    );
+    assert_eq!(
+        verdict(&out[1]).status(),
+        VerdictStatus::Approved,
+        "other accounts go on"
+    );
+    clock.advance(Duration::from_secs(30));
+    let out = screen(&router, vec![txn("q", "q1", 1_000, now - 1_000)]).await;
+    assert_eq!(
+        verdict(&out[0]).status(),
+        VerdictStatus::Approved,
+        "the quarantine ended on its own and the refused transaction was not recorded"
+    );
+    assert!(!verdict(&out[0]).replayed);
+    router.stop();
+}
+
+#[actix_rt::test]
+async fn a_poison_message_gets_an_explicit_error_after_its_attempts_and_is_recorded() {
+    let mut config = ActorsConfig::default();
+    config.shards.count = 1;
+    let (router, clock) = crashing_router(&config);
+    let now = crate::clock::system_unix_ms();
+    let poison = crash("acct-00004242", "p1", now);
+    for attempt in 1..=2 {
+        let out = screen(&router, vec![poison.clone()]).await;
+        assert!(error(&out[0]).retryable, "attempt {attempt} may be retried");
+        clock.advance(Duration::from_secs(20));
+    }
+    let out = screen(&router, vec![poison.clone()]).await;
+    let e = error(&out[0]);
+    assert_eq!(e.code(), TxnErrorCode::Poison);
+    assert!(!e.retryable);
+    // Sent again, it is answered without crashing the actor again.
+    let out = screen(&router, vec![poison]).await;
+    assert_eq!(error(&out[0]).code(), TxnErrorCode::Poison);
+    assert_eq!(router.stats().total(|s| &s.restarts), 3);
+    assert_eq!(router.stats().total(|s| &s.poison), 1);
+    let records = router.stats().poison.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].transaction_id, "p1");
+    assert_eq!(records[0].account, "…4242");
+    assert_eq!(records[0].attempts, 3);
+    router.stop();
+}
+
+#[actix_rt::test]
+async fn idle_accounts_passivate_and_come_back_with_their_history() {
+    let mut config = ActorsConfig::default();
+    config.shards.count = 2;
+    config.shards.passivation_sweep_ms = 5;
+    let (router, clock) = crashing_router(&config);
+    let now = crate::clock::system_unix_ms();
+    // Ten transactions within a minute for "v", one for "w".
+    let ten: Vec<_> = (0..10)
+        .map(|i| txn("v", &format!("v{i}"), 1_000, now - 30_000 + i))
+        .collect();
+    screen(&router, ten).await;
+    screen(&router, vec![txn("w", "w0", 2_000_000, now)]).await;
+    let stats = router.stats().clone();
+    assert_eq!(stats.total(|s| &s.active), 2);
+
+    clock.advance(Duration::from_secs(config.shards.passivate_after_secs));
+    eventually("both accounts passivated", || {
+        stats.total(|s| &s.passivated) == 2 && stats.total(|s| &s.active) == 0
+    })
+    .await;
+    assert_eq!(stats.total(|s| &s.passivations), 2);
+
+    // The eleventh within the minute is VELOCITY: the history came back.
+    let out = screen(&router, vec![txn("v", "v10", 1_000, now - 20_000)]).await;
+    assert_eq!(verdict(&out[0]).reasons, vec![Reason::Velocity as i32]);
+    let out = screen(&router, vec![txn("w", "w0", 2_000_000, now)]).await;
+    assert!(verdict(&out[0]).replayed, "a replay is still recognised");
+    assert_eq!(stats.total(|s| &s.reactivations), 2);
+    assert_eq!(stats.total(|s| &s.active), 2);
+    assert_eq!(stats.total(|s| &s.passivated), 0);
+    router.stop();
+}
+
+#[actix_rt::test]
+async fn an_unclaimed_order_hold_expires() {
+    let mut config = ActorsConfig::default();
+    config.shards.count = 1;
+    config.shards.account_mailbox = 1;
+    let (router, clock) = crashing_router(&config);
+    let now = crate::clock::system_unix_ms();
+    let results = screen(
+        &router,
+        (0..20)
+            .map(|i| txn("h", &format!("h{i}"), 5, now - 600_000 + i * 60_000))
+            .collect(),
+    )
+    .await;
+    assert!(results
         .iter()
-        .filter(|r| matches!(r.outcome, Some(Outcome::Verdict(_))))
-        .count();
-    assert_eq!(overloaded + screened, 50);
-    assert!(overloaded > 0, "a mailbox of 1 must overflow");
-    assert!(screened > 0);
+        .any(|r| matches!(r.outcome, Some(Outcome::Error(_)))));
+    let fresh = txn("h", "fresh", 5, now);
+    let out = screen(&router, vec![fresh.clone()]).await;
+    assert!(error(&out[0]).retryable, "held for the refused transaction");
+    clock.advance(Duration::from_millis(config.shards.order_hold_ms));
+    let out = screen(&router, vec![fresh]).await;
+    verdict(&out[0]);
     router.stop();
 }

@@ -15,7 +15,7 @@ use std::{
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, MessageResult};
 use serde::{Deserialize, Serialize};
-use txmesh_proto::v1::{BreakerState, VerdictBatch, VerdictStatus};
+use txmesh_proto::v1::{BreakerState, PoisonRecord, ShardStatus, VerdictBatch, VerdictStatus};
 
 use crate::grpc::reason_name;
 
@@ -58,6 +58,37 @@ pub struct PublisherRecord {
     pub retries_total: u64,
     pub breaker_transitions_total: u64,
     pub last_seen_unix_ms: i64,
+    /// The publishing ingress's screening pipeline, per shard.
+    #[serde(default)]
+    pub shards: Vec<ShardRecord>,
+    /// Poison messages it recorded, most recent first.
+    #[serde(default)]
+    pub poison: Vec<PoisonRow>,
+}
+
+/// Supervision, passivation and overload counters of one shard.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShardRecord {
+    pub shard: u32,
+    pub active_accounts: u64,
+    pub passivated_accounts: u64,
+    pub restarts_total: u64,
+    pub quarantines_total: u64,
+    pub poison_total: u64,
+    pub overloaded_total: u64,
+    pub passivations_total: u64,
+}
+
+/// A transaction that crashed its account actor on every attempt.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoisonRow {
+    pub transaction_id: String,
+    /// Already masked by the ingress.
+    pub account: String,
+    pub attempts: u32,
+    pub message: String,
+    pub unix_ms: i64,
+    pub shard: u32,
 }
 
 /// Everything a browser or `/api/snapshot` gets.
@@ -173,6 +204,10 @@ impl Aggregator {
             record.shed_total = status.shed_total;
             record.retries_total = status.retries_total;
             record.breaker_transitions_total = status.breaker_transitions_total;
+            if let Some(screening) = &status.screening {
+                record.shards = screening.shards.iter().map(ShardRecord::from).collect();
+                record.poison = screening.poison.iter().map(PoisonRow::from).collect();
+            }
         }
         if batch.sequence <= record.applied_seq {
             record.duplicates += 1;
@@ -205,7 +240,7 @@ impl Aggregator {
             }
             if status != VerdictStatus::Approved && !v.replayed {
                 self.alerts.push_front(Alert {
-                    account: mask(&v.account_id),
+                    account: txmesh_actors::mask_account(&v.account_id),
                     status: status_name(status).to_owned(),
                     reasons: v.reasons.iter().map(|r| reason_name(*r)).collect(),
                     risk_score: v.risk_score,
@@ -328,6 +363,34 @@ fn status_name(status: VerdictStatus) -> &'static str {
     }
 }
 
+impl From<&ShardStatus> for ShardRecord {
+    fn from(s: &ShardStatus) -> Self {
+        Self {
+            shard: s.shard,
+            active_accounts: s.active_accounts,
+            passivated_accounts: s.passivated_accounts,
+            restarts_total: s.restarts_total,
+            quarantines_total: s.quarantines_total,
+            poison_total: s.poison_total,
+            overloaded_total: s.overloaded_total,
+            passivations_total: s.passivations_total,
+        }
+    }
+}
+
+impl From<&PoisonRecord> for PoisonRow {
+    fn from(p: &PoisonRecord) -> Self {
+        Self {
+            transaction_id: p.transaction_id.clone(),
+            account: p.account.clone(),
+            attempts: p.attempts,
+            message: p.message.clone(),
+            unix_ms: p.unix_ms,
+            shard: p.shard,
+        }
+    }
+}
+
 fn breaker_name(state: BreakerState) -> &'static str {
     match state {
         BreakerState::Closed => "CLOSED",
@@ -335,17 +398,4 @@ fn breaker_name(state: BreakerState) -> &'static str {
         BreakerState::HalfOpen => "HALF_OPEN",
         BreakerState::Unspecified => "UNKNOWN",
     }
-}
-
-/// Keeps the last four characters of an account id.
-fn mask(account: &str) -> String {
-    let tail: String = account
-        .chars()
-        .rev()
-        .take(4)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    format!("…{tail}")
 }

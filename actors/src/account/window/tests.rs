@@ -1,0 +1,111 @@
+//! The window's unit and property tests.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn txn(id: &str, ts: i64, amount: i64) -> Transaction {
+    Transaction {
+        transaction_id: id.into(),
+        account_id: "acc".into(),
+        amount_minor: amount,
+        currency: "EUR".into(),
+        timestamp_unix_ms: ts,
+        merchant_id: "m".into(),
+        country: "DE".into(),
+        channel: 1,
+    }
+}
+
+fn approved() -> Verdict {
+    Verdict {
+        status: VerdictStatus::Approved as i32,
+        ..Verdict::default()
+    }
+}
+
+#[test]
+fn evicts_by_count_keeping_the_newest() {
+    let mut w = HistoryWindow::new(&WindowConfig {
+        max_entries: 3,
+        max_age_secs: 3600,
+    });
+    for i in 0..5 {
+        w.record(&txn(&format!("t{i}"), 1_000 + i, 10), &approved());
+    }
+    let ids: Vec<_> = w.entries().map(|e| e.transaction_id.to_string()).collect();
+    assert_eq!(ids, ["t2", "t3", "t4"]);
+}
+
+#[test]
+fn evicts_by_age_relative_to_the_newest() {
+    let mut w = HistoryWindow::new(&WindowConfig {
+        max_entries: 100,
+        max_age_secs: 10,
+    });
+    w.record(&txn("old", 0, 10), &approved());
+    w.record(&txn("mid", 5_000, 10), &approved());
+    assert_eq!(w.len(), 2);
+    w.record(&txn("new", 12_000, 10), &approved());
+    let ids: Vec<_> = w.entries().map(|e| e.transaction_id.to_string()).collect();
+    assert_eq!(ids, ["mid", "new"]);
+    assert!(w.find("old").is_none());
+    assert!(w.find("mid").is_some());
+}
+
+#[test]
+fn fingerprint_changes_with_content_only() {
+    let a = txn("x", 1, 10);
+    let mut b = a.clone();
+    b.transaction_id = "y".into();
+    assert_eq!(fingerprint(&a), fingerprint(&b));
+    b.amount_minor = 11;
+    assert_ne!(fingerprint(&a), fingerprint(&b));
+}
+
+proptest! {
+    /// Whatever is recorded, the window is a suffix of the records (both
+    /// evictions take from the front), in arrival order, no longer than
+    /// `max_entries`, with its oldest entry within `max_age` of the newest
+    /// timestamp seen; and passivation's compact form round-trips.
+    #[test]
+    fn stays_a_bounded_ordered_suffix_within_its_age(
+        max_entries in 1usize..20,
+        max_age_secs in 1u64..100,
+        steps in proptest::collection::vec(-50_000i64..200_000, 0..200),
+    ) {
+        let config = WindowConfig { max_entries, max_age_secs };
+        let mut w = HistoryWindow::new(&config);
+        let mut ts = 1_000_000_000i64;
+        let mut newest = i64::MIN;
+        let mut recorded = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            ts += step;
+            newest = newest.max(ts);
+            let id = format!("t{i}");
+            w.record(&txn(&id, ts, 10), &approved());
+            recorded.push(id);
+
+            prop_assert!(w.len() <= max_entries);
+            let ids: Vec<String> = w.entries().map(|e| e.transaction_id.to_string()).collect();
+            prop_assert!(recorded.ends_with(&ids), "not a suffix: {ids:?}");
+            if let Some(front) = w.entries().next() {
+                let max_age_ms = i64::try_from(max_age_secs * 1000).unwrap_or(i64::MAX);
+                prop_assert!(front.timestamp_unix_ms >= newest - max_age_ms);
+            }
+        }
+        let entries: Vec<WindowEntry> = w.entries().cloned().collect();
+        let restored = HistoryWindow::restore(&config, w.into_entries());
+        prop_assert_eq!(restored.entries().cloned().collect::<Vec<_>>(), entries);
+    }
+
+    /// With every timestamp equal, only the count bounds the window.
+    #[test]
+    fn evicts_by_count_exactly(max_entries in 1usize..30, n in 0usize..100) {
+        let mut w = HistoryWindow::new(&WindowConfig { max_entries, max_age_secs: 10 });
+        for i in 0..n {
+            w.record(&txn(&format!("t{i}"), 5_000, 10), &approved());
+        }
+        prop_assert_eq!(w.len(), n.min(max_entries));
+    }
+}
