@@ -72,6 +72,9 @@ pub struct AccountEnv {
     pub poison_log: Arc<PoisonLog>,
     pub shard: u32,
     pub hook: Option<EvaluationHook>,
+    /// How long later transactions wait for the retry of a crashed one.
+    pub order_hold_ms: u64,
+    pub overload_retry_after_ms: u32,
 }
 
 /// The actor owning one account's history.
@@ -132,6 +135,10 @@ impl AccountActor {
                 attempts: outcome.attempts,
             });
         } else {
+            state.hold_for_retry(
+                &msg.txn.transaction_id,
+                now.saturating_add(self.env.order_hold_ms),
+            );
             msg.reply.error(&ActorError::AccountFailed(what));
         }
     }
@@ -163,8 +170,17 @@ impl Handler<ScreenTxn> for AccountActor {
                 });
                 return;
             }
-            if state.quarantined(self.env.clock.now_ms()) {
+            let now = self.env.clock.now_ms();
+            if state.quarantined(now) {
                 msg.reply.verdict(quarantined(&msg.txn));
+                return;
+            }
+            if !state.admit(&msg.txn.transaction_id, now) {
+                self.env.stats.overloaded.inc();
+                msg.reply.error(&ActorError::Overloaded {
+                    what: "account (held for the retry of a crashed transaction)",
+                    retry_after_ms: self.env.overload_retry_after_ms,
+                });
                 return;
             }
         }

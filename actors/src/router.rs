@@ -15,7 +15,10 @@ mod holds;
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash, Hasher},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -68,12 +71,16 @@ struct ShardHandle {
     addr: Addr<Shard>,
     holds: Arc<Holds>,
     stats: Arc<ShardStats>,
+    /// Numbers the parts handed to this shard (see [`holds`]).
+    stamps: AtomicU64,
 }
 
 /// The transactions of one request batch that belong to one shard.
 pub struct ScreenPart {
     pub items: Vec<(Transaction, ReplySlot)>,
     pub received: Instant,
+    /// Order of the part among those handed to its shard.
+    pub stamp: u64,
 }
 
 impl Message for ScreenPart {
@@ -94,7 +101,7 @@ struct ActiveAccount {
     last_used_ms: u64,
     /// `Some` while a passivation is under way: transactions that arrive
     /// meanwhile wait here, in order.
-    passivating: Option<Vec<ScreenTxn>>,
+    passivating: Option<Vec<(u64, ScreenTxn)>>,
 }
 
 impl Default for RouterOptions {
@@ -134,6 +141,8 @@ impl ShardRouter {
                 poison_log: poison.clone(),
                 shard: u32::try_from(index).unwrap_or(u32::MAX),
                 hook: options.hook.clone(),
+                order_hold_ms: config.shards.order_hold_ms,
+                overload_retry_after_ms: config.shards.overload_retry_after_ms,
             });
             let shard = Shard {
                 env,
@@ -147,7 +156,12 @@ impl ShardRouter {
                 ctx.set_mailbox_capacity(capacity);
                 shard
             });
-            shards.push(ShardHandle { addr, holds, stats });
+            shards.push(ShardHandle {
+                addr,
+                holds,
+                stats,
+                stamps: AtomicU64::new(0),
+            });
             arbiters.push(arbiter);
         }
         let stats = ScreeningStats {
@@ -216,14 +230,19 @@ impl ShardRouter {
                 continue;
             }
             let handle = &self.shards[shard];
-            match handle.addr.try_send(ScreenPart { items, received }) {
+            let stamp = handle.stamps.fetch_add(1, Ordering::Relaxed);
+            match handle.addr.try_send(ScreenPart {
+                items,
+                received,
+                stamp,
+            }) {
                 Ok(()) => {}
                 Err(SendError::Full(part)) => {
                     let until = self.clock.now_ms() + self.config.order_hold_ms;
                     for (txn, slot) in part.items {
                         handle
                             .holds
-                            .hold(&txn.account_id, &txn.transaction_id, until);
+                            .hold(&txn.account_id, &txn.transaction_id, stamp, until);
                         overloaded(&handle.stats, &self.config, slot, "shard");
                     }
                 }
@@ -305,14 +324,14 @@ impl Shard {
     }
 
     /// Hands `msg` to its account's actor, or refuses it for overload.
-    fn deliver(&mut self, msg: ScreenTxn, now_ms: u64) {
+    fn deliver(&mut self, msg: ScreenTxn, stamp: u64, now_ms: u64) {
         let hold_until = now_ms + self.config.order_hold_ms;
         let capacity = self.config.account_mailbox;
         let account = self.activate(&msg.txn.account_id);
         account.last_used_ms = now_ms;
         let refused = match &mut account.passivating {
             Some(waiting) if waiting.len() < capacity => {
-                waiting.push(msg);
+                waiting.push((stamp, msg));
                 None
             }
             Some(_) => Some(msg),
@@ -329,8 +348,12 @@ impl Shard {
             },
         };
         if let Some(msg) = refused {
-            self.holds
-                .hold(&msg.txn.account_id, &msg.txn.transaction_id, hold_until);
+            self.holds.hold(
+                &msg.txn.account_id,
+                &msg.txn.transaction_id,
+                stamp,
+                hold_until,
+            );
             overloaded(&self.env.stats, &self.config, msg.reply, "account");
         }
     }
@@ -338,7 +361,7 @@ impl Shard {
     /// Starts passivating the accounts idle for `passivate_after_secs`.
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let now = self.env.clock.now_ms();
-        self.holds.expire(now);
+        self.holds.expire(now, self.config.order_hold_ms);
         let idle_ms = self.config.passivate_after_secs.saturating_mul(1000);
         let idle: Vec<Box<str>> = self
             .active
@@ -388,15 +411,15 @@ impl Shard {
             Err(_) => {
                 // The actor is gone: its arbiter is stopping.
                 self.env.stats.active.dec();
-                for msg in waiting {
+                for (_, msg) in waiting {
                     msg.reply.error(&ActorError::ShuttingDown);
                 }
                 return;
             }
         }
         // What arrived meanwhile goes on in order, to the restored actor.
-        for msg in waiting {
-            self.deliver(msg, now);
+        for (stamp, msg) in waiting {
+            self.deliver(msg, stamp, now);
         }
     }
 }
@@ -407,7 +430,14 @@ impl Handler<ScreenPart> for Shard {
     fn handle(&mut self, part: ScreenPart, _ctx: &mut Self::Context) {
         let now = self.env.clock.now_ms();
         for (txn, reply) in part.items {
-            if !self.holds.admit(&txn.account_id, &txn.transaction_id, now) {
+            let hold_ms = self.config.order_hold_ms;
+            if !self.holds.admit(
+                &txn.account_id,
+                &txn.transaction_id,
+                part.stamp,
+                now,
+                hold_ms,
+            ) {
                 overloaded(&self.env.stats, &self.config, reply, "account (order hold)");
                 continue;
             }
@@ -416,7 +446,7 @@ impl Handler<ScreenPart> for Shard {
                 reply,
                 received: part.received,
             };
-            self.deliver(msg, now);
+            self.deliver(msg, part.stamp, now);
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct SupervisionState {
     /// Attempts per transaction that crashed and was not yet poison.
     crashes: VecDeque<(Box<str>, u32)>,
     poison: VecDeque<Box<str>>,
+    /// After a retryable crash: the transaction whose retry must come
+    /// first, and until when (clock ms) later ones wait for it.
+    hold: Option<(Box<str>, u64)>,
 }
 
 /// What to do after a crash.
@@ -95,6 +98,14 @@ impl SupervisionState {
         let poison = attempts >= config.poison_attempts;
         if poison {
             self.crashes.retain(|(id, _)| &**id != transaction_id);
+            // Its answer is final: nothing waits for it any more.
+            if self
+                .hold
+                .as_ref()
+                .is_some_and(|(id, _)| &**id == transaction_id)
+            {
+                self.hold = None;
+            }
             if self.poison.len() == POISON_KEPT {
                 self.poison.pop_front();
             }
@@ -119,6 +130,28 @@ impl SupervisionState {
             attempts,
             poison,
             quarantined,
+        }
+    }
+
+    /// Keeps the account's order across the retry of a crashed transaction:
+    /// until `transaction_id` comes back (or `until_ms`), the account's
+    /// other transactions are refused with a retryable error.
+    pub fn hold_for_retry(&mut self, transaction_id: &str, until_ms: u64) {
+        if self.hold.is_none() {
+            self.hold = Some((transaction_id.into(), until_ms));
+        }
+    }
+
+    /// Whether `transaction_id` may be screened now given the hold; the
+    /// awaited transaction or an expired hold lifts it.
+    pub fn admit(&mut self, transaction_id: &str, now_ms: u64) -> bool {
+        match &self.hold {
+            Some((id, until)) if &**id != transaction_id && now_ms < *until => false,
+            Some(_) => {
+                self.hold = None;
+                true
+            }
+            None => true,
         }
     }
 
@@ -189,5 +222,25 @@ mod tests {
         s.on_crash("flaky", 60_000, &c);
         s.on_success("flaky");
         assert_eq!(s.on_crash("flaky", 80_000, &c).attempts, 1);
+    }
+
+    #[test]
+    fn a_crash_hold_admits_the_crashed_transaction_first() {
+        let c = config();
+        let mut s = SupervisionState::default();
+        s.on_crash("a1", 0, &c);
+        s.hold_for_retry("a1", 10_000);
+        s.hold_for_retry("a2", 10_000);
+        assert!(!s.admit("a2", 5), "a later transaction waits");
+        assert!(s.admit("a1", 6), "the retry goes first");
+        assert!(s.admit("a2", 7));
+        s.hold_for_retry("a3", 10_000);
+        assert!(s.admit("a4", 10_000), "an unclaimed hold expires");
+        // A poison message releases the hold it set.
+        s.hold_for_retry("p", 50_000);
+        for t in [20_000, 21_000, 22_000] {
+            s.on_crash("p", t, &c);
+        }
+        assert!(s.admit("other", 22_001));
     }
 }

@@ -93,6 +93,42 @@ pub struct TxgenConfig {
     pub max_in_flight: usize,
     /// Random seed; the same seed replays the same traffic.
     pub seed: u64,
+    /// How retryable per-transaction errors are retried.
+    pub retry: RetryConfig,
+}
+
+/// Per-transaction retries (gRPC A6 style): full-jitter exponential backoff
+/// above the server's suggested delay, one deadline for all attempts, and a
+/// retry budget that bounds the extra load.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Backoff cap of the first retry, milliseconds; each retry multiplies
+    /// it by `multiplier`, up to `max_backoff_ms`. The delay is the server's
+    /// `retry_after_ms` plus a uniform draw in [0, cap].
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub multiplier: f64,
+    /// A transaction not answered with a verdict this long after its first
+    /// send is given up (counted, never silently dropped).
+    pub deadline_ms: u64,
+    /// Retries earn `budget_ratio` tokens per first send (0.2 = at most 20 %
+    /// extra load) on top of `budget_reserve` tokens; a retry spends one.
+    pub budget_ratio: f64,
+    pub budget_reserve: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_backoff_ms: 20,
+            max_backoff_ms: 1_000,
+            multiplier: 2.0,
+            deadline_ms: 30_000,
+            budget_ratio: 0.2,
+            budget_reserve: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -160,6 +196,7 @@ impl Default for TxgenConfig {
             inject_ratio: 0.02,
             max_in_flight: 32,
             seed: 42,
+            retry: RetryConfig::default(),
         }
     }
 }
@@ -173,6 +210,36 @@ impl Default for AuthzConfig {
             dashboard_ui: names(&["operator"]),
             metrics: names(&["prometheus", "operator"]),
         }
+    }
+}
+
+impl RetryConfig {
+    fn validate(&self) -> Result<(), ServiceError> {
+        if self.initial_backoff_ms == 0 {
+            return Err(ServiceError::config(
+                "txgen.retry.initial_backoff_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.max_backoff_ms < self.initial_backoff_ms {
+            return Err(ServiceError::config(
+                "txgen.retry.max_backoff_ms",
+                "must be at least initial_backoff_ms",
+            ));
+        }
+        if self.multiplier.is_nan() || self.multiplier < 1.0 {
+            return Err(ServiceError::config(
+                "txgen.retry.multiplier",
+                "must be at least 1.0",
+            ));
+        }
+        if !(0.0..=10.0).contains(&self.budget_ratio) {
+            return Err(ServiceError::config(
+                "txgen.retry.budget_ratio",
+                "must be between 0 and 10",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -260,6 +327,7 @@ impl TxmeshConfig {
                 "must be at least 1",
             ));
         }
+        t.retry.validate()?;
         if self.ingress.max_in_flight_batches == 0 {
             return Err(ServiceError::config(
                 "ingress.max_in_flight_batches",

@@ -9,9 +9,10 @@
 
 mod patterns;
 mod report;
+mod retry;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -20,15 +21,23 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use rand::{rngs::SmallRng, SeedableRng};
 use tokio_stream::wrappers::ReceiverStream;
 use txmesh_certs::{SpiffeId, TlsMaterial};
-use txmesh_proto::v1::{ingress_client::IngressClient, ScreenRequest};
+use txmesh_proto::v1::{
+    ingress_client::IngressClient, txn_result::Outcome, ScreenRequest, Transaction, TxnErrorCode,
+};
 
 pub use patterns::{Generator, Label, Pattern, Planned};
 pub use report::{CleanCount, LatencyMs, PatternCount, Tally, TxgenReport};
+pub use retry::{Decision, GiveUp, InFlight, RetryBudget, RetryQueues};
 
-use crate::{config::TxmeshConfig, error::ServiceError, net::mtls_channel, shutdown::Shutdown};
+use crate::{
+    config::{RetryConfig, TxmeshConfig},
+    error::ServiceError,
+    net::mtls_channel,
+    shutdown::Shutdown,
+};
 
 /// Live counters, for `up`'s summary line.
 #[derive(Debug, Default)]
@@ -40,14 +49,34 @@ pub struct TxgenProgress {
 /// How long to wait for the answers still outstanding once sending stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-struct Pending {
-    intended: Instant,
-    label: Label,
+/// What a stream's sender and receiver share.
+struct StreamShared {
+    /// Sent and not yet answered, by request id, in request order (results
+    /// come back in the same order).
+    pending: HashMap<u64, Vec<InFlight>>,
+    retries: RetryQueues,
+    budget: RetryBudget,
+    rng: SmallRng,
+    /// Clean transactions the ingress screened, not yet handed to the
+    /// generator as replay candidates.
+    screened: VecDeque<Transaction>,
 }
 
-/// Sent and not yet answered, by request id: one entry per transaction,
-/// in request order (results come back in the same order).
-type PendingMap = Arc<Mutex<HashMap<u64, Vec<Pending>>>>;
+/// Screened transactions held for the generator between batches.
+const SCREENED_KEPT: usize = 1024;
+
+/// Whether `result` is a first screening that the account's window kept.
+fn entered_history(result: &txmesh_proto::v1::TxnResult) -> bool {
+    matches!(&result.outcome, Some(Outcome::Verdict(v))
+        if !v.replayed && v.status() != txmesh_proto::v1::VerdictStatus::Rejected)
+}
+
+type Shared = Arc<Mutex<StreamShared>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, StreamShared> {
+    // A poisoned lock means a panicking task; the maps are still usable.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Runs txgen as configured until its duration or count is reached, or
 /// `stop` fires; then waits for outstanding answers and reports.
@@ -84,6 +113,8 @@ pub async fn run(
             deadline: (t.duration_secs > 0).then(|| started + Duration::from_secs(t.duration_secs)),
             batch_size: t.batch_size,
             max_in_flight: t.max_in_flight,
+            retry: t.retry.clone(),
+            seed: t.seed ^ (stream as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d),
         };
         let client = IngressClient::new(channel.clone())
             .max_decoding_message_size(64 << 20)
@@ -119,6 +150,9 @@ struct StreamPlan {
     deadline: Option<Instant>,
     batch_size: usize,
     max_in_flight: usize,
+    retry: RetryConfig,
+    /// Seeds the retry jitter.
+    seed: u64,
 }
 
 async fn run_stream(
@@ -135,56 +169,78 @@ async fn run_stream(
     } else {
         plan.max_in_flight
     };
-    let permits = Arc::new(Semaphore::new(window));
     let (tx, rx) = tokio::sync::mpsc::channel::<ScreenRequest>(window);
-    let pending: PendingMap = Arc::new(Mutex::new(HashMap::new()));
-    let mut responses = client
+    let window = Arc::new(Window::new(window, plan.rate.is_none()));
+    let shared: Shared = Arc::new(Mutex::new(StreamShared {
+        pending: HashMap::new(),
+        retries: RetryQueues::default(),
+        budget: RetryBudget::new(&plan.retry),
+        rng: SmallRng::seed_from_u64(plan.seed),
+        screened: VecDeque::new(),
+    }));
+    let responses = client
         .screen(ReceiverStream::new(rx))
         .await
         .map_err(ServiceError::Status)?
         .into_inner();
-
-    let receiver = {
-        let pending = pending.clone();
-        let permits = permits.clone();
-        let progress = progress.clone();
-        tokio::spawn(async move {
-            let mut tally = Tally::new();
-            while let Some(item) = responses.next().await {
-                let Ok(response) = item else { break };
-                let now = Instant::now();
-                let sent = pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&response.request_id)
-                    .unwrap_or_default();
-                for (result, p) in response.results.iter().zip(sent) {
-                    tally.answered(result, p.label, now.saturating_duration_since(p.intended));
-                }
-                progress
-                    .answered
-                    .fetch_add(response.results.len() as u64, Ordering::Relaxed);
-                permits.add_permits(1);
-            }
-            tally
-        })
-    };
+    let receiver = tokio::spawn(receive(
+        responses,
+        shared.clone(),
+        window.clone(),
+        plan.retry.clone(),
+        progress.clone(),
+    ));
 
     let mut sent_tally = Tally::new();
     let start = Instant::now();
     let mut generated: u64 = 0;
     let mut request_id: u64 = 0;
+    let mut drain_until: Option<Instant> = None;
     let tick = Duration::from_millis(1);
-    'send: loop {
-        if stop.is_fired() || plan.deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
+    loop {
+        let now = Instant::now();
+        if drain_until.is_none()
+            && (stop.is_fired()
+                || plan.deadline.is_some_and(|d| now >= d)
+                || plan.count.is_some_and(|c| generated >= c))
+        {
+            drain_until = Some(now + DRAIN_TIMEOUT);
+        }
+        if let Some(until) = drain_until {
+            let idle = {
+                let s = lock(&shared);
+                s.pending.is_empty() && s.retries.is_empty()
+            };
+            if idle || now >= until {
+                break;
+            }
+        }
+        // Retries first: they are older than anything not yet generated.
+        let due = {
+            let mut guard = lock(&shared);
+            let StreamShared {
+                retries, budget, ..
+            } = &mut *guard;
+            for item in retries.take_expired(now, plan.retry.deadline()) {
+                give_up(&mut sent_tally, item, now);
+            }
+            retries.take_due(now, plan.batch_size, budget)
+        };
+        if !due.is_empty() {
+            window.acquire().await;
+            request_id += 1;
+            if !send(&tx, &shared, request_id, due).await {
+                break;
+            }
+            continue;
+        }
+        if drain_until.is_some() {
+            tokio::time::sleep(tick).await;
+            continue;
         }
         let remaining = plan.count.map_or(u64::MAX, |c| c.saturating_sub(generated));
-        if remaining == 0 {
-            break;
-        }
         // How many are due now, and when each was meant to go.
-        let (due, interval) = match plan.rate {
+        let (count, interval) = match plan.rate {
             Some(rate) => {
                 let should = (start.elapsed().as_secs_f64() * rate) as u64;
                 (
@@ -194,55 +250,57 @@ async fn run_stream(
             }
             None => ((plan.batch_size as u64).min(remaining), None),
         };
-        if due == 0 {
+        if count == 0 {
             tokio::time::sleep(tick).await;
             continue;
         }
-        let mut left = due;
-        while left > 0 {
-            let n = left.min(plan.batch_size as u64) as usize;
-            let Ok(permit) = permits.acquire().await else {
-                break 'send;
-            };
-            permit.forget();
-            let now_ms = unix_ms();
-            let mut txns = Vec::with_capacity(n);
-            let mut sent = Vec::with_capacity(n);
+        let n = count.min(plan.batch_size as u64) as usize;
+        window.acquire().await;
+        let now_ms = unix_ms();
+        let sent_at = Instant::now();
+        let mut batch = Vec::with_capacity(n);
+        {
+            let mut s = lock(&shared);
+            for txn in s.screened.drain(..) {
+                generator.screened(txn);
+            }
             for i in 0..n {
                 let Planned { txn, label } = generator.next(now_ms);
                 let intended = match interval {
                     Some(iv) => start + iv.mul_f64((generated + i as u64) as f64),
-                    None => Instant::now(),
+                    None => sent_at,
                 };
-                sent.push(Pending { intended, label });
                 sent_tally.sent(label);
-                txns.push(txn);
+                let item = InFlight {
+                    txn,
+                    label,
+                    intended,
+                    first_sent: sent_at,
+                    attempt: 0,
+                    seq: generated + i as u64,
+                    last_error: None,
+                    starved: false,
+                };
+                // An account with transactions waiting to be resent keeps
+                // its order: the new one queues behind them.
+                if s.retries.holds(&item.txn.account_id) {
+                    s.retries.push(sent_at, item);
+                } else {
+                    batch.push(item);
+                }
             }
-            request_id += 1;
-            pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(request_id, sent);
-            generated += n as u64;
-            left -= n as u64;
-            progress.sent.fetch_add(n as u64, Ordering::Relaxed);
-            if tx
-                .send(ScreenRequest {
-                    transactions: txns,
-                    request_id,
-                })
-                .await
-                .is_err()
-            {
-                break 'send;
-            }
+            s.budget.earn(batch.len());
         }
-    }
-    // Wait for what is still outstanding, then close our side.
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while Instant::now() < deadline && !pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        generated += n as u64;
+        progress.sent.fetch_add(n as u64, Ordering::Relaxed);
+        if batch.is_empty() {
+            window.release(false);
+            continue;
+        }
+        request_id += 1;
+        if !send(&tx, &shared, request_id, batch).await {
+            break;
+        }
     }
     drop(tx);
     let answered = match tokio::time::timeout(Duration::from_secs(5), receiver).await {
@@ -251,6 +309,175 @@ async fn run_stream(
     };
     sent_tally.merge(answered);
     Ok(sent_tally)
+}
+
+/// Registers `items` as pending under `request_id` and sends them; false
+/// when the stream is gone.
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<ScreenRequest>,
+    shared: &Shared,
+    request_id: u64,
+    items: Vec<InFlight>,
+) -> bool {
+    let transactions = items.iter().map(|i| i.txn.clone()).collect();
+    lock(shared).pending.insert(request_id, items);
+    tx.send(ScreenRequest {
+        transactions,
+        request_id,
+    })
+    .await
+    .is_ok()
+}
+
+/// Reads the answers of one stream: verdicts and final errors are tallied,
+/// retryable errors are queued for a resend (or given up, and tallied).
+async fn receive(
+    mut responses: tonic::Streaming<txmesh_proto::v1::ScreenResponse>,
+    shared: Shared,
+    window: Arc<Window>,
+    retry: RetryConfig,
+    progress: Arc<TxgenProgress>,
+) -> Tally {
+    let mut tally = Tally::new();
+    while let Some(item) = responses.next().await {
+        let Ok(response) = item else { break };
+        let now = Instant::now();
+        let mut finals = 0u64;
+        let overloaded = response.results.iter().any(|r| {
+            matches!(&r.outcome, Some(Outcome::Error(e)) if e.code() == TxnErrorCode::ResourceExhausted)
+        });
+        {
+            let mut guard = lock(&shared);
+            let StreamShared {
+                pending,
+                retries,
+                rng,
+                screened,
+                ..
+            } = &mut *guard;
+            let sent = pending.remove(&response.request_id).unwrap_or_default();
+            for (result, mut f) in response.results.iter().zip(sent) {
+                if let Some(Outcome::Error(e)) = &result.outcome {
+                    let since_first = now.saturating_duration_since(f.first_sent);
+                    match retry.decide(e, f.attempt, since_first, rng) {
+                        Decision::RetryAfter(delay) => {
+                            tally.retried();
+                            f.attempt += 1;
+                            f.last_error = Some(e.clone());
+                            retries.push(now + delay, f);
+                            continue;
+                        }
+                        Decision::GiveUp(why) => tally.gave_up(why),
+                    }
+                }
+                finals += 1;
+                tally.answered(result, f.label, now.saturating_duration_since(f.intended));
+                if f.label == Label::Clean && entered_history(result) {
+                    if screened.len() == SCREENED_KEPT {
+                        screened.pop_front();
+                    }
+                    screened.push_back(f.txn);
+                }
+            }
+        }
+        progress.answered.fetch_add(finals, Ordering::Relaxed);
+        window.release(overloaded);
+    }
+    tally
+}
+
+/// Tallies a transaction that waited past its deadline as given up, with
+/// the error of its last attempt.
+fn give_up(tally: &mut Tally, item: InFlight, now: Instant) {
+    tally.gave_up(if item.starved {
+        GiveUp::Budget
+    } else {
+        GiveUp::Deadline
+    });
+    let result = txmesh_proto::v1::TxnResult {
+        transaction_id: item.txn.transaction_id.clone(),
+        outcome: item.last_error.map(Outcome::Error),
+    };
+    tally.answered(
+        &result,
+        item.label,
+        now.saturating_duration_since(item.intended),
+    );
+}
+
+/// The batches a stream may have in flight. At a fixed rate it is a fixed
+/// bound; at maximum rate it adapts like a TCP congestion window: it starts
+/// at one batch and grows by one per clean answer (slow start) until the
+/// first RESOURCE_EXHAUSTED, then halves on refusals and grows by one batch
+/// per window of clean answers (AIMD), so an overloaded ingress sees the
+/// offered load back off instead of a retry storm.
+struct Window {
+    state: Mutex<WindowState>,
+    changed: tokio::sync::Notify,
+}
+
+struct WindowState {
+    size: f64,
+    max: f64,
+    adaptive: bool,
+    slow_start: bool,
+    in_flight: usize,
+    last_cut: Instant,
+}
+
+impl Window {
+    fn new(max: usize, adaptive: bool) -> Self {
+        Self {
+            state: Mutex::new(WindowState {
+                size: if adaptive { 1.0 } else { max as f64 },
+                max: max as f64,
+                adaptive,
+                slow_start: adaptive,
+                in_flight: 0,
+                last_cut: Instant::now(),
+            }),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Waits for room for one more batch and takes it.
+    async fn acquire(&self) {
+        loop {
+            let notified = self.changed.notified();
+            {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if (s.in_flight as f64) < s.size.max(1.0) {
+                    s.in_flight += 1;
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// A batch was answered; `overloaded` when any of it was refused.
+    fn release(&self, overloaded: bool) {
+        {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if s.adaptive {
+                let now = Instant::now();
+                if overloaded {
+                    // One cut per burst of refusals, not one per batch.
+                    if now.saturating_duration_since(s.last_cut) > Duration::from_millis(5) {
+                        s.size = (s.size / 2.0).max(1.0);
+                        s.last_cut = now;
+                        s.slow_start = false;
+                    }
+                } else if s.slow_start {
+                    s.size = (s.size + 1.0).min(s.max);
+                } else {
+                    s.size = (s.size + 1.0 / s.size).min(s.max);
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
 }
 
 fn unix_ms() -> i64 {

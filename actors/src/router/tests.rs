@@ -184,7 +184,7 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
 async fn a_panic_is_answered_retryably_and_the_restart_keeps_the_window() {
     let mut config = ActorsConfig::default();
     config.shards.count = 1;
-    let (router, _clock) = crashing_router(&config);
+    let (router, clock) = crashing_router(&config);
     let now = crate::clock::system_unix_ms();
     let first = txn("a", "a0", 2_000_000, now - 5_000);
     screen(
@@ -200,10 +200,16 @@ async fn a_panic_is_answered_retryably_and_the_restart_keeps_the_window() {
     let e = error(&out[0]);
     assert_eq!(e.code(), TxnErrorCode::Unavailable);
     assert!(e.retryable);
-    // The transaction queued behind the crash is screened by the restarted
-    // actor, which still knows the account's history.
-    assert!(verdict(&out[1]).replayed);
-    assert_eq!(verdict(&out[1]).reasons, vec![Reason::HighAmount as i32]);
+    // What queued behind the crash waits for the crashed transaction's
+    // retry, so a retry cannot be overtaken.
+    let held = error(&out[1]);
+    assert_eq!(held.code(), TxnErrorCode::ResourceExhausted);
+    assert!(held.retryable);
+    // Once that hold lapses, the restarted actor still knows the history.
+    clock.advance(Duration::from_millis(config.shards.order_hold_ms));
+    let out = screen(&router, vec![first]).await;
+    assert!(verdict(&out[0]).replayed);
+    assert_eq!(verdict(&out[0]).reasons, vec![Reason::HighAmount as i32]);
     assert_eq!(router.stats().total(|s| &s.restarts), 1);
     router.stop();
 }
@@ -212,6 +218,8 @@ async fn a_panic_is_answered_retryably_and_the_restart_keeps_the_window() {
 async fn past_the_restart_intensity_the_account_is_quarantined_until_the_cool_down_ends() {
     let mut config = ActorsConfig::default();
     config.shards.count = 1;
+    // Crash holds lapse between the crashes below (1 s apart).
+    config.shards.order_hold_ms = 1;
     let (router, clock) = crashing_router(&config);
     let now = crate::clock::system_unix_ms();
     // Three restarts within 10 s are allowed; the fourth crash quarantines.
@@ -318,27 +326,36 @@ async fn idle_accounts_passivate_and_come_back_with_their_history() {
 }
 
 #[actix_rt::test]
-async fn an_unclaimed_order_hold_expires() {
+async fn an_unclaimed_order_hold_passes_on_without_letting_anything_overtake() {
     let mut config = ActorsConfig::default();
     config.shards.count = 1;
     config.shards.account_mailbox = 1;
     let (router, clock) = crashing_router(&config);
     let now = crate::clock::system_unix_ms();
-    let results = screen(
+    let h = |i: i64| txn("h", &format!("h{i}"), 5, now - 600_000 + i * 60_000);
+    // h0 fits, h1 overflows (the hold waits for it), h2.. are refused by it.
+    let results = screen(&router, (0..4).map(h).collect()).await;
+    verdict(&results[0]);
+    assert!(results[1..]
+        .iter()
+        .all(|r| matches!(r.outcome, Some(Outcome::Error(_)))));
+    // h1 never comes back. Once the hold expires it passes to h2, the
+    // oldest it refused, so h3 still cannot overtake h2.
+    clock.advance(Duration::from_millis(config.shards.order_hold_ms));
+    let out = screen(&router, vec![h(3)]).await;
+    assert!(error(&out[0]).retryable, "h3 waits for h2");
+    verdict(&screen(&router, vec![h(2)]).await[0]);
+    verdict(&screen(&router, vec![h(3)]).await[0]);
+
+    // A hold that refused nothing simply ends.
+    let out = screen(
         &router,
-        (0..20)
-            .map(|i| txn("h", &format!("h{i}"), 5, now - 600_000 + i * 60_000))
-            .collect(),
+        vec![txn("k", "k0", 5, now), txn("k", "k1", 5, now)],
     )
     .await;
-    assert!(results
-        .iter()
-        .any(|r| matches!(r.outcome, Some(Outcome::Error(_)))));
-    let fresh = txn("h", "fresh", 5, now);
-    let out = screen(&router, vec![fresh.clone()]).await;
-    assert!(error(&out[0]).retryable, "held for the refused transaction");
+    assert!(matches!(out[1].outcome, Some(Outcome::Error(_))));
     clock.advance(Duration::from_millis(config.shards.order_hold_ms));
-    let out = screen(&router, vec![fresh]).await;
+    let out = screen(&router, vec![txn("k", "k2", 5, now)]).await;
     verdict(&out[0]);
     router.stop();
 }

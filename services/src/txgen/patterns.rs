@@ -5,7 +5,9 @@
 //! Clean traffic keeps every account quiet: its own currency and country, an
 //! amount within 50-150 % of the account's baseline, and a simulated clock
 //! that advances 5-30 minutes per transaction (starting 30 days back), so
-//! neither VELOCITY nor AMOUNT_ANOMALY nor HIGH_AMOUNT can fire on it.
+//! neither VELOCITY nor AMOUNT_ANOMALY nor HIGH_AMOUNT can fire on it, nor
+//! NEW_COUNTRY, CURRENCY_SWITCH or STRUCTURING (its amounts stay far below
+//! the structuring band).
 
 use std::collections::VecDeque;
 
@@ -21,6 +23,9 @@ pub enum Pattern {
     HighAmount,
     Velocity,
     AmountAnomaly,
+    NewCountry,
+    Structuring,
+    CurrencySwitch,
     Replay,
     Invalid,
     IdConflict,
@@ -45,6 +50,9 @@ pub struct Planned {
 
 const CURRENCIES: [&str; 3] = ["EUR", "USD", "GBP"];
 const COUNTRIES: [&str; 6] = ["DE", "FR", "NL", "US", "GB", "ES"];
+/// Countries and currencies no account calls home: injected cases only.
+const FAR_COUNTRIES: [&str; 4] = ["BR", "SG", "ZA", "JP"];
+const FAR_CURRENCIES: [&str; 4] = ["SEK", "CHF", "JPY", "NOK"];
 const RECENT: usize = 1024;
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
@@ -69,14 +77,20 @@ struct AccountSim {
     history: u32,
     /// An outlier amount is in its history (anomaly would be masked).
     tainted: bool,
+    /// Bits of FAR_COUNTRIES / FAR_CURRENCIES already injected.
+    countries_used: u8,
+    currencies_used: u8,
 }
 
 impl Pattern {
     /// Every pattern, in report order.
-    pub const ALL: [Pattern; 6] = [
+    pub const ALL: [Pattern; 9] = [
         Pattern::HighAmount,
         Pattern::Velocity,
         Pattern::AmountAnomaly,
+        Pattern::NewCountry,
+        Pattern::Structuring,
+        Pattern::CurrencySwitch,
         Pattern::Replay,
         Pattern::Invalid,
         Pattern::IdConflict,
@@ -88,6 +102,9 @@ impl Pattern {
             Pattern::HighAmount => "high_amount",
             Pattern::Velocity => "velocity",
             Pattern::AmountAnomaly => "amount_anomaly",
+            Pattern::NewCountry => "new_country",
+            Pattern::Structuring => "structuring",
+            Pattern::CurrencySwitch => "currency_switch",
             Pattern::Replay => "replay",
             Pattern::Invalid => "invalid",
             Pattern::IdConflict => "id_conflict",
@@ -104,6 +121,9 @@ impl Pattern {
             Pattern::HighAmount => has(Reason::HighAmount),
             Pattern::Velocity => has(Reason::Velocity),
             Pattern::AmountAnomaly => has(Reason::AmountAnomaly),
+            Pattern::NewCountry => has(Reason::NewCountry),
+            Pattern::Structuring => has(Reason::Structuring),
+            Pattern::CurrencySwitch => has(Reason::CurrencySwitch),
             Pattern::Replay => v.replayed,
             Pattern::Invalid => {
                 v.status() == VerdictStatus::Rejected
@@ -140,6 +160,8 @@ impl Generator {
                 clock_ms: now_ms - 30 * DAY_MS + rng.random_range(0..DAY_MS),
                 history: 0,
                 tainted: false,
+                countries_used: 0,
+                currencies_used: 0,
             })
             .collect();
         Self {
@@ -173,7 +195,6 @@ impl Generator {
         }
         let slot = self.rng.random_range(0..self.accounts.len());
         let txn = self.clean(slot, now_ms);
-        self.remember(&txn);
         Planned {
             txn,
             label: Label::Clean,
@@ -226,6 +247,49 @@ impl Generator {
                     self.push(txn, Label::Injected(pattern));
                 }
             }
+            Pattern::NewCountry => {
+                let need = self.rules.new_country_min_history;
+                if let Some(slot) = self.seasoned(need) {
+                    let used = self.sims[slot].countries_used;
+                    if let Some(i) = self.unused(used, FAR_COUNTRIES.len()) {
+                        let mut txn = self.clean(slot, now_ms);
+                        txn.country = FAR_COUNTRIES[i].to_owned();
+                        self.sims[slot].countries_used |= 1 << i;
+                        self.push(txn, Label::Injected(pattern));
+                    }
+                }
+            }
+            Pattern::CurrencySwitch => {
+                let need = self.rules.currency_switch_min_history;
+                if let Some(slot) = self.seasoned(need) {
+                    let used = self.sims[slot].currencies_used;
+                    if let Some(i) = self.unused(used, FAR_CURRENCIES.len()) {
+                        let mut txn = self.clean(slot, now_ms);
+                        txn.currency = FAR_CURRENCIES[i].to_owned();
+                        self.sims[slot].currencies_used |= 1 << i;
+                        self.push(txn, Label::Injected(pattern));
+                    }
+                }
+            }
+            Pattern::Structuring => {
+                let slot = self.rng.random_range(0..self.accounts.len());
+                let n = self.rules.structuring_min_count;
+                for i in 0..n {
+                    // Clean steps of 5-30 minutes: the run fits in 24 h.
+                    let mut txn = self.clean(slot, now_ms);
+                    let threshold = self.rules.high_amount_threshold(&txn.currency);
+                    let low = threshold * i64::from(self.rules.structuring_lower_percent) / 100 + 1;
+                    txn.amount_minor = self.rng.random_range(low..threshold);
+                    let label = if i + 1 == n {
+                        Label::Injected(pattern)
+                    } else {
+                        Label::Filler
+                    };
+                    self.push(txn, label);
+                }
+                // Amounts this large are outliers in the account's history.
+                self.sims[slot].tainted = true;
+            }
             Pattern::Replay => {
                 if let Some(txn) = self.pick_recent() {
                     self.queue.push_back(Planned {
@@ -250,17 +314,34 @@ impl Generator {
         }
     }
 
+    /// A random index below `n` whose bit is not set in `used`: each
+    /// account gets each far country or currency once, so the injected case
+    /// is new to its window every time.
+    fn unused(&mut self, used: u8, n: usize) -> Option<usize> {
+        let free: Vec<usize> = (0..n).filter(|i| used & (1 << i) == 0).collect();
+        (!free.is_empty()).then(|| free[self.rng.random_range(0..free.len())])
+    }
+
+    /// A random account with at least `need` transactions in its history.
+    fn seasoned(&mut self, need: usize) -> Option<usize> {
+        let need = u32::try_from(need).unwrap_or(u32::MAX);
+        (0..16)
+            .map(|_| self.rng.random_range(0..self.accounts.len()))
+            .find(|s| self.sims[*s].history >= need)
+    }
+
     fn push(&mut self, txn: Transaction, label: Label) {
-        self.remember(&txn);
         self.queue.push_back(Planned { txn, label });
     }
 
-    /// Keeps a sent, valid transaction as a candidate for replays.
-    fn remember(&mut self, txn: &Transaction) {
+    /// Learns that `txn` was screened and entered its account's history:
+    /// a candidate for replays and id conflicts. Only screened transactions
+    /// qualify, so a "replay" never races its original to the ingress.
+    pub fn screened(&mut self, txn: Transaction) {
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back(txn.clone());
+        self.recent.push_back(txn);
     }
 
     fn pick_recent(&mut self) -> Option<Transaction> {
@@ -340,6 +421,9 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..5_000 {
             let p = g.next(now);
+            if p.label == Label::Clean {
+                g.screened(p.txn.clone());
+            }
             match p.label {
                 Label::Clean => {
                     assert!(p.txn.amount_minor < rules.high_amount_threshold(&p.txn.currency));

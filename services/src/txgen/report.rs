@@ -9,7 +9,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use txmesh_proto::v1::{txn_result::Outcome, TxnResult, VerdictStatus};
 
-use super::patterns::{Label, Pattern};
+use super::{
+    patterns::{Label, Pattern},
+    retry::GiveUp,
+};
 
 /// Counts kept by one stream, merged at the end.
 pub struct Tally {
@@ -22,6 +25,9 @@ pub struct Tally {
     pub injected: BTreeMap<&'static str, PatternCount>,
     pub clean: CleanCount,
     pub latency_us: Histogram<u64>,
+    pub retries: u64,
+    pub gave_up: BTreeMap<&'static str, u64>,
+    pub screened_twice: u64,
 }
 
 /// Sent and detected cases of one pattern.
@@ -64,6 +70,14 @@ pub struct TxgenReport {
     pub latency_ms: LatencyMs,
     pub injected: BTreeMap<&'static str, PatternCount>,
     pub clean: CleanCount,
+    /// Resends of transactions answered with a retryable error.
+    pub retries: u64,
+    /// Transactions whose final answer stayed an error, by why retrying
+    /// stopped (not_retryable, deadline, budget).
+    pub gave_up: BTreeMap<&'static str, u64>,
+    /// Verdicts marked `replayed` for transactions sent once (retries
+    /// included): a transaction screened twice. Must be 0.
+    pub screened_twice: u64,
 }
 
 impl Default for Tally {
@@ -86,6 +100,9 @@ impl Tally {
                 .map(|p| (p.name(), PatternCount::default()))
                 .collect(),
             clean: CleanCount::default(),
+            retries: 0,
+            gave_up: BTreeMap::new(),
+            screened_twice: 0,
             // 1 us .. 1 h at 3 significant digits; bounds are constants.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits is valid")),
@@ -105,6 +122,22 @@ impl Tally {
         }
     }
 
+    /// A retryable error was answered and the transaction queued again.
+    pub fn retried(&mut self) {
+        self.retries += 1;
+    }
+
+    /// A transaction's error is final.
+    pub fn gave_up(&mut self, why: GiveUp) {
+        let key = match why {
+            GiveUp::NotRetryable => "not_retryable",
+            GiveUp::Deadline => "deadline",
+            GiveUp::Budget => "budget",
+        };
+        *self.gave_up.entry(key).or_default() += 1;
+    }
+
+    /// The final answer of a transaction.
     pub fn answered(&mut self, result: &TxnResult, label: Label, latency: Duration) {
         self.answered += 1;
         let us = u64::try_from(latency.as_micros())
@@ -113,6 +146,9 @@ impl Tally {
         let _ = self.latency_us.record(us.min(3_600_000_000));
         match &result.outcome {
             Some(Outcome::Verdict(v)) => {
+                if v.replayed && label != Label::Injected(Pattern::Replay) {
+                    self.screened_twice += 1;
+                }
                 let status = v
                     .status()
                     .as_str_name()
@@ -170,6 +206,11 @@ impl Tally {
         }
         self.clean.sent += other.clean.sent;
         self.clean.flagged += other.clean.flagged;
+        self.retries += other.retries;
+        self.screened_twice += other.screened_twice;
+        for (k, v) in other.gave_up {
+            *self.gave_up.entry(k).or_default() += v;
+        }
         let _ = self.latency_us.add(&other.latency_us);
     }
 
@@ -196,6 +237,9 @@ impl Tally {
             duration_s: secs,
             injected: self.injected,
             clean: self.clean,
+            retries: self.retries,
+            gave_up: self.gave_up,
+            screened_twice: self.screened_twice,
         }
     }
 }
@@ -227,6 +271,10 @@ impl TxgenReport {
         if !self.by_error.is_empty() {
             out += &format!("errors by code: {:?}\n", self.by_error);
         }
+        out += &format!(
+            "retries {} gave up {:?} screened twice {}\n",
+            self.retries, self.gave_up, self.screened_twice
+        );
         out += "injected patterns (detected / sent):\n";
         for (name, c) in &self.injected {
             out += &format!("  {name:<15} {:>8} / {:<8}\n", c.detected, c.sent);

@@ -62,9 +62,19 @@ pub fn test_config(dir: &Path) -> TxmeshConfig {
 pub async fn start_system(
     config: &mut TxmeshConfig,
 ) -> (dashboard::DashboardHandle, ingress::IngressHandle) {
+    start_system_with(config, txmesh_actors::RouterOptions::default()).await
+}
+
+/// [`start_system`] with the ingress's router options (clock, hook).
+pub async fn start_system_with(
+    config: &mut TxmeshConfig,
+    options: txmesh_actors::RouterOptions,
+) -> (dashboard::DashboardHandle, ingress::IngressHandle) {
     let dash = dashboard::start(config).await.expect("dashboard starts");
     config.ingress.dashboard_addr = dash.grpc_addr;
-    let ing = ingress::start(config).await.expect("ingress starts");
+    let ing = ingress::start_with(config, options)
+        .await
+        .expect("ingress starts");
     config.txgen.target = ing.local_addr;
     (dash, ing)
 }
