@@ -77,9 +77,9 @@ struct AccountSim {
     history: u32,
     /// An outlier amount is in its history (anomaly would be masked).
     tainted: bool,
-    /// Bits of FAR_COUNTRIES / FAR_CURRENCIES already injected.
-    countries_used: u8,
-    currencies_used: u8,
+    /// Bits of FAR_COUNTRIES ([0]) and FAR_CURRENCIES ([1]) already
+    /// injected.
+    unseen_used: [u8; 2],
 }
 
 impl Pattern {
@@ -160,8 +160,7 @@ impl Generator {
                 clock_ms: now_ms - 30 * DAY_MS + rng.random_range(0..DAY_MS),
                 history: 0,
                 tainted: false,
-                countries_used: 0,
-                currencies_used: 0,
+                unseen_used: [0; 2],
             })
             .collect();
         Self {
@@ -247,30 +246,7 @@ impl Generator {
                     self.push(txn, Label::Injected(pattern));
                 }
             }
-            Pattern::NewCountry => {
-                let need = self.rules.new_country_min_history;
-                if let Some(slot) = self.seasoned(need) {
-                    let used = self.sims[slot].countries_used;
-                    if let Some(i) = self.unused(used, FAR_COUNTRIES.len()) {
-                        let mut txn = self.clean(slot, now_ms);
-                        txn.country = FAR_COUNTRIES[i].to_owned();
-                        self.sims[slot].countries_used |= 1 << i;
-                        self.push(txn, Label::Injected(pattern));
-                    }
-                }
-            }
-            Pattern::CurrencySwitch => {
-                let need = self.rules.currency_switch_min_history;
-                if let Some(slot) = self.seasoned(need) {
-                    let used = self.sims[slot].currencies_used;
-                    if let Some(i) = self.unused(used, FAR_CURRENCIES.len()) {
-                        let mut txn = self.clean(slot, now_ms);
-                        txn.currency = FAR_CURRENCIES[i].to_owned();
-                        self.sims[slot].currencies_used |= 1 << i;
-                        self.push(txn, Label::Injected(pattern));
-                    }
-                }
-            }
+            Pattern::NewCountry | Pattern::CurrencySwitch => self.inject_unseen(pattern, now_ms),
             Pattern::Structuring => {
                 let slot = self.rng.random_range(0..self.accounts.len());
                 let n = self.rules.structuring_min_count;
@@ -312,6 +288,31 @@ impl Generator {
                 }
             }
         }
+    }
+
+    /// NEW_COUNTRY or CURRENCY_SWITCH: a seasoned account's transaction in
+    /// a far country or currency it has not been sent before.
+    fn inject_unseen(&mut self, pattern: Pattern, now_ms: i64) {
+        let (need, choices, kind) = if pattern == Pattern::NewCountry {
+            (self.rules.new_country_min_history, &FAR_COUNTRIES, 0)
+        } else {
+            (self.rules.currency_switch_min_history, &FAR_CURRENCIES, 1)
+        };
+        let Some(slot) = self.seasoned(need) else {
+            return;
+        };
+        let Some(i) = self.unused(self.sims[slot].unseen_used[kind], choices.len()) else {
+            return;
+        };
+        let mut txn = self.clean(slot, now_ms);
+        let code = choices[i].to_owned();
+        if kind == 0 {
+            txn.country = code;
+        } else {
+            txn.currency = code;
+        }
+        self.sims[slot].unseen_used[kind] |= 1 << i;
+        self.push(txn, Label::Injected(pattern));
     }
 
     /// A random index below `n` whose bit is not set in `used`: each
