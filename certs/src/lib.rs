@@ -14,6 +14,7 @@ mod authz;
 mod error;
 mod identity;
 mod issue;
+mod reload;
 mod tls;
 
 pub use authz::{AuthzPolicy, Decision, Service};
@@ -22,4 +23,5 @@ pub use identity::{check_svid, peer_spiffe_id, SpiffeId, SvidUsage, DEFAULT_TRUS
 pub use issue::{
     CertAuthority, IssueOptions, StateLayout, COMPONENT_IDENTITIES, DEFAULT_TTL, P12_PASSWORD,
 };
+pub use reload::{CertStore, Reload};
 pub use tls::{client_config, install_crypto_provider, server_config, TlsMaterial, ALPN_H2};

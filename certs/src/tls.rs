@@ -10,6 +10,7 @@
 use std::{fmt, fs, path::Path, sync::Arc};
 
 use rustls::{
+    client::ResolvesClientCert,
     client::{
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
         Resumption,
@@ -18,8 +19,9 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
     server::{
         danger::{ClientCertVerified, ClientCertVerifier},
-        NoServerSessionStorage, WebPkiClientVerifier,
+        ClientHello, NoServerSessionStorage, ResolvesServerCert,
     },
+    sign::CertifiedKey,
     ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
     SignatureScheme,
 };
@@ -27,7 +29,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::{
     identity::{check_svid, SpiffeId, SvidUsage},
-    CertError,
+    CertError, CertStore,
 };
 
 /// ALPN protocol id of HTTP/2, which every gRPC listener requires.
@@ -50,23 +52,45 @@ impl TlsMaterial {
     /// # Errors
     /// Naming the file that is missing or malformed.
     pub fn load(dir: &Path, trust_domain: &str) -> Result<Self, CertError> {
-        let chain = read_certs(&dir.join("tls.crt"))?;
-        let key = read_key(&dir.join("tls.key"))?;
+        let read = |name: &str| {
+            let path = dir.join(name);
+            fs::read(&path).map_err(|e| CertError::io(path, e))
+        };
+        let bytes = [read("tls.crt")?, read("tls.key")?, read("ca.crt")?];
+        Self::from_pem(&bytes, dir, trust_domain)
+    }
+
+    /// The material from the PEM contents of `[tls.crt, tls.key, ca.crt]`
+    /// (`dir` names them in errors).
+    ///
+    /// # Errors
+    /// Naming the file that is malformed.
+    pub fn from_pem(
+        [crt, key, ca]: &[Vec<u8>; 3],
+        dir: &Path,
+        trust_domain: &str,
+    ) -> Result<Self, CertError> {
+        let crt_path = dir.join("tls.crt");
+        let chain = parse_certs_pem(crt, &crt_path)?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| CertError::BadFile {
+            path: dir.join("tls.key"),
+            reason: e.to_string(),
+        })?;
         let mut roots = RootCertStore::empty();
         let ca_path = dir.join("ca.crt");
-        for ca in read_certs(&ca_path)? {
+        for ca in parse_certs_pem(ca, &ca_path)? {
             roots.add(ca).map_err(|e| CertError::BadFile {
                 path: ca_path.clone(),
                 reason: e.to_string(),
             })?;
         }
         let leaf = chain.first().ok_or_else(|| CertError::BadFile {
-            path: dir.join("tls.crt"),
+            path: crt_path.clone(),
             reason: "no certificate".into(),
         })?;
         let id =
             check_svid(leaf, trust_domain, SvidUsage::Client).map_err(|e| CertError::BadFile {
-                path: dir.join("tls.crt"),
+                path: crt_path,
                 reason: e.to_string(),
             })?;
         Ok(Self {
@@ -76,6 +100,18 @@ impl TlsMaterial {
             id,
             trust_domain: trust_domain.to_owned(),
         })
+    }
+
+    pub(crate) fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    pub(crate) fn key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+
+    pub(crate) fn roots(&self) -> Arc<RootCertStore> {
+        self.roots.clone()
     }
 
     /// This identity's SPIFFE ID.
@@ -105,29 +141,24 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+pub(crate) fn provider() -> CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 /// A server config for a txmesh listener offering `alpn` (for example
-/// `[ALPN_H2]`, or h2 and http/1.1 for the dashboard's HTTPS listener).
+/// `[ALPN_H2]`, or h2 and http/1.1 for the dashboard's HTTPS listener). It
+/// reads `store` on every handshake: reloaded material is used at once.
 ///
 /// # Errors
-/// When the key does not match the certificate or rustls refuses the config.
-pub fn server_config(material: &TlsMaterial, alpn: &[&[u8]]) -> Result<ServerConfig, CertError> {
-    let provider = provider();
-    let inner =
-        WebPkiClientVerifier::builder_with_provider(material.roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))?;
+/// When rustls refuses the config.
+pub fn server_config(store: &CertStore, alpn: &[&[u8]]) -> Result<ServerConfig, CertError> {
     let verifier = Arc::new(SvidClientVerifier {
-        inner,
-        trust_domain: material.trust_domain.clone(),
+        store: store.clone(),
     });
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(material.chain.clone(), material.key.clone_key())?;
+        .with_cert_resolver(Arc::new(StoreResolver(store.clone())));
     // Every connection runs the full handshake and certificate checks.
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(NoServerSessionStorage {});
@@ -136,44 +167,69 @@ pub fn server_config(material: &TlsMaterial, alpn: &[&[u8]]) -> Result<ServerCon
     Ok(config)
 }
 
-/// A client config presenting `material`'s identity and accepting only a
-/// server whose SVID carries `expected_server`.
+/// A client config presenting `store`'s identity and accepting only a
+/// server whose SVID carries `expected_server`. It reads `store` on every
+/// handshake.
 ///
 /// # Errors
-/// When the key does not match the certificate or rustls refuses the config.
+/// When rustls refuses the config.
 pub fn client_config(
-    material: &TlsMaterial,
+    store: &CertStore,
     expected_server: &SpiffeId,
     alpn: &[&[u8]],
 ) -> Result<ClientConfig, CertError> {
-    let provider = provider();
+    let provider = Arc::new(provider());
     let verifier = Arc::new(SvidServerVerifier {
-        roots: material.roots.clone(),
+        store: store.clone(),
         algorithms: provider.signature_verification_algorithms,
-        trust_domain: material.trust_domain.clone(),
         expected: expected_server.clone(),
     });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(material.chain.clone(), material.key.clone_key())?;
+        .with_client_cert_resolver(Arc::new(StoreResolver(store.clone())));
     config.resumption = Resumption::disabled();
     config.enable_early_data = false;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 
+/// Presents the store's live certificate, as a server or as a client.
+#[derive(Debug)]
+struct StoreResolver(CertStore);
+
+impl ResolvesServerCert for StoreResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.live().certified.clone())
+    }
+}
+
+impl ResolvesClientCert for StoreResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.live().certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// Chain checks by webpki, then the SVID profile.
+/// The live bundle's root hints are not offered (they would have to outlive
+/// a reload); clients present their one certificate regardless.
 #[derive(Debug)]
 struct SvidClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-    trust_domain: String,
+    store: CertStore,
 }
 
 impl ClientCertVerifier for SvidClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
 
     fn verify_client_cert(
@@ -182,10 +238,12 @@ impl ClientCertVerifier for SvidClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        check_svid(end_entity, &self.trust_domain, SvidUsage::Client)
+        let verified =
+            self.store
+                .live()
+                .client_verifier
+                .verify_client_cert(end_entity, intermediates, now)?;
+        check_svid(end_entity, self.store.trust_domain(), SvidUsage::Client)
             .map_err(|e| rustls::Error::InvalidCertificate(svid_error(e)))?;
         Ok(verified)
     }
@@ -196,7 +254,10 @@ impl ClientCertVerifier for SvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.store
+            .live()
+            .client_verifier
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -205,11 +266,14 @@ impl ClientCertVerifier for SvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.store
+            .live()
+            .client_verifier
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.store.live().client_verifier.supported_verify_schemes()
     }
 }
 
@@ -218,9 +282,8 @@ impl ClientCertVerifier for SvidClientVerifier {
 /// SPIFFE ID.
 #[derive(Debug)]
 struct SvidServerVerifier {
-    roots: Arc<RootCertStore>,
+    store: CertStore,
     algorithms: WebPkiSupportedAlgorithms,
-    trust_domain: String,
     expected: SpiffeId,
 }
 
@@ -236,12 +299,12 @@ impl ServerCertVerifier for SvidServerVerifier {
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &self.store.live().material.roots,
             intermediates,
             now,
             self.algorithms.all,
         )?;
-        let id = check_svid(end_entity, &self.trust_domain, SvidUsage::Server)
+        let id = check_svid(end_entity, self.store.trust_domain(), SvidUsage::Server)
             .map_err(|e| rustls::Error::InvalidCertificate(svid_error(e)))?;
         if id != self.expected {
             return Err(rustls::Error::InvalidCertificate(

@@ -30,6 +30,32 @@ pub struct TxmeshConfig {
     pub authz: AuthzConfig,
     /// Screening pipeline: shards, windows, rules, publisher.
     pub actors: ActorsConfig,
+    /// Certificate reloading.
+    pub tls: TlsConfig,
+}
+
+/// How each service watches its certificate files.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// How often `tls.crt`, `tls.key` and `ca.crt` are read again; valid new
+    /// material is used by new connections at once.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            reload_interval_ms: 1_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// `reload_interval_ms` as a duration.
+    pub fn reload_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.reload_interval_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -150,6 +176,7 @@ impl Default for TxmeshConfig {
             txgen: TxgenConfig::default(),
             authz: AuthzConfig::default(),
             actors: ActorsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -328,6 +355,12 @@ impl TxmeshConfig {
             ));
         }
         t.retry.validate()?;
+        if self.tls.reload_interval_ms == 0 {
+            return Err(ServiceError::config(
+                "tls.reload_interval_ms",
+                "must be at least 1",
+            ));
+        }
         if self.ingress.max_in_flight_batches == 0 {
             return Err(ServiceError::config(
                 "ingress.max_in_flight_batches",

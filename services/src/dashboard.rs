@@ -18,7 +18,7 @@ use std::{
 
 use actix::{Actor, Addr};
 use tonic::transport::Server;
-use txmesh_certs::TlsMaterial;
+use txmesh_certs::CertStore;
 use txmesh_proto::v1::dashboard_server::DashboardServer;
 
 pub use aggregator::{Aggregator, Alert, GetSnapshot, PublisherRecord, Snapshot, Totals};
@@ -35,6 +35,8 @@ pub struct DashboardHandle {
     pub grpc_addr: SocketAddr,
     pub https_addr: SocketAddr,
     pub grpc_handshakes: Arc<HandshakeStats>,
+    /// The live certificates (reloaded from disk).
+    pub certs: CertStore,
     aggregator: Addr<Aggregator>,
     http: actix_web::dev::ServerHandle,
     trigger: Trigger,
@@ -48,7 +50,7 @@ pub struct DashboardHandle {
 /// When certificates, saved state or ports are not usable.
 pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceError> {
     let dash = &config.dashboard;
-    let material = TlsMaterial::load(&config.identity_dir(&dash.identity), &config.trust_domain)?;
+    let store = CertStore::open(&config.identity_dir(&dash.identity), &config.trust_domain)?;
     let policy = Arc::new(config.policy()?);
 
     let broadcast_stats = Arc::new(broadcaster::BroadcastStats::default());
@@ -69,7 +71,13 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     health_reporter
         .set_serving::<DashboardServer<publish::PublishService>>()
         .await;
-    let tls = txmesh_certs::server_config(&material, &[txmesh_certs::ALPN_H2])?;
+    let tls = txmesh_certs::server_config(&store, &[txmesh_certs::ALPN_H2])?;
+    // Stops with the listeners' shutdown signal.
+    crate::net::watch_certs(
+        store.clone(),
+        config.tls.reload_interval(),
+        shutdown.clone(),
+    );
     let incoming = mtls_incoming(
         dash.grpc_listen,
         tls,
@@ -94,7 +102,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     );
 
     // actix-web adds http/1.1 (WebSocket) and h2 to the ALPN list itself.
-    let https_tls = txmesh_certs::server_config(&material, &[])?;
+    let https_tls = txmesh_certs::server_config(&store, &[])?;
     let listener =
         std::net::TcpListener::bind(dash.https_listen).map_err(|source| ServiceError::Bind {
             addr: dash.https_listen,
@@ -131,11 +139,12 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     .run();
     let http = server.handle();
     actix_rt::spawn(server);
-    tracing::info!(%grpc_addr, %https_addr, identity = %material.spiffe_id(), "dashboard listening (mTLS)");
+    tracing::info!(%grpc_addr, %https_addr, identity = %store.spiffe_id(), "dashboard listening (mTLS)");
     Ok(DashboardHandle {
         grpc_addr,
         https_addr,
         grpc_handshakes,
+        certs: store,
         aggregator,
         http,
         trigger,

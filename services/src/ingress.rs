@@ -17,7 +17,7 @@ use txmesh_actors::{
     publisher::PublisherStats, DashboardPublisher, Outbox, PublisherStatusView, RouterOptions,
     ScreeningStats, ShardRouter,
 };
-use txmesh_certs::{SpiffeId, TlsMaterial};
+use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::ingress_server::IngressServer;
 
 pub use service::{IngressCounters, IngressService};
@@ -32,6 +32,8 @@ use crate::{
 /// A running ingress.
 pub struct IngressHandle {
     pub local_addr: SocketAddr,
+    /// The live certificates (reloaded from disk).
+    pub certs: CertStore,
     pub counters: Arc<IngressCounters>,
     pub handshakes: Arc<HandshakeStats>,
     router: ShardRouter,
@@ -60,7 +62,7 @@ pub async fn start_with(
     config: &TxmeshConfig,
     options: RouterOptions,
 ) -> Result<IngressHandle, ServiceError> {
-    let material = TlsMaterial::load(
+    let store = CertStore::open(
         &config.identity_dir(&config.ingress.identity),
         &config.trust_domain,
     )?;
@@ -71,14 +73,10 @@ pub async fn start_with(
     let dashboard_id = SpiffeId::for_workload(&config.trust_domain, "dashboard")?;
     let transport = publish_client::GrpcPublishTransport::new(
         config.ingress.dashboard_addr,
-        &material,
+        &store,
         &dashboard_id,
     )?;
-    let publisher_id = format!(
-        "{}-{:08x}",
-        material.spiffe_id().path(),
-        rand::random::<u32>()
-    );
+    let publisher_id = format!("{}-{:08x}", store.spiffe_id().path(), rand::random::<u32>());
     let publisher = DashboardPublisher::new(
         publisher_id,
         config.actors.publisher.clone(),
@@ -104,7 +102,13 @@ pub async fn start_with(
     let reflection = crate::grpc::reflection_service()?;
 
     let (trigger, shutdown) = shutdown::channel();
-    let tls = txmesh_certs::server_config(&material, &[txmesh_certs::ALPN_H2])?;
+    let tls = txmesh_certs::server_config(&store, &[txmesh_certs::ALPN_H2])?;
+    // Stops with the listener's shutdown signal.
+    crate::net::watch_certs(
+        store.clone(),
+        config.tls.reload_interval(),
+        shutdown.clone(),
+    );
     let incoming = mtls_incoming(
         config.ingress.listen,
         tls,
@@ -122,9 +126,10 @@ pub async fn start_with(
             .add_service(IngressServer::new(service))
             .serve_with_incoming_shutdown(incoming.stream, async move { shutdown.wait().await }),
     );
-    tracing::info!(%local_addr, identity = %material.spiffe_id(), "ingress listening (mTLS)");
+    tracing::info!(%local_addr, identity = %store.spiffe_id(), "ingress listening (mTLS)");
     Ok(IngressHandle {
         local_addr,
+        certs: store,
         counters,
         handshakes,
         router,

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{server::TlsStream, TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use txmesh_certs::{AuthzPolicy, Decision, Service, SpiffeId, TlsMaterial};
+use txmesh_certs::{AuthzPolicy, CertStore, Decision, Reload, Service, SpiffeId};
 
 use crate::{error::ServiceError, shutdown::Shutdown};
 
@@ -104,17 +104,18 @@ pub async fn mtls_incoming(
     })
 }
 
-/// A tonic channel to `addr` over mTLS as `material`'s identity, accepting
+/// A tonic channel to `addr` over mTLS as `store`'s identity (read again on
+/// every connection, so reloaded certificates are used at once), accepting
 /// only a server whose SVID is `expected_server`. Connects lazily.
 ///
 /// # Errors
 /// When the TLS config cannot be built.
 pub fn mtls_channel(
     addr: SocketAddr,
-    material: &TlsMaterial,
+    store: &CertStore,
     expected_server: &SpiffeId,
 ) -> Result<Channel, ServiceError> {
-    let tls = txmesh_certs::client_config(material, expected_server, &[txmesh_certs::ALPN_H2])?;
+    let tls = txmesh_certs::client_config(store, expected_server, &[txmesh_certs::ALPN_H2])?;
     let connector = TlsConnector::from(Arc::new(tls));
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ServiceError::Connect {
@@ -173,4 +174,27 @@ pub fn authorize<T>(
             )))
         }
     }
+}
+
+/// Polls `store`'s files every `every` and swaps in valid new material (see
+/// `txmesh_certs::CertStore`), until `shutdown`.
+pub fn watch_certs(
+    store: CertStore,
+    every: Duration,
+    shutdown: crate::shutdown::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.wait() => break,
+            }
+            // Reading three small files; cheap enough for the runtime.
+            if let Reload::Rejected(e) = store.reload() {
+                tracing::debug!(error = %e, "certificate reload rejected");
+            }
+        }
+    })
 }

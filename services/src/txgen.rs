@@ -23,7 +23,7 @@ use std::{
 use futures_util::StreamExt;
 use rand::{rngs::SmallRng, SeedableRng};
 use tokio_stream::wrappers::ReceiverStream;
-use txmesh_certs::{SpiffeId, TlsMaterial};
+use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::{
     ingress_client::IngressClient, txn_result::Outcome, ScreenRequest, Transaction, TxnErrorCode,
 };
@@ -89,9 +89,10 @@ pub async fn run(
     progress: Arc<TxgenProgress>,
 ) -> Result<TxgenReport, ServiceError> {
     let t = &config.txgen;
-    let material = TlsMaterial::load(&config.identity_dir(&t.identity), &config.trust_domain)?;
+    let store = CertStore::open(&config.identity_dir(&t.identity), &config.trust_domain)?;
     let ingress_id = SpiffeId::for_workload(&config.trust_domain, "ingress")?;
-    let channel = mtls_channel(t.target, &material, &ingress_id)?;
+    let channel = mtls_channel(t.target, &store, &ingress_id)?;
+    let watcher = crate::net::watch_certs(store, config.tls.reload_interval(), stop.clone());
     let now_ms = unix_ms();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(t.streams);
@@ -128,6 +129,16 @@ pub async fn run(
         )));
     }
     let mut total = Tally::new();
+    let result = collect(tasks, &mut total).await;
+    watcher.abort();
+    result?;
+    Ok(total.report((t.rate > 0).then_some(t.rate), started.elapsed()))
+}
+
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<Result<Tally, ServiceError>>>,
+    total: &mut Tally,
+) -> Result<(), ServiceError> {
     for task in tasks {
         match task.await {
             Ok(Ok(tally)) => total.merge(tally),
@@ -140,7 +151,7 @@ pub async fn run(
             }
         }
     }
-    Ok(total.report((t.rate > 0).then_some(t.rate), started.elapsed()))
+    Ok(())
 }
 
 struct StreamPlan {

@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use txmesh_actors::publisher::{BoxFuture, PublishConnection, PublishTransport};
-use txmesh_certs::{SpiffeId, TlsMaterial};
+use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::dashboard_client::DashboardClient;
 
 use crate::{error::ServiceError, net::mtls_channel};
@@ -26,11 +26,11 @@ pub(crate) struct GrpcPublishTransport {
 impl GrpcPublishTransport {
     pub(crate) fn new(
         target: SocketAddr,
-        material: &TlsMaterial,
+        store: &CertStore,
         dashboard: &SpiffeId,
     ) -> Result<Self, ServiceError> {
         Ok(Self {
-            channel: mtls_channel(target, material, dashboard)?,
+            channel: mtls_channel(target, store, dashboard)?,
             target,
         })
     }

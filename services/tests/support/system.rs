@@ -14,7 +14,7 @@ use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 use txmesh::{config::TxmeshConfig, dashboard, ingress, shutdown, txgen, up};
-use txmesh_certs::{SpiffeId, TlsMaterial};
+use txmesh_certs::{CertStore, SpiffeId};
 
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -87,8 +87,8 @@ pub async fn run_txgen(config: &TxmeshConfig) -> txgen::TxgenReport {
         .expect("txgen runs")
 }
 
-pub fn material(config: &TxmeshConfig, name: &str) -> TlsMaterial {
-    TlsMaterial::load(&config.identity_dir(name), &config.trust_domain).expect("identity loads")
+pub fn material(config: &TxmeshConfig, name: &str) -> CertStore {
+    CertStore::open(&config.identity_dir(name), &config.trust_domain).expect("identity loads")
 }
 
 pub fn spiffe(config: &TxmeshConfig, name: &str) -> SpiffeId {
