@@ -77,6 +77,13 @@ impl StateLayout {
         self.root.join("ca")
     }
 
+    /// `DIR/ca/bundle.crt`: the trust bundle every identity's `ca.crt`
+    /// receives (one CA, or two during a CA rotation). Absent means "the
+    /// CA alone".
+    pub fn bundle_path(&self) -> PathBuf {
+        self.ca_dir().join("bundle.crt")
+    }
+
     /// `DIR/NAME`: one identity's `tls.crt`, `tls.key`, `ca.crt`.
     pub fn identity_dir(&self, name: &str) -> PathBuf {
         self.root.join(name)
@@ -139,8 +146,16 @@ impl CertAuthority {
     /// # Errors
     /// When the files are missing or do not parse.
     pub fn load(layout: &StateLayout, trust_domain: &str) -> Result<Self, CertError> {
-        let cert_path = layout.ca_dir().join("tls.crt");
-        let key_path = layout.ca_dir().join("tls.key");
+        Self::load_from(&layout.ca_dir(), trust_domain)
+    }
+
+    /// Loads a CA from `dir/{tls.crt,tls.key}`.
+    ///
+    /// # Errors
+    /// When the files are missing or do not parse.
+    pub(crate) fn load_from(dir: &Path, trust_domain: &str) -> Result<Self, CertError> {
+        let cert_path = dir.join("tls.crt");
+        let key_path = dir.join("tls.key");
         let cert_pem = read_to_string(&cert_path)?;
         let key =
             KeyPair::from_pem(&read_to_string(&key_path)?).map_err(|e| CertError::BadFile {
@@ -200,7 +215,15 @@ impl CertAuthority {
     /// # Errors
     /// On I/O failure.
     pub fn save(&self, layout: &StateLayout) -> Result<(), CertError> {
-        let dir = layout.ca_dir();
+        self.save_to(&layout.ca_dir())
+    }
+
+    /// Writes the CA's certificate and key to `dir`.
+    ///
+    /// # Errors
+    /// On I/O failure.
+    pub(crate) fn save_to(&self, dir: &Path) -> Result<(), CertError> {
+        let dir = dir.to_owned();
         create_dir(&dir)?;
         write_file(&dir.join("tls.crt"), self.cert_pem.as_bytes(), false)?;
         write_file(
@@ -260,7 +283,8 @@ impl CertAuthority {
         let (cert_pem, key_pem) = self.issue(name, options)?;
         let dir = layout.identity_dir(name);
         create_dir(&dir)?;
-        write_file(&dir.join("ca.crt"), self.cert_pem.as_bytes(), false)?;
+        let bundle = self.bundle(layout);
+        write_file(&dir.join("ca.crt"), bundle.as_bytes(), false)?;
         write_file(&dir.join("tls.key"), key_pem.as_bytes(), true)?;
         write_file(&dir.join("tls.crt"), cert_pem.as_bytes(), false)?;
         if name == "operator" {
@@ -300,6 +324,15 @@ impl CertAuthority {
         write_file(&layout.operator_p12(), &bytes, true)
     }
 
+    /// The trust bundle to distribute: `DIR/ca/bundle.crt` if it holds this
+    /// CA, else this CA alone.
+    pub(crate) fn bundle(&self, layout: &StateLayout) -> String {
+        fs::read_to_string(layout.bundle_path())
+            .ok()
+            .filter(|b| b.contains(self.cert_pem.trim()))
+            .unwrap_or_else(|| self.cert_pem.clone())
+    }
+
     /// Whether `DIR/NAME/ca.crt` holds this CA (a reused state directory
     /// whose CA was replaced must reissue its leaves).
     fn bundle_matches(&self, layout: &StateLayout, name: &str) -> bool {
@@ -337,7 +370,7 @@ fn still_valid(cert_path: &Path, margin: Duration) -> bool {
     i64::try_from(margin.as_secs()).is_ok_and(|m| not_after - now > m)
 }
 
-fn read_to_string(path: &Path) -> Result<String, CertError> {
+pub(crate) fn read_to_string(path: &Path) -> Result<String, CertError> {
     fs::read_to_string(path).map_err(|e| CertError::io(path, e))
 }
 
@@ -347,7 +380,7 @@ fn create_dir(dir: &Path) -> Result<(), CertError> {
 
 /// Writes `bytes` to `path` through a temporary file and a rename; private
 /// files get mode 0600.
-fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertError> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertError> {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, bytes).map_err(|e| CertError::io(&tmp, e))?;
     #[cfg(unix)]

@@ -15,6 +15,7 @@ mod error;
 mod identity;
 mod issue;
 mod reload;
+mod rotate;
 mod tls;
 
 pub use authz::{AuthzPolicy, Decision, Service};
@@ -24,4 +25,5 @@ pub use issue::{
     CertAuthority, IssueOptions, StateLayout, COMPONENT_IDENTITIES, DEFAULT_TTL, P12_PASSWORD,
 };
 pub use reload::{CertStore, Reload};
+pub use rotate::{identities, inspect, rotate_ca, rotate_leaves, CaStep, CertInfo};
 pub use tls::{client_config, install_crypto_provider, server_config, TlsMaterial, ALPN_H2};

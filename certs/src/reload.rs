@@ -56,9 +56,11 @@ struct Inner {
     trust_domain: String,
     reloads: AtomicU64,
     failures: AtomicU64,
-    /// Digest of the last rejected files, so one bad state is counted and
-    /// logged once, not on every poll.
-    last_rejected: Mutex<Option<u64>>,
+    /// Digest of the last invalid files and whether they were reported: a
+    /// state is reported (counted, logged) when seen on two polls in a row,
+    /// so the moment between a rotation's two renames is not an error, and
+    /// only once, not on every poll.
+    last_rejected: Mutex<Option<(u64, bool)>>,
 }
 
 /// Validated material and what rustls needs from it.
@@ -107,7 +109,9 @@ impl CertStore {
     }
 
     /// Reads the files again and swaps them in if they changed and pass
-    /// validation.
+    /// validation. Invalid files are reported as [`Reload::Rejected`] on
+    /// the second poll that sees them unchanged (a rotation in progress is
+    /// not an error), and once.
     pub fn reload(&self) -> Reload {
         let Some(dir) = &self.inner.dir else {
             return Reload::Unchanged;
@@ -149,17 +153,22 @@ impl CertStore {
         Reload::Swapped
     }
 
-    /// Counts and logs a rejected state once (not on every poll).
+    /// Counts and logs an invalid state once it persists (see
+    /// `last_rejected`).
     fn rejected(&self, digest: u64, error: CertError) -> Reload {
         let mut last = self
             .inner
             .last_rejected
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if *last == Some(digest) {
-            return Reload::Unchanged;
+        match *last {
+            Some((d, true)) if d == digest => return Reload::Unchanged,
+            Some((d, false)) if d == digest => *last = Some((digest, true)),
+            _ => {
+                *last = Some((digest, false));
+                return Reload::Unchanged;
+            }
         }
-        *last = Some(digest);
         self.inner.failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %error, "TLS material rejected; keeping the last good one");
         Reload::Rejected(error)

@@ -97,6 +97,55 @@ enum CertsCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Issue (or reissue) one identity from the CA.
+    Issue {
+        #[arg(long)]
+        identity: String,
+        /// Lifetime in hours (default 24).
+        #[arg(long)]
+        ttl_hours: Option<u64>,
+        /// Extra DNS names or IP addresses, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        dns: Vec<String>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// New keys and certificates for every identity; running services reload them.
+    Rotate {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Staged CA rotation: add (bundle trusts old+new), reissue (leaves from the new CA), retire (old CA removed).
+    RotateCa {
+        /// One step, or all three with --pause-secs between them.
+        #[arg(long, value_enum, default_value_t = CaStepArg::All)]
+        step: CaStepArg,
+        /// Pause between steps with --step all (default: 3 reload intervals).
+        #[arg(long)]
+        pause_secs: Option<u64>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Table of every certificate: identity, serial, not-after, days left, key type, issuer.
+    Inspect {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Write the operator's PKCS#12 file (DIR/operator.p12) for a browser.
+    ExportP12 {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CaStepArg {
+    Add,
+    Reissue,
+    Retire,
+    All,
 }
 
 #[derive(Subcommand)]
@@ -210,12 +259,86 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Certs(command) => {
+            let mut config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
+            certs(command, &mut config)
+        }
         Command::Config(ConfigCommand::Print) => {
             let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
             println!("{}", serde_json::to_string_pretty(&config)?);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn certs(command: CertsCommand, config: &mut TxmeshConfig) -> anyhow::Result<ExitCode> {
+    use txmesh::certs_cmd;
+    let mut at = |dir: Option<PathBuf>| {
+        if let Some(dir) = dir {
+            config.state_dir = dir;
+        }
+    };
+    let out = match command {
+        CertsCommand::Init { .. } => unreachable!("handled above"),
+        CertsCommand::Issue {
+            identity,
+            ttl_hours,
+            dns,
+            dir,
+        } => {
+            at(dir);
+            let ttl = ttl_hours.map(|h| Duration::from_secs(h * 3600));
+            certs_cmd::issue(config, &identity, ttl, &dns)?
+        }
+        CertsCommand::Rotate { dir } => {
+            at(dir);
+            certs_cmd::rotate(config)?
+        }
+        CertsCommand::RotateCa {
+            step,
+            pause_secs,
+            dir,
+        } => {
+            at(dir);
+            use txmesh_certs::CaStep;
+            let steps: &[CaStep] = match step {
+                CaStepArg::Add => &[CaStep::Add],
+                CaStepArg::Reissue => &[CaStep::Reissue],
+                CaStepArg::Retire => &[CaStep::Retire],
+                CaStepArg::All => &[CaStep::Add, CaStep::Reissue, CaStep::Retire],
+            };
+            let pause = pause_secs
+                .map(Duration::from_secs)
+                .unwrap_or(config.tls.reload_interval() * 3);
+            let config = config.clone();
+            txmesh::runtime::block_on(1, async move {
+                certs_cmd::rotate_ca_steps(&config, steps, pause, |line| println!("{line}")).await
+            })??;
+            String::new()
+        }
+        CertsCommand::Inspect { json, dir } => {
+            at(dir);
+            certs_cmd::inspect_table(config, json)?
+        }
+        CertsCommand::ExportP12 { dir } => {
+            at(dir);
+            let layout = txmesh_certs::StateLayout::new(&config.state_dir);
+            txmesh_certs::CertAuthority::load(&layout, &config.trust_domain)?
+                .write_operator_p12(&layout)?;
+            format!(
+                "wrote {} (password {})",
+                layout.operator_p12().display(),
+                txmesh_certs::P12_PASSWORD
+            )
+        }
+    };
+    if !out.is_empty() {
+        print!("{out}");
+        if !out.ends_with('\n') {
+            println!();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn load_overrides(load: &LoadArgs, overrides: &mut Vec<(String, String)>) -> anyhow::Result<()> {
