@@ -20,7 +20,7 @@ async fn overload_is_answered_retried_in_order_and_loses_nothing() {
     config.txgen.rate = 0;
     config.txgen.count = 8_000;
     config.txgen.accounts = 200;
-    config.txgen.max_in_flight = 16;
+    config.txgen.max_in_flight = 4;
     let (dash, ing) = start_system(&mut config).await;
 
     let report = run_txgen(&config).await;
