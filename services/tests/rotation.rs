@@ -108,6 +108,7 @@ async fn leaves_and_the_ca_rotate_under_load_without_failures_or_restarts() {
     }
 
     let report = load.await.expect("txgen task").expect("txgen runs");
+    println!("{}", report.summary());
     assert_eq!(report.answered, report.sent, "{}", report.summary());
     assert_eq!(
         report.errors,
