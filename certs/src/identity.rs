@@ -148,6 +148,16 @@ pub fn check_svid(
     Ok(id)
 }
 
+/// A certificate's notAfter, Unix seconds.
+///
+/// # Errors
+/// When it is not a DER certificate.
+pub fn not_after_unix(der: &CertificateDer<'_>) -> Result<i64, CertError> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref())
+        .map_err(|_| CertError::NotSvid("not a DER certificate".into()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// The SPIFFE ID of an already verified peer certificate (its one URI SAN).
 ///
 /// # Errors

@@ -149,6 +149,24 @@ impl CertAuthority {
         Self::load_from(&layout.ca_dir(), trust_domain)
     }
 
+    /// A CA from its certificate and key, PEM (`txmesh audit --ca-key`).
+    ///
+    /// # Errors
+    /// When either does not parse.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, trust_domain: &str) -> Result<Self, CertError> {
+        let bad = |reason: String| CertError::BadFile {
+            path: PathBuf::from("(CA)"),
+            reason,
+        };
+        let key = KeyPair::from_pem(key_pem).map_err(|e| bad(e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            cert_pem: cert_pem.to_owned(),
+            issuer,
+        })
+    }
+
     /// Loads a CA from `dir/{tls.crt,tls.key}`.
     ///
     /// # Errors
@@ -268,6 +286,21 @@ impl CertAuthority {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// Signs `params` for `key` with this CA (used by the audit's forged
+    /// probes, which break the SVID profile on purpose).
+    pub(crate) fn sign(
+        &self,
+        params: &CertificateParams,
+        key: &KeyPair,
+    ) -> Result<String, CertError> {
+        Ok(params.signed_by(key, &self.issuer)?.pem())
+    }
+
+    /// The trust domain this CA issues for.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
     /// Issues `name` and writes `DIR/NAME/{tls.crt,tls.key,ca.crt}`. Each file
     /// is written to a temporary name and renamed, so a watcher never sees a
     /// half-written file.
@@ -341,12 +374,12 @@ impl CertAuthority {
     }
 }
 
-fn ia5(s: &str) -> Result<rcgen::string::Ia5String, CertError> {
+pub(crate) fn ia5(s: &str) -> Result<rcgen::string::Ia5String, CertError> {
     rcgen::string::Ia5String::try_from(s).map_err(CertError::Generate)
 }
 
 /// A random positive 16-byte serial (RFC 5280 allows up to 20 octets).
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     rand::fill(&mut bytes);
     bytes[0] &= 0x7f;

@@ -12,6 +12,7 @@
 
 mod authz;
 mod error;
+mod forge;
 mod identity;
 mod issue;
 mod reload;
@@ -20,7 +21,10 @@ mod tls;
 
 pub use authz::{AuthzPolicy, Decision, Service};
 pub use error::CertError;
-pub use identity::{check_svid, peer_spiffe_id, SpiffeId, SvidUsage, DEFAULT_TRUST_DOMAIN};
+pub use forge::Forgery;
+pub use identity::{
+    check_svid, not_after_unix, peer_spiffe_id, SpiffeId, SvidUsage, DEFAULT_TRUST_DOMAIN,
+};
 pub use issue::{
     CertAuthority, IssueOptions, StateLayout, COMPONENT_IDENTITIES, DEFAULT_TTL, P12_PASSWORD,
 };

@@ -130,6 +130,8 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     .disable_signals()
     .shutdown_timeout(2)
     .client_request_timeout(Duration::from_millis(dash.handshake_timeout_ms))
+    // Set before the listener is added: it applies to listeners bound after.
+    .tls_handshake_timeout(Duration::from_millis(dash.handshake_timeout_ms))
     .on_connect(web::record_peer)
     .listen_rustls_0_23(listener, https_tls)
     .map_err(|source| ServiceError::Bind {

@@ -42,6 +42,34 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Probe every listener of a running system: only mTLS from the right identities gets in.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// A listener to audit, NAME=HOST:PORT (NAME: ingress, dashboard-grpc, dashboard-https).
+    /// Default: the `up` system of the state directory, else the configured addresses.
+    #[arg(long = "target", value_name = "NAME=ADDR")]
+    targets: Vec<String>,
+    /// The CA key, for the forged certificates that need it (default: the state directory's, if present).
+    #[arg(long)]
+    ca_key: Option<PathBuf>,
+    /// The CA certificate that goes with --ca-key (default: STATE_DIR/ca/tls.crt).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Do not use any CA key (those checks are SKIPPED).
+    #[arg(long)]
+    no_ca_key: bool,
+    /// Processes whose every listening socket must be audited (default: the `up` process).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Fail a server certificate with less than this left.
+    #[arg(long, default_value_t = 8.0)]
+    renewal_window_hours: f64,
+    /// Machine-readable report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -259,6 +287,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit(args) => {
+            let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
+            audit(args, &config)
+        }
         Command::Certs(command) => {
             let mut config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
             certs(command, &mut config)
@@ -269,6 +301,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn audit(args: AuditArgs, config: &TxmeshConfig) -> anyhow::Result<ExitCode> {
+    use txmesh::audit::{self, AuditOptions, AuditTarget, ListenerFile, ListenerKind};
+    let mut options = AuditOptions::for_config(config);
+    options.renewal_window = Duration::from_secs_f64(args.renewal_window_hours.max(0.0) * 3600.0);
+    if let Some(key) = &args.ca_key {
+        let cert = args
+            .ca_cert
+            .clone()
+            .unwrap_or_else(|| config.state_dir.join("ca").join("tls.crt"));
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        options.ca = Some((read(&cert)?, read(key)?));
+    }
+    if args.no_ca_key {
+        options.ca = None;
+    }
+    let targets: Vec<AuditTarget> = if args.targets.is_empty() {
+        let path = audit::listener_file(&config.state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: ListenerFile = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if args.pid.is_empty() {
+                    options.pids.push(file.pid);
+                }
+                file.listeners
+            }
+            Err(_) => audit::targets_from_config(config),
+        }
+    } else {
+        let mut targets = Vec::new();
+        for t in &args.targets {
+            let (name, addr) = t
+                .split_once('=')
+                .with_context(|| format!("--target {t}: expected NAME=HOST:PORT"))?;
+            targets.push(AuditTarget {
+                name: name.to_owned(),
+                addr: addr
+                    .parse()
+                    .with_context(|| format!("--target {t}: not HOST:PORT"))?,
+                kind: ListenerKind::from_name(name)?,
+            });
+        }
+        targets
+    };
+    options.pids.extend(&args.pid);
+    let report = txmesh::runtime::block_on(2, async move { audit::run(&targets, &options).await })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn certs(command: CertsCommand, config: &mut TxmeshConfig) -> anyhow::Result<ExitCode> {

@@ -116,7 +116,19 @@ pub fn mtls_channel(
     expected_server: &SpiffeId,
 ) -> Result<Channel, ServiceError> {
     let tls = txmesh_certs::client_config(store, expected_server, &[txmesh_certs::ALPN_H2])?;
-    let connector = TlsConnector::from(Arc::new(tls));
+    channel_with(addr, Arc::new(tls))
+}
+
+/// A lazily connecting tonic channel to `addr` over TLS with `tls` (which
+/// must offer ALPN h2).
+///
+/// # Errors
+/// When the endpoint cannot be formed.
+pub fn channel_with(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Channel, ServiceError> {
+    let connector = TlsConnector::from(tls);
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ServiceError::Connect {
             target: addr.to_string(),

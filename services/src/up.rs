@@ -73,6 +73,7 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     let dashboard = dashboard::start(&config).await?;
     let ingress = ingress::start(&config).await?;
     let layout = StateLayout::new(&config.state_dir);
+    let listeners = write_listeners(&config, &ingress, &dashboard)?;
     say("txmesh is up (all listeners mTLS on 127.0.0.1):".to_string());
     say(format!("  ingress gRPC    {}", ingress.local_addr));
     say(format!("  dashboard gRPC  {}", dashboard.grpc_addr));
@@ -86,6 +87,7 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
         layout.operator_p12().display(),
         layout.ca_dir().join("tls.crt").display()
     ));
+    say("  `txmesh audit` (run here) probes every listener.".to_string());
     say("  Ctrl-C stops everything.".to_string());
 
     let (trigger, stop) = shutdown::channel();
@@ -129,6 +131,8 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
             }
         }
     };
+    // The listeners are about to close: `txmesh audit` must not find them.
+    let _ = std::fs::remove_file(&listeners);
     let txgen_report = match report {
         Ok(Ok(report)) => report,
         Ok(Err(e)) => return Err(e),
@@ -150,4 +154,40 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
         ingress_verdicts,
         publisher_drained,
     })
+}
+
+/// Records the listeners and this process's id in the state directory, for
+/// `txmesh audit`; returns the file (removed when `up` stops).
+fn write_listeners(
+    config: &TxmeshConfig,
+    ingress: &ingress::IngressHandle,
+    dashboard: &dashboard::DashboardHandle,
+) -> Result<std::path::PathBuf, ServiceError> {
+    use crate::audit::{AuditTarget, ListenerFile, ListenerKind};
+    let file = ListenerFile {
+        pid: std::process::id(),
+        listeners: vec![
+            AuditTarget {
+                name: "ingress".into(),
+                addr: ingress.local_addr,
+                kind: ListenerKind::IngressGrpc,
+            },
+            AuditTarget {
+                name: "dashboard-grpc".into(),
+                addr: dashboard.grpc_addr,
+                kind: ListenerKind::DashboardGrpc,
+            },
+            AuditTarget {
+                name: "dashboard-https".into(),
+                addr: dashboard.https_addr,
+                kind: ListenerKind::DashboardHttps,
+            },
+        ],
+    };
+    let path = crate::audit::listener_file(&config.state_dir);
+    let json = serde_json::to_vec_pretty(&file)
+        .map_err(|e| ServiceError::config("listeners.json", e.to_string()))?;
+    std::fs::write(&path, json)
+        .map_err(|e| ServiceError::config("listeners.json", e.to_string()))?;
+    Ok(path)
 }
