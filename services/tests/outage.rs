@@ -5,10 +5,10 @@
 #[path = "support/system.rs"]
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use support::*;
-use txmesh::{dashboard, shutdown, txgen};
+use txmesh::dashboard;
 use txmesh_actors::publisher::BreakerState;
 
 #[actix_rt::test]
@@ -19,13 +19,7 @@ async fn dashboard_outage_opens_the_breaker_and_loses_nothing() {
     config.txgen.duration_secs = 8;
     let (dash, ing) = start_system(&mut config).await;
 
-    let load = {
-        let config = config.clone();
-        tokio::spawn(async move {
-            let (_trigger, stop) = shutdown::channel();
-            txgen::run(&config, stop, Arc::new(txgen::TxgenProgress::default())).await
-        })
-    };
+    let load = spawn_txgen(&config);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let grpc_addr = dash.grpc_addr;
     dash.stop().await;

@@ -13,7 +13,7 @@ use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use support::*;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_rustls::TlsConnector;
-use txmesh::{config::TxmeshConfig, shutdown, txgen};
+use txmesh::config::TxmeshConfig;
 use txmesh_certs::{rotate_ca, rotate_leaves, CaStep, CertStore, IssueOptions, StateLayout};
 
 /// The certificate `server` presents to a new connection from `client`.
@@ -78,13 +78,7 @@ async fn leaves_and_the_ca_rotate_under_load_without_failures_or_restarts() {
     ];
     let first_ingress = on_disk(&config, "ingress");
 
-    let load = {
-        let config = config.clone();
-        tokio::spawn(async move {
-            let (_trigger, stop) = shutdown::channel();
-            txgen::run(&config, stop, Arc::new(txgen::TxgenProgress::default())).await
-        })
-    };
+    let load = spawn_txgen(&config);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let stores = [&ing.certs, &dash.certs];
     let options = IssueOptions::default();

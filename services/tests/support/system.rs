@@ -87,6 +87,17 @@ pub async fn run_txgen(config: &TxmeshConfig) -> txgen::TxgenReport {
         .expect("txgen runs")
 }
 
+/// Runs txgen in the background with the config's settings.
+pub fn spawn_txgen(
+    config: &TxmeshConfig,
+) -> tokio::task::JoinHandle<Result<txgen::TxgenReport, txmesh::ServiceError>> {
+    let config = config.clone();
+    tokio::spawn(async move {
+        let (_trigger, stop) = shutdown::channel();
+        txgen::run(&config, stop, Arc::new(txgen::TxgenProgress::default())).await
+    })
+}
+
 pub fn material(config: &TxmeshConfig, name: &str) -> CertStore {
     CertStore::open(&config.identity_dir(name), &config.trust_domain).expect("identity loads")
 }
