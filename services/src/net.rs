@@ -15,12 +15,16 @@ use std::{
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{server::TlsStream, TlsAcceptor, TlsConnector};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use txmesh_certs::{AuthzPolicy, CertStore, Decision, Reload, Service, SpiffeId};
 
 use crate::{error::ServiceError, shutdown::Shutdown};
+
+mod expiry;
+
+pub use expiry::ExpiringTls;
 
 /// Counters of one listener's handshakes.
 #[derive(Debug, Default)]
@@ -34,7 +38,7 @@ pub struct HandshakeStats {
 /// `serve_with_incoming`.
 pub struct MtlsIncoming {
     pub local_addr: SocketAddr,
-    pub stream: ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    pub stream: ReceiverStream<Result<ExpiringTls, std::io::Error>>,
     pub stats: Arc<HandshakeStats>,
 }
 
@@ -83,7 +87,7 @@ pub async fn mtls_incoming(
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        let _ = tx.send(Ok(tls)).await;
+                        let _ = tx.send(Ok(ExpiringTls::new(tls))).await;
                     }
                     Ok(Err(e)) => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,101 @@
+//! A server-side TLS connection that ends when its peer's certificate
+//! expires: every connection is verified at its handshake, and a
+//! long-lived one must not outlive the certificate it was verified with.
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    time::{Instant, Sleep},
+};
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+
+/// A TLS stream that fails reads and writes from its peer certificate's
+/// notAfter on, which makes the HTTP/2 server close it.
+pub struct ExpiringTls {
+    inner: TlsStream<TcpStream>,
+    expiry: Pin<Box<Sleep>>,
+}
+
+impl ExpiringTls {
+    /// Wraps an accepted connection; the deadline is the peer leaf's
+    /// notAfter (a connection without one ends at once).
+    pub fn new(inner: TlsStream<TcpStream>) -> Self {
+        let left = inner
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|leaf| txmesh_certs::not_after_unix(leaf).ok())
+            .map_or(Duration::ZERO, seconds_until);
+        Self {
+            inner,
+            expiry: Box::pin(tokio::time::sleep_until(Instant::now() + left)),
+        }
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.expiry.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn seconds_until(unix: i64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(u64::try_from(unix).unwrap_or(0)).saturating_sub(now)
+}
+
+fn expired_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "peer certificate expired")
+}
+
+impl AsyncRead for ExpiringTls {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(expired_error()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ExpiringTls {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(expired_error()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connected for ExpiringTls {
+    type ConnectInfo = TlsConnectInfo<TcpConnectInfo>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
