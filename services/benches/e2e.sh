@@ -13,6 +13,7 @@ cargo build --release --quiet
 state=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$state"' EXIT
 export TXMESH__STATE_DIR="$state" TXMESH__INGRESS__LISTEN=127.0.0.1:17443 \
+  TXMESH__INGRESS__METRICS_LISTEN=127.0.0.1:19443 \
   TXMESH__INGRESS__DASHBOARD_ADDR=127.0.0.1:17444 TXMESH__DASHBOARD__GRPC_LISTEN=127.0.0.1:17444 \
   TXMESH__DASHBOARD__HTTPS_LISTEN=127.0.0.1:18443 TXMESH__TXGEN__TARGET=127.0.0.1:17443
 "$bin" certs init --dir "$state" >/dev/null

@@ -33,8 +33,10 @@ pub enum ListenerKind {
     IngressGrpc,
     /// The dashboard's gRPC listener (`Dashboard.Publish`).
     DashboardGrpc,
-    /// The dashboard's HTTPS listener (page, WebSocket, API).
+    /// The dashboard's HTTPS listener (page, WebSocket, API, metrics).
     DashboardHttps,
+    /// The ingress's HTTPS listener (metrics).
+    IngressHttps,
 }
 
 /// One listener to audit.
@@ -99,7 +101,7 @@ impl ListenerKind {
     /// The workload the listener must present.
     fn server(self) -> &'static str {
         match self {
-            Self::IngressGrpc => "ingress",
+            Self::IngressGrpc | Self::IngressHttps => "ingress",
             Self::DashboardGrpc | Self::DashboardHttps => "dashboard",
         }
     }
@@ -109,12 +111,20 @@ impl ListenerKind {
         match self {
             Self::IngressGrpc => ("txgen", "dashboard"),
             Self::DashboardGrpc => ("ingress", "txgen"),
-            Self::DashboardHttps => ("operator", "txgen"),
+            Self::DashboardHttps | Self::IngressHttps => ("operator", "txgen"),
         }
     }
 
     fn is_grpc(self) -> bool {
-        self != Self::DashboardHttps
+        matches!(self, Self::IngressGrpc | Self::DashboardGrpc)
+    }
+
+    /// The HTTP path whose authorization the audit tries.
+    fn http_path(self) -> &'static str {
+        match self {
+            Self::IngressHttps => "/metrics",
+            _ => "/api/snapshot",
+        }
     }
 
     /// Guesses the kind from a target name (`--target NAME=ADDR`).
@@ -126,9 +136,12 @@ impl ListenerKind {
             "ingress" | "ingress-grpc" => Ok(Self::IngressGrpc),
             "dashboard" | "dashboard-grpc" => Ok(Self::DashboardGrpc),
             "dashboard-https" | "https" => Ok(Self::DashboardHttps),
+            "ingress-https" | "ingress-metrics" => Ok(Self::IngressHttps),
             other => Err(ServiceError::config(
                 "--target",
-                format!("{other}: expected ingress, dashboard-grpc or dashboard-https"),
+                format!(
+                    "{other}: expected ingress, ingress-https, dashboard-grpc or dashboard-https"
+                ),
             )),
         }
     }
@@ -166,6 +179,11 @@ pub fn targets_from_config(config: &TxmeshConfig) -> Vec<AuditTarget> {
             name: "ingress".into(),
             addr: local(config.ingress.listen),
             kind: ListenerKind::IngressGrpc,
+        },
+        AuditTarget {
+            name: "ingress-https".into(),
+            addr: local(config.ingress.metrics_listen),
+            kind: ListenerKind::IngressHttps,
         },
         AuditTarget {
             name: "dashboard-grpc".into(),
@@ -471,8 +489,11 @@ async fn call(
             Ok(c) => c,
             Err(e) => return (None, e),
         };
-        let request = b"GET /api/snapshot HTTP/1.1\r\nHost: audit\r\nConnection: close\r\n\r\n";
-        let (bytes, how) = probe::exchange(&mut conn, request).await;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: audit\r\nConnection: close\r\n\r\n",
+            target.kind.http_path()
+        );
+        let (bytes, how) = probe::exchange(&mut conn, request.as_bytes()).await;
         let head = String::from_utf8_lossy(&bytes);
         let status = head.lines().next().unwrap_or_default().to_owned();
         return match status.split_whitespace().nth(1) {

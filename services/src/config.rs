@@ -63,6 +63,8 @@ impl TlsConfig {
 pub struct IngressConfig {
     /// gRPC listener (Ingress, health, reflection), mTLS only.
     pub listen: SocketAddr,
+    /// HTTPS listener for `/metrics`, mTLS only.
+    pub metrics_listen: SocketAddr,
     /// Where the dashboard's gRPC listener is.
     pub dashboard_addr: SocketAddr,
     /// Identity directory under `state_dir` (cert-manager layout).
@@ -185,6 +187,7 @@ impl Default for IngressConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9443)),
             dashboard_addr: SocketAddr::from(([127, 0, 0, 1], 7444)),
             identity: "ingress".to_owned(),
             max_in_flight_batches: 128,
@@ -415,6 +418,7 @@ impl TxmeshConfig {
     pub fn offset_ports(&mut self, offset: u16) {
         for addr in [
             &mut self.ingress.listen,
+            &mut self.ingress.metrics_listen,
             &mut self.ingress.dashboard_addr,
             &mut self.dashboard.grpc_listen,
             &mut self.dashboard.https_listen,

@@ -19,6 +19,8 @@ use std::{
 use actix::{Actor, Addr};
 use tonic::transport::Server;
 use txmesh_certs::CertStore;
+
+use crate::metrics::Metrics;
 use txmesh_proto::v1::dashboard_server::DashboardServer;
 
 pub use aggregator::{Aggregator, Alert, GetSnapshot, PublisherRecord, Snapshot, Totals};
@@ -72,11 +74,13 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
         .set_serving::<DashboardServer<publish::PublishService>>()
         .await;
     let tls = txmesh_certs::server_config(&store, &[txmesh_certs::ALPN_H2])?;
+    let metrics = Arc::new(Metrics::new(&["dashboard-grpc"]));
     // Stops with the listeners' shutdown signal.
     crate::net::watch_certs(
         store.clone(),
         config.tls.reload_interval(),
         shutdown.clone(),
+        metrics.clone(),
     );
     let incoming = mtls_incoming(
         dash.grpc_listen,
@@ -84,11 +88,12 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
         Duration::from_millis(dash.handshake_timeout_ms),
         "dashboard-grpc",
         shutdown.clone(),
+        metrics.clone(),
     )
     .await?;
     let grpc_addr = incoming.local_addr;
     let grpc_handshakes = incoming.stats.clone();
-    let service = publish::PublishService::new(aggregator.clone(), policy.clone());
+    let service = publish::PublishService::new(aggregator.clone(), policy.clone(), metrics.clone());
     let grpc = tokio::spawn(
         Server::builder()
             .add_service(health_service)
@@ -115,9 +120,14 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     let state = web::WebState {
         aggregator: aggregator.clone(),
         broadcaster,
-        policy,
+        policy: policy.clone(),
+        metrics: metrics.clone(),
         session_queue: dash.session_queue,
         next_session: Arc::new(AtomicU64::new(1)),
+    };
+    let metrics_state = crate::https::MetricsState {
+        policy,
+        metrics: metrics.clone(),
     };
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
@@ -125,6 +135,8 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
             .route("/", actix_web::web::get().to(web::index))
             .route("/api/snapshot", actix_web::web::get().to(web::snapshot))
             .route("/ws", actix_web::web::get().to(web::websocket))
+            .app_data(actix_web::web::Data::new(metrics_state.clone()))
+            .route("/metrics", actix_web::web::get().to(crate::https::metrics))
     })
     .workers(1)
     .disable_signals()
@@ -132,7 +144,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     .client_request_timeout(Duration::from_millis(dash.handshake_timeout_ms))
     // Set before the listener is added: it applies to listeners bound after.
     .tls_handshake_timeout(Duration::from_millis(dash.handshake_timeout_ms))
-    .on_connect(web::record_peer)
+    .on_connect(crate::https::record_peer)
     .listen_rustls_0_23(listener, https_tls)
     .map_err(|source| ServiceError::Bind {
         addr: https_addr,

@@ -25,6 +25,7 @@ pub use service::{IngressCounters, IngressService};
 use crate::{
     config::TxmeshConfig,
     error::ServiceError,
+    metrics::Metrics,
     net::{mtls_incoming, HandshakeStats},
     shutdown::{self, Trigger},
 };
@@ -32,6 +33,9 @@ use crate::{
 /// A running ingress.
 pub struct IngressHandle {
     pub local_addr: SocketAddr,
+    /// The HTTPS listener serving `/metrics` (mTLS).
+    pub metrics_addr: SocketAddr,
+    metrics_server: actix_web::dev::ServerHandle,
     /// The live certificates (reloaded from disk).
     pub certs: CertStore,
     pub counters: Arc<IngressCounters>,
@@ -88,10 +92,12 @@ pub async fn start_with(
     publisher.start();
 
     let counters = Arc::new(IngressCounters::default());
+    let metrics = Arc::new(Metrics::new(&["ingress-grpc"]));
     let service = IngressService::new(
         router.clone(),
         outbox.clone(),
-        policy,
+        policy.clone(),
+        metrics.clone(),
         counters.clone(),
         config.ingress.max_in_flight_batches,
     );
@@ -108,6 +114,7 @@ pub async fn start_with(
         store.clone(),
         config.tls.reload_interval(),
         shutdown.clone(),
+        metrics.clone(),
     );
     let incoming = mtls_incoming(
         config.ingress.listen,
@@ -115,10 +122,12 @@ pub async fn start_with(
         Duration::from_millis(config.ingress.handshake_timeout_ms),
         "ingress-grpc",
         shutdown.clone(),
+        metrics.clone(),
     )
     .await?;
     let local_addr = incoming.local_addr;
     let handshakes = incoming.stats.clone();
+    let (metrics_addr, metrics_server) = metrics_listener(config, &store, policy, metrics)?;
     let server = tokio::spawn(
         Server::builder()
             .add_service(health_service)
@@ -126,9 +135,11 @@ pub async fn start_with(
             .add_service(IngressServer::new(service))
             .serve_with_incoming_shutdown(incoming.stream, async move { shutdown.wait().await }),
     );
-    tracing::info!(%local_addr, identity = %store.spiffe_id(), "ingress listening (mTLS)");
+    tracing::info!(%local_addr, %metrics_addr, identity = %store.spiffe_id(), "ingress listening (mTLS)");
     Ok(IngressHandle {
         local_addr,
+        metrics_addr,
+        metrics_server,
         certs: store,
         counters,
         handshakes,
@@ -138,6 +149,41 @@ pub async fn start_with(
         trigger,
         server,
     })
+}
+
+/// The ingress's HTTPS listener: `/metrics` only, mTLS, on the System
+/// thread's actix-web server.
+fn metrics_listener(
+    config: &TxmeshConfig,
+    store: &CertStore,
+    policy: Arc<txmesh_certs::AuthzPolicy>,
+    metrics: Arc<Metrics>,
+) -> Result<(SocketAddr, actix_web::dev::ServerHandle), ServiceError> {
+    let addr = config.ingress.metrics_listen;
+    let bind_err = |source| ServiceError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    // actix-web adds its own ALPN (h2, http/1.1).
+    let tls = txmesh_certs::server_config(store, &[])?;
+    let timeout = Duration::from_millis(config.ingress.handshake_timeout_ms);
+    let state = crate::https::MetricsState { policy, metrics };
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(actix_web::web::Data::new(state.clone()))
+            .route("/metrics", actix_web::web::get().to(crate::https::metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .client_request_timeout(timeout)
+    .tls_handshake_timeout(timeout)
+    .on_connect(crate::https::record_peer)
+    .listen_rustls_0_23(listener, tls)
+    .map_err(bind_err)?
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    Ok((local, handle))
 }
 
 impl IngressHandle {
@@ -168,6 +214,7 @@ impl IngressHandle {
     /// `grace` to deliver what it holds. Returns whether it drained.
     pub async fn stop(self, grace: Duration) -> bool {
         self.trigger.fire();
+        self.metrics_server.stop(true).await;
         let _ = tokio::time::timeout(grace, self.server).await;
         let drained = {
             let deadline = tokio::time::Instant::now() + grace;

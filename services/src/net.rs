@@ -20,7 +20,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use txmesh_certs::{AuthzPolicy, CertStore, Decision, Reload, Service, SpiffeId};
 
-use crate::{error::ServiceError, shutdown::Shutdown};
+use crate::{
+    error::ServiceError,
+    metrics::{HandshakeFailure, Metrics},
+    shutdown::Shutdown,
+};
 
 mod expiry;
 
@@ -52,6 +56,7 @@ pub async fn mtls_incoming(
     handshake_timeout: Duration,
     name: &'static str,
     shutdown: Shutdown,
+    metrics: Arc<Metrics>,
 ) -> Result<MtlsIncoming, ServiceError> {
     let listener = TcpListener::bind(addr)
         .await
@@ -83,6 +88,7 @@ pub async fn mtls_incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let stats = loop_stats.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
@@ -91,10 +97,12 @@ pub async fn mtls_incoming(
                     }
                     Ok(Err(e)) => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
+                        metrics.handshake_failed(name, HandshakeFailure::of(&e));
                         tracing::info!(listener = name, %peer, error = %e, "TLS handshake refused");
                     }
                     Err(_) => {
                         stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                        metrics.handshake_failed(name, HandshakeFailure::Timeout);
                         tracing::info!(listener = name, %peer, "TLS handshake timed out");
                     }
                 }
@@ -177,10 +185,19 @@ pub fn peer_id<T>(request: &tonic::Request<T>) -> Result<SpiffeId, tonic::Status
 pub fn authorize<T>(
     request: &tonic::Request<T>,
     policy: &AuthzPolicy,
+    metrics: &Metrics,
     service: Service,
 ) -> Result<SpiffeId, tonic::Status> {
-    let peer = peer_id(request)?;
-    match policy.decide(service, &peer) {
+    let peer = match peer_id(request) {
+        Ok(peer) => peer,
+        Err(status) => {
+            metrics.authz(service, Decision::Deny);
+            return Err(status);
+        }
+    };
+    let decision = policy.decide(service, &peer);
+    metrics.authz(service, decision);
+    match decision {
         Decision::Allow => Ok(peer),
         Decision::Deny => {
             tracing::warn!(service = service.name(), %peer, "permission denied");
@@ -198,7 +215,9 @@ pub fn watch_certs(
     store: CertStore,
     every: Duration,
     shutdown: crate::shutdown::Shutdown,
+    metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
+    metrics.observe_cert(&store);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,8 +227,10 @@ pub fn watch_certs(
                 () = shutdown.wait() => break,
             }
             // Reading three small files; cheap enough for the runtime.
-            if let Reload::Rejected(e) = store.reload() {
-                tracing::debug!(error = %e, "certificate reload rejected");
+            match store.reload() {
+                Reload::Swapped => metrics.observe_cert(&store),
+                Reload::Rejected(e) => tracing::debug!(error = %e, "certificate reload rejected"),
+                Reload::Unchanged => {}
             }
         }
     })

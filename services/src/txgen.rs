@@ -92,7 +92,10 @@ pub async fn run(
     let store = CertStore::open(&config.identity_dir(&t.identity), &config.trust_domain)?;
     let ingress_id = SpiffeId::for_workload(&config.trust_domain, "ingress")?;
     let channel = mtls_channel(t.target, &store, &ingress_id)?;
-    let watcher = crate::net::watch_certs(store, config.tls.reload_interval(), stop.clone());
+    // txgen serves no metrics; its registry only backs the reload watcher.
+    let metrics = Arc::new(crate::metrics::Metrics::new(&[]));
+    let watcher =
+        crate::net::watch_certs(store, config.tls.reload_interval(), stop.clone(), metrics);
     let now_ms = unix_ms();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(t.streams);

@@ -76,6 +76,10 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     let listeners = write_listeners(&config, &ingress, &dashboard)?;
     say("txmesh is up (all listeners mTLS on 127.0.0.1):".to_string());
     say(format!("  ingress gRPC    {}", ingress.local_addr));
+    say(format!(
+        "  ingress metrics https://localhost:{}/metrics",
+        ingress.metrics_addr.port()
+    ));
     say(format!("  dashboard gRPC  {}", dashboard.grpc_addr));
     say(format!(
         "  dashboard       https://localhost:{}/",
@@ -171,6 +175,11 @@ fn write_listeners(
                 name: "ingress".into(),
                 addr: ingress.local_addr,
                 kind: ListenerKind::IngressGrpc,
+            },
+            AuditTarget {
+                name: "ingress-https".into(),
+                addr: ingress.metrics_addr,
+                kind: ListenerKind::IngressHttps,
             },
             AuditTarget {
                 name: "dashboard-grpc".into(),

@@ -30,6 +30,11 @@ fn targets(
             kind: ListenerKind::IngressGrpc,
         },
         AuditTarget {
+            name: "ingress-https".into(),
+            addr: ing.metrics_addr,
+            kind: ListenerKind::IngressHttps,
+        },
+        AuditTarget {
             name: "dashboard-grpc".into(),
             addr: dash.grpc_addr,
             kind: ListenerKind::DashboardGrpc,
@@ -61,7 +66,7 @@ async fn a_correct_system_passes_and_weakened_listeners_fail_by_name() {
         "the CA key is at hand: {}",
         report.table()
     );
-    assert!(report.passed >= 3 * 20, "{}", report.table());
+    assert!(report.passed >= 4 * 20, "{}", report.table());
 
     // Without the CA key, the forgeries that need it are skipped, not failed.
     let mut no_key = options.clone();

@@ -20,11 +20,20 @@ const ACK_BUFFER: usize = 32;
 pub(super) struct PublishService {
     aggregator: Addr<Aggregator>,
     policy: Arc<AuthzPolicy>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl PublishService {
-    pub(super) fn new(aggregator: Addr<Aggregator>, policy: Arc<AuthzPolicy>) -> Self {
-        Self { aggregator, policy }
+    pub(super) fn new(
+        aggregator: Addr<Aggregator>,
+        policy: Arc<AuthzPolicy>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Self {
+            aggregator,
+            policy,
+            metrics,
+        }
     }
 }
 
@@ -38,7 +47,7 @@ impl Dashboard for PublishService {
         &self,
         request: Request<Streaming<VerdictBatch>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
-        let peer = authorize(&request, &self.policy, Service::Publish)?;
+        let peer = authorize(&request, &self.policy, &self.metrics, Service::Publish)?;
         tracing::info!(%peer, "Publish stream opened");
         let mut inbound = request.into_inner();
         let aggregator = self.aggregator.clone();

@@ -5,7 +5,6 @@
 //! `authz.dashboard_ui` names) gets past the 403.
 
 use std::{
-    any::Any,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -17,10 +16,9 @@ use actix::{
     fut::wrap_future, Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Handler, Message,
     StreamHandler,
 };
-use actix_web::{dev::Extensions, http::header, web, HttpRequest, HttpResponse};
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
-use tokio::net::TcpStream;
-use txmesh_certs::{AuthzPolicy, Decision, Service, SpiffeId};
+use txmesh_certs::{AuthzPolicy, Service};
 
 use super::{
     aggregator::{Aggregator, GetSnapshot},
@@ -31,16 +29,13 @@ use super::{
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
-/// The verified SPIFFE ID of an HTTPS connection, set at connect time.
-#[derive(Debug, Clone)]
-pub(super) struct PeerIdentity(pub Option<SpiffeId>);
-
 /// Shared by every request handler.
 #[derive(Clone)]
 pub(super) struct WebState {
     pub aggregator: Addr<Aggregator>,
     pub broadcaster: Addr<Broadcaster>,
     pub policy: Arc<AuthzPolicy>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub session_queue: usize,
     pub next_session: Arc<AtomicU64>,
 }
@@ -59,30 +54,9 @@ pub struct WsSession {
     last_heard: Instant,
 }
 
-/// `on_connect` hook: records the peer's SPIFFE ID for the handlers.
-pub(super) fn record_peer(conn: &dyn Any, ext: &mut Extensions) {
-    let id = conn
-        .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()
-        .and_then(|tls| tls.get_ref().1.peer_certificates()?.first().cloned())
-        .and_then(|leaf| txmesh_certs::peer_spiffe_id(&leaf).ok());
-    ext.insert(PeerIdentity(id));
-}
-
-/// `Err` carries the 403 to send back (boxed: a response is large).
+/// `Err` carries the 403 to send back.
 fn authorize(req: &HttpRequest, state: &WebState) -> Result<(), Box<HttpResponse>> {
-    let peer = req.conn_data::<PeerIdentity>().and_then(|p| p.0.clone());
-    match peer {
-        Some(id) if state.policy.decide(Service::DashboardUi, &id) == Decision::Allow => Ok(()),
-        Some(id) => {
-            tracing::warn!(peer = %id, path = req.path(), "dashboard access denied");
-            Err(Box::new(
-                HttpResponse::Forbidden().body(format!("{id} may not use the dashboard\n")),
-            ))
-        }
-        None => Err(Box::new(
-            HttpResponse::Forbidden().body("no client identity\n"),
-        )),
-    }
+    crate::https::authorize(req, &state.policy, &state.metrics, Service::DashboardUi).map(|_| ())
 }
 
 /// `GET /`.

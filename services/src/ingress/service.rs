@@ -72,6 +72,7 @@ pub struct IngressService {
     router: ShardRouter,
     outbox: Outbox,
     policy: Arc<AuthzPolicy>,
+    metrics: Arc<crate::metrics::Metrics>,
     counters: Arc<IngressCounters>,
     max_in_flight: usize,
 }
@@ -83,6 +84,7 @@ impl IngressService {
         router: ShardRouter,
         outbox: Outbox,
         policy: Arc<AuthzPolicy>,
+        metrics: Arc<crate::metrics::Metrics>,
         counters: Arc<IngressCounters>,
         max_in_flight: usize,
     ) -> Self {
@@ -90,6 +92,7 @@ impl IngressService {
             router,
             outbox,
             policy,
+            metrics,
             counters,
             max_in_flight,
         }
@@ -128,7 +131,7 @@ impl Ingress for IngressService {
         &self,
         request: Request<Streaming<ScreenRequest>>,
     ) -> Result<Response<Self::ScreenStream>, Status> {
-        let peer = authorize(&request, &self.policy, Service::Screen)?;
+        let peer = authorize(&request, &self.policy, &self.metrics, Service::Screen)?;
         tracing::debug!(%peer, "Screen stream opened");
         let mut inbound = request.into_inner();
         // Channel capacity equals the permits, and a permit is released only
@@ -172,7 +175,7 @@ impl Ingress for IngressService {
         &self,
         request: Request<Transaction>,
     ) -> Result<Response<TxnResult>, Status> {
-        authorize(&request, &self.policy, Service::Screen)?;
+        authorize(&request, &self.policy, &self.metrics, Service::Screen)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.dispatch(vec![request.into_inner()], move |mut results| {
             let _ = tx.send(results.pop());

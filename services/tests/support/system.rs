@@ -46,6 +46,7 @@ pub fn test_config(dir: &Path) -> TxmeshConfig {
     };
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     config.ingress.listen = any;
+    config.ingress.metrics_listen = any;
     config.dashboard.grpc_listen = any;
     config.dashboard.https_listen = any;
     config.dashboard.push_interval_ms = 100;

@@ -1,0 +1,73 @@
+//! What every mTLS HTTPS listener (actix-web over our rustls config) shares:
+//! the peer's SPIFFE ID recorded at connect time, the deny-by-default check
+//! of a request against a service's allow-list (counted), and `/metrics`.
+
+use std::{any::Any, sync::Arc};
+
+use actix_web::{dev::Extensions, http::header, web, HttpRequest, HttpResponse};
+use tokio::net::TcpStream;
+use txmesh_certs::{AuthzPolicy, Decision, Service, SpiffeId};
+
+use crate::metrics::Metrics;
+
+/// The verified SPIFFE ID of an HTTPS connection, set at connect time.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerIdentity(pub(crate) Option<SpiffeId>);
+
+/// What `/metrics` needs: the policy and the registry.
+#[derive(Clone)]
+pub(crate) struct MetricsState {
+    pub(crate) policy: Arc<AuthzPolicy>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// `on_connect` hook: records the peer's SPIFFE ID for the handlers.
+pub(crate) fn record_peer(conn: &dyn Any, ext: &mut Extensions) {
+    let id = conn
+        .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()
+        .and_then(|tls| tls.get_ref().1.peer_certificates()?.first().cloned())
+        .and_then(|leaf| txmesh_certs::peer_spiffe_id(&leaf).ok());
+    ext.insert(PeerIdentity(id));
+}
+
+/// Checks the request's peer against `service`'s allow-list and counts the
+/// decision. `Err` carries the 403 to send back (boxed: a response is
+/// large).
+pub(crate) fn authorize(
+    req: &HttpRequest,
+    policy: &AuthzPolicy,
+    metrics: &Metrics,
+    service: Service,
+) -> Result<SpiffeId, Box<HttpResponse>> {
+    let peer = req.conn_data::<PeerIdentity>().and_then(|p| p.0.clone());
+    let Some(id) = peer else {
+        metrics.authz(service, Decision::Deny);
+        return Err(Box::new(
+            HttpResponse::Forbidden().body("no client identity\n"),
+        ));
+    };
+    let decision = policy.decide(service, &id);
+    metrics.authz(service, decision);
+    match decision {
+        Decision::Allow => Ok(id),
+        Decision::Deny => {
+            tracing::warn!(peer = %id, path = req.path(), service = service.name(), "access denied");
+            Err(Box::new(
+                HttpResponse::Forbidden().body(format!("{id} may not use {}\n", service.name())),
+            ))
+        }
+    }
+}
+
+/// `GET /metrics`: Prometheus text, for the `metrics` allow-list.
+pub(crate) async fn metrics(req: HttpRequest, state: web::Data<MetricsState>) -> HttpResponse {
+    if let Err(denied) = authorize(&req, &state.policy, &state.metrics, Service::Metrics) {
+        return *denied;
+    }
+    HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        ))
+        .body(state.metrics.render())
+}

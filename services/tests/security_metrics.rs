@@ -1,0 +1,131 @@
+//! The security metrics: authorization decisions, refused handshakes by
+//! reason and certificate expiry, served as Prometheus text on each
+//! service's mTLS HTTPS listener, to prometheus and operator only.
+
+#[path = "support/system.rs"]
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+use txmesh::config::TxmeshConfig;
+
+/// `GET /metrics` as `identity`: (status line, body).
+async fn scrape(
+    config: &TxmeshConfig,
+    identity: &str,
+    server: &str,
+    addr: SocketAddr,
+) -> (String, String) {
+    let tls = txmesh_certs::client_config(
+        &material(config, identity),
+        &spiffe(config, server),
+        &[b"http/1.1"],
+    )
+    .expect("client config");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = Vec::new();
+    loop {
+        let chunk = read_some(&mut conn, Duration::from_secs(3)).await;
+        if chunk.is_empty() {
+            break;
+        }
+        text.extend(chunk);
+    }
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+fn value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{body}"))
+}
+
+#[actix_rt::test]
+async fn security_metrics_count_decisions_refusals_and_expiry() {
+    let dir = TempDir::new("secmetrics");
+    let mut config = test_config(&dir.0);
+    let (dash, ing) = start_system(&mut config).await;
+
+    let (status, body) = scrape(&config, "operator", "ingress", ing.metrics_addr).await;
+    assert!(status.contains("200"), "{status}");
+    let deny = "txmesh_authz_decisions_total{decision=\"deny\",service=\"screen\"}";
+    assert_eq!(value(&body, deny), 0.0, "created at zero");
+    let expiry = value(
+        &body,
+        "txmesh_cert_expiry_timestamp_seconds{identity=\"ingress\"}",
+    );
+    assert_eq!(expiry as i64, ing.certs.not_after_unix());
+
+    // txgen may not read metrics: 403, counted.
+    let (status, _) = scrape(&config, "txgen", "ingress", ing.metrics_addr).await;
+    assert!(status.contains("403"), "{status}");
+
+    // A TLS client with no certificate is refused at the gRPC listener.
+    let tls = no_client_cert_config(&config, b"h2");
+    let tcp = tokio::net::TcpStream::connect(ing.local_addr)
+        .await
+        .expect("connect");
+    if let Ok(mut conn) = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(ing.local_addr.ip().into()),
+            tcp,
+        )
+        .await
+    {
+        let _ = conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        let _ = read_some(&mut conn, Duration::from_secs(2)).await;
+    }
+    // A valid identity that may not call Screen: PERMISSION_DENIED, counted.
+    let channel = txmesh::net::mtls_channel(
+        ing.local_addr,
+        &material(&config, "dashboard"),
+        &spiffe(&config, "ingress"),
+    )
+    .expect("channel");
+    let denied = txmesh_proto::v1::ingress_client::IngressClient::new(channel)
+        .screen(tokio_stream::empty())
+        .await;
+    assert_eq!(
+        denied.err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied)
+    );
+
+    let (_, body) = scrape(&config, "operator", "ingress", ing.metrics_addr).await;
+    assert_eq!(value(&body, deny), 1.0);
+    assert_eq!(
+        value(
+            &body,
+            "txmesh_authz_decisions_total{decision=\"deny\",service=\"metrics\"}"
+        ),
+        1.0
+    );
+    assert!(
+        value(&body, "txmesh_tls_handshake_failures_total{listener=\"ingress-grpc\",reason=\"no_certificate\"}") >= 1.0,
+        "{body}"
+    );
+
+    // The dashboard serves its own.
+    let (status, body) = scrape(&config, "operator", "dashboard", dash.https_addr).await;
+    assert!(status.contains("200"), "{status}");
+    assert!(body.contains("txmesh_cert_expiry_timestamp_seconds{identity=\"dashboard\"}"));
+
+    ing.stop(Duration::from_secs(5)).await;
+    dash.stop().await;
+}
