@@ -10,9 +10,10 @@ use txmesh_certs::{AuthzPolicy, Decision, Service, SpiffeId};
 
 use crate::metrics::Metrics;
 
-/// The verified SPIFFE ID of an HTTPS connection, set at connect time.
+/// The verified SPIFFE ID of an HTTPS connection and its certificate's
+/// notAfter (Unix seconds), set at connect time.
 #[derive(Debug, Clone)]
-pub(crate) struct PeerIdentity(pub(crate) Option<SpiffeId>);
+pub(crate) struct PeerIdentity(pub(crate) Option<SpiffeId>, pub(crate) Option<i64>);
 
 /// What `/metrics` needs: the policy and the registry.
 #[derive(Clone)]
@@ -23,11 +24,16 @@ pub(crate) struct MetricsState {
 
 /// `on_connect` hook: records the peer's SPIFFE ID for the handlers.
 pub(crate) fn record_peer(conn: &dyn Any, ext: &mut Extensions) {
-    let id = conn
+    let leaf = conn
         .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()
-        .and_then(|tls| tls.get_ref().1.peer_certificates()?.first().cloned())
-        .and_then(|leaf| txmesh_certs::peer_spiffe_id(&leaf).ok());
-    ext.insert(PeerIdentity(id));
+        .and_then(|tls| tls.get_ref().1.peer_certificates()?.first().cloned());
+    let id = leaf
+        .as_ref()
+        .and_then(|leaf| txmesh_certs::peer_spiffe_id(leaf).ok());
+    let not_after = leaf
+        .as_ref()
+        .and_then(|leaf| txmesh_certs::not_after_unix(leaf).ok());
+    ext.insert(PeerIdentity(id, not_after));
 }
 
 /// Checks the request's peer against `service`'s allow-list and counts the

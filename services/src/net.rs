@@ -28,7 +28,7 @@ use crate::{
 
 mod expiry;
 
-pub use expiry::ExpiringTls;
+pub use expiry::{until_unix, ExpiringTls};
 
 /// Counters of one listener's handshakes.
 #[derive(Debug, Default)]

@@ -1,5 +1,6 @@
 //! A long-lived connection does not outlive the client certificate it was
-//! verified with: the ingress closes it at the certificate's notAfter.
+//! verified with: the ingress closes an HTTP/2 connection, and the dashboard
+//! a WebSocket session, at the certificate's notAfter.
 
 #[path = "support/system.rs"]
 mod support;
@@ -9,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::StreamExt;
 use rustls::pki_types::ServerName;
 use support::*;
 use tokio::{
@@ -18,26 +20,43 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 use txmesh_certs::{CertAuthority, CertStore, IssueOptions, StateLayout};
 
-#[actix_rt::test]
-async fn a_connection_ends_when_its_client_certificate_expires() {
-    let dir = TempDir::new("expiry");
-    let mut config = test_config(&dir.0);
-    let (dash, ing) = start_system(&mut config).await;
-
-    // A txgen certificate that expires in about three seconds.
+/// A copy of `name`'s identity valid for about three more seconds.
+fn short_lived(config: &txmesh::config::TxmeshConfig, dir: &TempDir, name: &str) -> CertStore {
     let layout = StateLayout::new(&config.state_dir);
     let ca = CertAuthority::load(&layout, &config.trust_domain).expect("CA");
     let short = IssueOptions {
         ttl: Duration::from_secs(3),
         ..IssueOptions::default()
     };
-    let (crt, key) = ca.issue("txgen", &short).expect("issue");
-    let short_dir = dir.0.join("txgen-short");
+    let (crt, key) = ca.issue(name, &short).expect("issue");
+    let short_dir = dir.0.join(format!("{name}-short"));
     std::fs::create_dir_all(&short_dir).expect("dir");
     std::fs::write(short_dir.join("tls.crt"), crt).expect("write");
     std::fs::write(short_dir.join("tls.key"), key).expect("write");
     std::fs::write(short_dir.join("ca.crt"), ca.cert_pem()).expect("write");
-    let store = CertStore::open(&short_dir, &config.trust_domain).expect("valid for now");
+    CertStore::open(&short_dir, &config.trust_domain).expect("valid for now")
+}
+
+/// Asserts that now is no earlier than half a second before `not_after`.
+fn assert_not_before(not_after: i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        now >= not_after as f64 - 0.5,
+        "closed {:.1} s before the certificate's notAfter",
+        not_after as f64 - now
+    );
+}
+
+#[actix_rt::test]
+async fn a_connection_ends_when_its_client_certificate_expires() {
+    let dir = TempDir::new("expiry");
+    let mut config = test_config(&dir.0);
+    let (dash, ing) = start_system(&mut config).await;
+
+    let store = short_lived(&config, &dir, "txgen");
     let not_after = store.not_after_unix();
 
     let tls = txmesh_certs::client_config(&store, &spiffe(&config, "ingress"), &[b"h2"])

@@ -52,6 +52,8 @@ pub struct WsSession {
     id: u64,
     state: WebState,
     last_heard: Instant,
+    /// The client certificate's notAfter, Unix seconds.
+    cert_not_after: Option<i64>,
 }
 
 /// `Err` carries the 403 to send back.
@@ -90,10 +92,14 @@ pub(super) async fn websocket(
     if let Err(denied) = authorize(&req, &state) {
         return Ok(*denied);
     }
+    let cert_not_after = req
+        .conn_data::<crate::https::PeerIdentity>()
+        .and_then(|p| p.1);
     let session = WsSession {
         id: state.next_session.fetch_add(1, Ordering::Relaxed),
         state: state.get_ref().clone(),
         last_heard: Instant::now(),
+        cert_not_after,
     };
     ws::start(session, &req, stream)
 }
@@ -103,6 +109,17 @@ impl Actor for WsSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.state.session_queue);
+        // A session does not outlive the certificate it was verified with.
+        let left = self
+            .cert_not_after
+            .map_or(Duration::ZERO, crate::net::until_unix);
+        ctx.run_later(left, |_act, ctx| {
+            ctx.close(Some(ws::CloseReason {
+                code: ws::CloseCode::Policy,
+                description: Some("client certificate expired".into()),
+            }));
+            ctx.stop();
+        });
         self.state.broadcaster.do_send(Register {
             id: self.id,
             addr: ctx.address(),

@@ -35,7 +35,7 @@ impl ExpiringTls {
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|leaf| txmesh_certs::not_after_unix(leaf).ok())
-            .map_or(Duration::ZERO, seconds_until);
+            .map_or(Duration::ZERO, until_unix);
         Self {
             inner,
             expiry: Box::pin(tokio::time::sleep_until(Instant::now() + left)),
@@ -47,7 +47,8 @@ impl ExpiringTls {
     }
 }
 
-fn seconds_until(unix: i64) -> Duration {
+/// The time left until Unix second `unix` (zero if past).
+pub fn until_unix(unix: i64) -> Duration {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
