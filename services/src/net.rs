@@ -28,7 +28,7 @@ use crate::{
 
 mod expiry;
 
-pub use expiry::{until_unix, ExpiringTls};
+pub use expiry::{until_unix, Expiring, ExpiringTls};
 
 /// Counters of one listener's handshakes.
 #[derive(Debug, Default)]
@@ -93,7 +93,7 @@ pub async fn mtls_incoming(
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        let _ = tx.send(Ok(ExpiringTls::new(tls))).await;
+                        let _ = tx.send(Ok(ExpiringTls::accepted(tls))).await;
                     }
                     Ok(Err(e)) => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -157,7 +157,14 @@ pub fn channel_with(
                 // The verifier checks the SPIFFE ID, not this name.
                 let name = ServerName::IpAddress(addr.ip().into());
                 let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
+                // Ends no later than the server certificate it verified.
+                let leaf = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .cloned();
+                Ok::<_, std::io::Error>(TokioIo::new(Expiring::new(tls, leaf.as_ref())))
             }
         })),
     )

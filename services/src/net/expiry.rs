@@ -1,6 +1,7 @@
-//! A server-side TLS connection that ends when its peer's certificate
-//! expires: every connection is verified at its handshake, and a
-//! long-lived one must not outlive the certificate it was verified with.
+//! A TLS connection that ends when its peer's certificate expires: every
+//! connection is verified at its handshake, and a long-lived one must not
+//! outlive the certificate it was verified with. Used on both sides: the
+//! gRPC listeners wrap what they accept, the clients what they connect.
 
 use std::{
     future::Future,
@@ -10,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use rustls::pki_types::CertificateDer;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -18,22 +20,21 @@ use tokio::{
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
-/// A TLS stream that fails reads and writes from its peer certificate's
-/// notAfter on, which makes the HTTP/2 server close it.
-pub struct ExpiringTls {
-    inner: TlsStream<TcpStream>,
+/// A stream that fails reads and writes from its peer certificate's
+/// notAfter on, which makes the HTTP/2 side close it.
+pub struct Expiring<S> {
+    inner: S,
     expiry: Pin<Box<Sleep>>,
 }
 
-impl ExpiringTls {
-    /// Wraps an accepted connection; the deadline is the peer leaf's
-    /// notAfter (a connection without one ends at once).
-    pub fn new(inner: TlsStream<TcpStream>) -> Self {
-        let left = inner
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
+/// An accepted server-side connection that ends at its client's expiry.
+pub type ExpiringTls = Expiring<TlsStream<TcpStream>>;
+
+impl<S> Expiring<S> {
+    /// Wraps `inner`, whose peer leaf is `peer` (a connection without one
+    /// ends at once).
+    pub fn new(inner: S, peer: Option<&CertificateDer<'_>>) -> Self {
+        let left = peer
             .and_then(|leaf| txmesh_certs::not_after_unix(leaf).ok())
             .map_or(Duration::ZERO, until_unix);
         Self {
@@ -44,6 +45,19 @@ impl ExpiringTls {
 
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         self.expiry.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl ExpiringTls {
+    /// Wraps an accepted connection until its client certificate expires.
+    pub fn accepted(inner: TlsStream<TcpStream>) -> Self {
+        let leaf = inner
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned();
+        Self::new(inner, leaf.as_ref())
     }
 }
 
@@ -59,7 +73,7 @@ fn expired_error() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "peer certificate expired")
 }
 
-impl AsyncRead for ExpiringTls {
+impl<S: AsyncRead + Unpin> AsyncRead for Expiring<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -72,7 +86,7 @@ impl AsyncRead for ExpiringTls {
     }
 }
 
-impl AsyncWrite for ExpiringTls {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Expiring<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
