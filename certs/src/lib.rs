@@ -30,4 +30,7 @@ pub use issue::{
 };
 pub use reload::{CertStore, Reload};
 pub use rotate::{identities, inspect, rotate_ca, rotate_leaves, CaStep, CertInfo};
-pub use tls::{client_config, install_crypto_provider, server_config, TlsMaterial, ALPN_H2};
+pub use tls::{
+    client_config, install_crypto_provider, server_config, server_config_with, RejectHook,
+    TlsMaterial, ALPN_H2,
+};

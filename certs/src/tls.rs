@@ -152,8 +152,26 @@ pub(crate) fn provider() -> CryptoProvider {
 /// # Errors
 /// When rustls refuses the config.
 pub fn server_config(store: &CertStore, alpn: &[&[u8]]) -> Result<ServerConfig, CertError> {
+    server_config_with(store, alpn, None)
+}
+
+/// Called with the error each time a client certificate is refused (for
+/// listeners whose TLS accept loop is not ours, to count refusals).
+pub type RejectHook = Arc<dyn Fn(&rustls::Error) + Send + Sync>;
+
+/// [`server_config`] that reports every refused client certificate to
+/// `on_reject`.
+///
+/// # Errors
+/// When rustls refuses the config.
+pub fn server_config_with(
+    store: &CertStore,
+    alpn: &[&[u8]],
+    on_reject: Option<RejectHook>,
+) -> Result<ServerConfig, CertError> {
     let verifier = Arc::new(SvidClientVerifier {
         store: store.clone(),
+        on_reject,
     });
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -222,9 +240,17 @@ impl ResolvesClientCert for StoreResolver {
 /// Chain checks by webpki, then the SVID profile.
 /// The live bundle's root hints are not offered (they would have to outlive
 /// a reload); clients present their one certificate regardless.
-#[derive(Debug)]
 struct SvidClientVerifier {
     store: CertStore,
+    on_reject: Option<RejectHook>,
+}
+
+impl fmt::Debug for SvidClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SvidClientVerifier")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientCertVerifier for SvidClientVerifier {
@@ -238,14 +264,20 @@ impl ClientCertVerifier for SvidClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified =
-            self.store
-                .live()
-                .client_verifier
-                .verify_client_cert(end_entity, intermediates, now)?;
-        check_svid(end_entity, self.store.trust_domain(), SvidUsage::Client)
-            .map_err(|e| rustls::Error::InvalidCertificate(svid_error(e)))?;
-        Ok(verified)
+        let verified = self
+            .store
+            .live()
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)
+            .and_then(|verified| {
+                check_svid(end_entity, self.store.trust_domain(), SvidUsage::Client)
+                    .map_err(|e| rustls::Error::InvalidCertificate(svid_error(e)))?;
+                Ok(verified)
+            });
+        if let (Err(e), Some(hook)) = (&verified, &self.on_reject) {
+            hook(e);
+        }
+        verified
     }
 
     fn verify_tls12_signature(

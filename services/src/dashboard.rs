@@ -74,7 +74,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
         .set_serving::<DashboardServer<publish::PublishService>>()
         .await;
     let tls = txmesh_certs::server_config(&store, &[txmesh_certs::ALPN_H2])?;
-    let metrics = Arc::new(Metrics::new(&["dashboard-grpc"]));
+    let metrics = Arc::new(Metrics::new(&["dashboard-grpc", "dashboard-https"]));
     // Stops with the listeners' shutdown signal.
     crate::net::watch_certs(
         store.clone(),
@@ -107,7 +107,11 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     );
 
     // actix-web adds http/1.1 (WebSocket) and h2 to the ALPN list itself.
-    let https_tls = txmesh_certs::server_config(&store, &[])?;
+    let https_tls = txmesh_certs::server_config_with(
+        &store,
+        &[],
+        Some(metrics.reject_hook("dashboard-https")),
+    )?;
     let listener =
         std::net::TcpListener::bind(dash.https_listen).map_err(|source| ServiceError::Bind {
             addr: dash.https_listen,

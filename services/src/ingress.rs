@@ -92,7 +92,7 @@ pub async fn start_with(
     publisher.start();
 
     let counters = Arc::new(IngressCounters::default());
-    let metrics = Arc::new(Metrics::new(&["ingress-grpc"]));
+    let metrics = Arc::new(Metrics::new(&["ingress-grpc", "ingress-https"]));
     let service = IngressService::new(
         router.clone(),
         outbox.clone(),
@@ -164,7 +164,8 @@ fn metrics_listener(
     let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
     // actix-web adds its own ALPN (h2, http/1.1).
-    let tls = txmesh_certs::server_config(store, &[])?;
+    let tls =
+        txmesh_certs::server_config_with(store, &[], Some(metrics.reject_hook("ingress-https")))?;
     let timeout = Duration::from_millis(config.ingress.handshake_timeout_ms);
     let state = crate::https::MetricsState { policy, metrics };
     let server = actix_web::HttpServer::new(move || {

@@ -154,6 +154,18 @@ impl Metrics {
             .inc();
     }
 
+    /// A hook for listeners whose TLS accept is not ours (actix-web's
+    /// HTTPS): it counts refused client certificates on `listener`.
+    pub fn reject_hook(
+        self: &std::sync::Arc<Self>,
+        listener: &'static str,
+    ) -> txmesh_certs::RejectHook {
+        let metrics = self.clone();
+        std::sync::Arc::new(move |_e: &rustls::Error| {
+            metrics.handshake_failed(listener, HandshakeFailure::BadCertificate);
+        })
+    }
+
     /// Records the expiry of the certificate `store` presents (call after
     /// every reload).
     pub fn observe_cert(&self, store: &CertStore) {

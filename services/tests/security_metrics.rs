@@ -121,10 +121,23 @@ async fn security_metrics_count_decisions_refusals_and_expiry() {
         "{body}"
     );
 
-    // The dashboard serves its own.
+    // The dashboard serves its own; refusals on its HTTPS listener (whose
+    // TLS accept is actix-web's) are counted through the verifier: the
+    // audit's forged certificates are all refused and counted.
+    let mut options = txmesh::audit::AuditOptions::for_config(&config);
+    options.handshake_timeout = Duration::from_secs(5);
+    let https = txmesh::audit::AuditTarget {
+        name: "dashboard-https".into(),
+        addr: dash.https_addr,
+        kind: txmesh::audit::ListenerKind::DashboardHttps,
+    };
+    let report = txmesh::audit::run(&[https], &options).await;
+    assert_eq!(report.failed, 0, "{}", report.table());
     let (status, body) = scrape(&config, "operator", "dashboard", dash.https_addr).await;
     assert!(status.contains("200"), "{status}");
     assert!(body.contains("txmesh_cert_expiry_timestamp_seconds{identity=\"dashboard\"}"));
+    let refused = "txmesh_tls_handshake_failures_total{listener=\"dashboard-https\",reason=\"bad_certificate\"}";
+    assert!(value(&body, refused) >= 8.0, "{body}");
 
     ing.stop(Duration::from_secs(5)).await;
     dash.stop().await;
