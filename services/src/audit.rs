@@ -429,40 +429,29 @@ async fn authz_checks(
             }),
         None => identity_from_dir(options, denied_name).map(|i| (i, denied_name)),
     };
+    let allowed_identity = identity_from_dir(options, allowed).map(|i| (i, allowed));
     let mut out = Vec::new();
-    match denied {
-        Some((identity, who)) => {
-            let (ok, evidence) = call(target, &identity, alpn).await;
-            out.push(result(
-                "wrong_identity_denied",
+    for (check, who, expect) in [
+        ("wrong_identity_denied", denied, false),
+        ("allowed_identity_accepted", allowed_identity, true),
+    ] {
+        out.push(match who {
+            Some((identity, name)) => {
+                let (ok, evidence) = call(target, &identity, alpn).await;
+                result(
+                    check,
+                    target,
+                    pass_if(ok == Some(expect)),
+                    format!("as {name}: {evidence}"),
+                )
+            }
+            None => result(
+                check,
                 target,
-                pass_if(ok == Some(false)),
-                format!("as {who}: {evidence}"),
-            ));
-        }
-        None => out.push(result(
-            "wrong_identity_denied",
-            target,
-            Outcome::Skip,
-            "no identity to try",
-        )),
-    }
-    match identity_from_dir(options, allowed) {
-        Some(identity) => {
-            let (ok, evidence) = call(target, &identity, alpn).await;
-            out.push(result(
-                "allowed_identity_accepted",
-                target,
-                pass_if(ok == Some(true)),
-                format!("as {allowed}: {evidence}"),
-            ));
-        }
-        None => out.push(result(
-            "allowed_identity_accepted",
-            target,
-            Outcome::Skip,
-            format!("no {allowed} identity in the state directory"),
-        )),
+                Outcome::Skip,
+                "no identity to try in the state directory",
+            ),
+        });
     }
     out
 }
