@@ -34,6 +34,8 @@ use crate::{
 
 /// A running dashboard.
 pub struct DashboardHandle {
+    /// What `grpc.health.v1` reports.
+    pub readiness: crate::health::Readiness,
     pub grpc_addr: SocketAddr,
     pub https_addr: SocketAddr,
     pub grpc_handshakes: Arc<HandshakeStats>,
@@ -70,9 +72,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
 
     let (trigger, shutdown) = shutdown::channel();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<DashboardServer<publish::PublishService>>()
-        .await;
+    let readiness = crate::health::Readiness::new(health_reporter, "txmesh.v1.Dashboard").await;
     let tls = txmesh_certs::server_config(&store, &[txmesh_certs::ALPN_H2])?;
     let metrics = Arc::new(Metrics::new(&["dashboard-grpc", "dashboard-https"]));
     // Stops with the listeners' shutdown signal.
@@ -158,7 +158,9 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     let http = server.handle();
     actix_rt::spawn(server);
     tracing::info!(%grpc_addr, %https_addr, identity = %store.spiffe_id(), "dashboard listening (mTLS)");
+    readiness.serving().await;
     Ok(DashboardHandle {
+        readiness,
         grpc_addr,
         https_addr,
         grpc_handshakes,
@@ -184,6 +186,8 @@ impl DashboardHandle {
 
     /// Stops both listeners, then saves the totals.
     pub async fn stop(self) {
+        // Probes see NOT_SERVING before anything else stops.
+        self.readiness.not_serving().await;
         self.trigger.fire();
         self.http.stop(true).await;
         // Open Publish streams hold the gRPC server; give them a moment.

@@ -25,6 +25,7 @@ pub use service::{IngressCounters, IngressService};
 use crate::{
     config::TxmeshConfig,
     error::ServiceError,
+    health::Readiness,
     metrics::Metrics,
     net::{mtls_incoming, HandshakeStats},
     shutdown::{self, Trigger},
@@ -32,6 +33,8 @@ use crate::{
 
 /// A running ingress.
 pub struct IngressHandle {
+    /// What `grpc.health.v1` reports.
+    pub readiness: Readiness,
     pub local_addr: SocketAddr,
     /// The HTTPS listener serving `/metrics` (mTLS).
     pub metrics_addr: SocketAddr,
@@ -102,9 +105,7 @@ pub async fn start_with(
         config.ingress.max_in_flight_batches,
     );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<IngressServer<IngressService>>()
-        .await;
+    let readiness = Readiness::new(health_reporter, "txmesh.v1.Ingress").await;
     let reflection = crate::grpc::reflection_service()?;
 
     let (trigger, shutdown) = shutdown::channel();
@@ -136,7 +137,10 @@ pub async fn start_with(
             .serve_with_incoming_shutdown(incoming.stream, async move { shutdown.wait().await }),
     );
     tracing::info!(%local_addr, %metrics_addr, identity = %store.spiffe_id(), "ingress listening (mTLS)");
+    // Ready: certificates, shards, publisher and listeners are up.
+    readiness.serving().await;
     Ok(IngressHandle {
+        readiness,
         local_addr,
         metrics_addr,
         metrics_server,
@@ -214,6 +218,8 @@ impl IngressHandle {
     /// Stops accepting, stops the shards, and gives the publisher up to
     /// `grace` to deliver what it holds. Returns whether it drained.
     pub async fn stop(self, grace: Duration) -> bool {
+        // Probes see NOT_SERVING before anything else stops.
+        self.readiness.not_serving().await;
         self.trigger.fire();
         self.metrics_server.stop(true).await;
         let _ = tokio::time::timeout(grace, self.server).await;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod grpc;
+pub mod health;
 pub mod https;
 pub mod ingress;
 pub mod metrics;

@@ -44,6 +44,26 @@ enum Command {
     Config(ConfigCommand),
     /// Probe every listener of a running system: only mTLS from the right identities gets in.
     Audit(AuditArgs),
+    /// grpc.health.v1 check over mTLS (for Kubernetes exec probes); exit 0 when SERVING.
+    Health(HealthArgs),
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    /// The gRPC listener to ask, HOST:PORT.
+    #[arg(long)]
+    target: std::net::SocketAddr,
+    /// The workload serving it (its SPIFFE ID is checked): ingress or dashboard.
+    #[arg(long)]
+    server: String,
+    /// The identity to connect as (default: the server's own, as a pod probing itself).
+    #[arg(long)]
+    identity: Option<String>,
+    /// The gRPC service to ask about (default: the server as a whole).
+    #[arg(long, default_value = "")]
+    service: String,
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -286,6 +306,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 txmesh_certs::P12_PASSWORD
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Health(args) => {
+            let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
+            let identity = args.identity.clone().unwrap_or_else(|| args.server.clone());
+            let status = txmesh::runtime::block_on(1, async move {
+                txmesh::health::check(
+                    &config,
+                    args.target,
+                    &identity,
+                    &args.server,
+                    &args.service,
+                    Duration::from_millis(args.timeout_ms),
+                )
+                .await
+            })?;
+            match status {
+                Ok(s) => {
+                    println!("{}", s.as_str_name());
+                    Ok(
+                        if s == tonic_health::pb::health_check_response::ServingStatus::Serving {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::FAILURE
+                        },
+                    )
+                }
+                Err(e) => {
+                    println!("UNREACHABLE: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Audit(args) => {
             let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
