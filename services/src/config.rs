@@ -32,6 +32,9 @@ pub struct TxmeshConfig {
     pub actors: ActorsConfig,
     /// Certificate reloading.
     pub tls: TlsConfig,
+    /// On SIGTERM or Ctrl-C, how long a service may take to drain (answer
+    /// what it has, flush the publisher) before it exits anyway.
+    pub shutdown_grace_secs: u64,
 }
 
 /// How each service watches its certificate files.
@@ -179,6 +182,7 @@ impl Default for TxmeshConfig {
             authz: AuthzConfig::default(),
             actors: ActorsConfig::default(),
             tls: TlsConfig::default(),
+            shutdown_grace_secs: 10,
         }
     }
 }

@@ -96,6 +96,7 @@ pub async fn start_with(
 
     let counters = Arc::new(IngressCounters::default());
     let metrics = Arc::new(Metrics::new(&["ingress-grpc", "ingress-https"]));
+    let (trigger, shutdown) = shutdown::channel();
     let service = IngressService::new(
         router.clone(),
         outbox.clone(),
@@ -103,12 +104,12 @@ pub async fn start_with(
         metrics.clone(),
         counters.clone(),
         config.ingress.max_in_flight_batches,
+        shutdown.clone(),
     );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(health_reporter, "txmesh.v1.Ingress").await;
     let reflection = crate::grpc::reflection_service()?;
 
-    let (trigger, shutdown) = shutdown::channel();
     let tls = txmesh_certs::server_config(&store, &[txmesh_certs::ALPN_H2])?;
     // Stops with the listener's shutdown signal.
     crate::net::watch_certs(

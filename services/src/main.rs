@@ -278,19 +278,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ingress => {
             let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
-            txmesh::runtime::block_on(2, async move {
+            let grace = Duration::from_secs(config.shutdown_grace_secs);
+            let drained = txmesh::runtime::block_on(2, async move {
                 let handle = txmesh::ingress::start(&config).await?;
-                let _ = tokio::signal::ctrl_c().await;
-                let drained = handle.stop(Duration::from_secs(10)).await;
+                shutdown::termination().await;
+                tracing::info!("shutting down: draining streams and the publisher");
+                let drained = handle.stop(grace).await;
                 anyhow::Ok(drained)
             })??;
-            Ok(ExitCode::SUCCESS)
+            if drained {
+                tracing::info!("drained");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("txmesh: the publisher did not drain within {grace:?}");
+                Ok(ExitCode::FAILURE)
+            }
         }
         Command::Dashboard => {
             let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
             txmesh::runtime::block_on(2, async move {
                 let handle = txmesh::dashboard::start(&config).await?;
-                let _ = tokio::signal::ctrl_c().await;
+                shutdown::termination().await;
                 handle.stop().await;
                 anyhow::Ok(())
             })??;

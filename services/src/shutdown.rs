@@ -13,6 +13,22 @@ pub struct Trigger {
     tx: tokio::sync::watch::Sender<bool>,
 }
 
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends first).
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// A new signal.
 pub fn channel() -> (Trigger, Shutdown) {
     let (tx, rx) = tokio::sync::watch::channel(false);

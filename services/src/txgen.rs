@@ -60,6 +60,8 @@ struct StreamShared {
     /// Clean transactions the ingress screened, not yet handed to the
     /// generator as replay candidates.
     screened: VecDeque<Transaction>,
+    /// The ingress is shutting down: send nothing more on this stream.
+    draining: bool,
 }
 
 /// Screened transactions held for the generator between batches.
@@ -191,6 +193,7 @@ async fn run_stream(
         budget: RetryBudget::new(&plan.retry),
         rng: SmallRng::seed_from_u64(plan.seed),
         screened: VecDeque::new(),
+        draining: false,
     }));
     let responses = client
         .screen(ReceiverStream::new(rx))
@@ -211,8 +214,24 @@ async fn run_stream(
     let mut request_id: u64 = 0;
     let mut drain_until: Option<Instant> = None;
     let tick = Duration::from_millis(1);
+    let mut tx = Some(tx);
     loop {
         let now = Instant::now();
+        if tx.is_some() && lock(&shared).draining {
+            // Closing our side lets the ingress finish the stream once it
+            // has answered everything it read.
+            tx = None;
+            drain_until = Some(now + DRAIN_TIMEOUT);
+            tracing::info!("ingress is draining: no more sends on this stream");
+        }
+        let Some(sender) = &tx else {
+            let idle = lock(&shared).pending.is_empty();
+            if idle || drain_until.is_some_and(|d| now >= d) {
+                break;
+            }
+            tokio::time::sleep(tick).await;
+            continue;
+        };
         if drain_until.is_none()
             && (stop.is_fired()
                 || plan.deadline.is_some_and(|d| now >= d)
@@ -243,7 +262,7 @@ async fn run_stream(
         if !due.is_empty() {
             window.acquire().await;
             request_id += 1;
-            if !send(&tx, &shared, request_id, due).await {
+            if !send(sender, &shared, request_id, due).await {
                 break;
             }
             continue;
@@ -312,7 +331,7 @@ async fn run_stream(
             continue;
         }
         request_id += 1;
-        if !send(&tx, &shared, request_id, batch).await {
+        if !send(sender, &shared, request_id, batch).await {
             break;
         }
     }
@@ -355,6 +374,10 @@ async fn receive(
     let mut tally = Tally::new();
     while let Some(item) = responses.next().await {
         let Ok(response) = item else { break };
+        if response.draining {
+            lock(&shared).draining = true;
+            continue;
+        }
         let now = Instant::now();
         let mut finals = 0u64;
         let overloaded = response.results.iter().any(|r| {

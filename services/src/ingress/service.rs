@@ -26,7 +26,7 @@ use txmesh_proto::v1::{
     TxnResult, VerdictStatus,
 };
 
-use crate::net::authorize;
+use crate::{net::authorize, shutdown::Shutdown};
 
 /// What the ingress answered, by outcome.
 #[derive(Debug, Default)]
@@ -75,6 +75,8 @@ pub struct IngressService {
     metrics: Arc<crate::metrics::Metrics>,
     counters: Arc<IngressCounters>,
     max_in_flight: usize,
+    /// Fires when the ingress starts shutting down.
+    shutdown: Shutdown,
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ScreenResponse, Status>> + Send>>;
@@ -87,6 +89,7 @@ impl IngressService {
         metrics: Arc<crate::metrics::Metrics>,
         counters: Arc<IngressCounters>,
         max_in_flight: usize,
+        shutdown: Shutdown,
     ) -> Self {
         Self {
             router,
@@ -95,6 +98,7 @@ impl IngressService {
             metrics,
             counters,
             max_in_flight,
+            shutdown,
         }
     }
 
@@ -134,20 +138,43 @@ impl Ingress for IngressService {
         let peer = authorize(&request, &self.policy, &self.metrics, Service::Screen)?;
         tracing::debug!(%peer, "Screen stream opened");
         let mut inbound = request.into_inner();
-        // Channel capacity equals the permits, and a permit is released only
-        // when its response leaves the channel, so `try_send` cannot fail
-        // for lack of room.
+        // Channel capacity is the permits plus one for the draining notice,
+        // and a permit is released only when its response leaves the
+        // channel, so `try_send` cannot fail for lack of room.
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
-        let (tx, rx) = tokio::sync::mpsc::channel::<(ScreenResponse, OwnedSemaphorePermit)>(
-            self.max_in_flight,
+        let (tx, rx) = tokio::sync::mpsc::channel::<(ScreenResponse, Option<OwnedSemaphorePermit>)>(
+            self.max_in_flight + 1,
         );
         let this = self.clone();
         tokio::spawn(async move {
+            let mut draining = false;
             loop {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    break;
+                let next = async {
+                    let permit = permits.clone().acquire_owned().await.ok()?;
+                    Some((permit, inbound.message().await))
                 };
-                match inbound.message().await {
+                // On shutdown the client is told to stop sending; what it
+                // already sent is still read and answered until it closes
+                // its side (or the grace period ends the connection).
+                let (permit, message) = tokio::select! {
+                    biased;
+                    () = this.shutdown.wait(), if !draining => {
+                        draining = true;
+                        let notice = ScreenResponse {
+                            draining: true,
+                            ..ScreenResponse::default()
+                        };
+                        if tx.send((notice, None)).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    got = next => match got {
+                        Some(got) => got,
+                        None => break,
+                    },
+                };
+                match message {
                     Ok(Some(req)) => {
                         let tx = tx.clone();
                         let request_id = req.request_id;
@@ -155,8 +182,9 @@ impl Ingress for IngressService {
                             let response = ScreenResponse {
                                 results,
                                 request_id,
+                                draining: false,
                             };
-                            let _ = tx.try_send((response, permit));
+                            let _ = tx.try_send((response, Some(permit)));
                         });
                     }
                     Ok(None) => break,

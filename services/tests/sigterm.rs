@@ -1,0 +1,103 @@
+//! SIGTERM to the ingress in the middle of a txgen run: the ingress tells
+//! each stream it is draining, answers everything already sent, flushes its
+//! publisher to the dashboard and exits 0; txgen stops sending, gets every
+//! answer, and the dashboard's totals equal what txgen was answered.
+
+#[path = "support/system.rs"]
+mod support;
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use support::*;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+#[actix_rt::test]
+async fn sigterm_drains_the_ingress_without_losing_a_transaction() {
+    let dir = TempDir::new("sigterm");
+    let mut config = test_config(&dir.0);
+    let dash = txmesh::dashboard::start(&config).await.expect("dashboard");
+    let grpc = free_port();
+    let metrics = free_port();
+    let set = |k: &str, v: String| ["--set".to_owned(), format!("{k}={v}")];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_txmesh"))
+        .arg("ingress")
+        .args(set("state_dir", config.state_dir.display().to_string()))
+        .args(set("ingress.listen", grpc.to_string()))
+        .args(set("ingress.metrics_listen", metrics.to_string()))
+        .args(set("ingress.dashboard_addr", dash.grpc_addr.to_string()))
+        .args(set("actors.shards.count", "2".into()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ingress starts");
+    let mut ready = false;
+    for _ in 0..100 {
+        let status = txmesh::health::check(
+            &config,
+            grpc,
+            "txgen",
+            "ingress",
+            "",
+            Duration::from_secs(1),
+        )
+        .await;
+        if matches!(status, Ok(ServingStatus::Serving)) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the ingress process became ready");
+
+    config.txgen.target = grpc;
+    config.txgen.rate = 2_000;
+    config.txgen.duration_secs = 20;
+    let load = spawn_txgen(&config);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("waited")
+        .expect("exit status");
+    assert!(exit.success(), "the ingress drained and exited 0: {exit:?}");
+
+    let report = tokio::time::timeout(Duration::from_secs(30), load)
+        .await
+        .expect("txgen stopped with the ingress")
+        .expect("txgen task")
+        .expect("txgen runs");
+    println!("{}", report.summary());
+    assert!(
+        report.sent > 1_000,
+        "the run was under way: {}",
+        report.summary()
+    );
+    assert!(
+        report.duration_s < 15.0,
+        "txgen stopped early, at the drain"
+    );
+    assert_eq!(report.unanswered, 0, "{}", report.summary());
+    assert_eq!(report.answered, report.sent);
+    assert_eq!(report.errors, 0, "{}", report.summary());
+    let totals = dash.snapshot().await.expect("snapshot").totals;
+    assert_eq!(
+        totals.verdicts, report.answered,
+        "the publisher flushed every verdict before the ingress exited"
+    );
+    dash.stop().await;
+}
