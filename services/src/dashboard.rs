@@ -6,7 +6,7 @@
 //! its totals and watermarks as it stops.
 
 mod aggregator;
-mod broadcaster;
+pub mod broadcaster;
 mod publish;
 mod web;
 
@@ -58,6 +58,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     let policy = Arc::new(config.policy()?);
 
     let broadcast_stats = Arc::new(broadcaster::BroadcastStats::default());
+    let session_stats = broadcast_stats.clone();
     let broadcaster = broadcaster::Broadcaster::new(broadcast_stats.clone()).start();
     let state_file = (!dash.state_file.is_empty()).then(|| config.state_dir.join(&dash.state_file));
     let aggregator = Aggregator::new(
@@ -75,6 +76,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     let readiness = crate::health::Readiness::new(health_reporter, "txmesh.v1.Dashboard").await;
     let tls = txmesh_certs::server_config(&store, &[txmesh_certs::ALPN_H2])?;
     let metrics = Arc::new(Metrics::new(&["dashboard-grpc", "dashboard-https"]));
+    metrics.register_dashboard(&session_stats);
     // Stops with the listeners' shutdown signal.
     crate::net::watch_certs(
         store.clone(),

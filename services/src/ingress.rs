@@ -20,7 +20,7 @@ use txmesh_actors::{
 use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::ingress_server::IngressServer;
 
-pub use service::{IngressCounters, IngressService};
+pub use service::{IngressCounters, IngressService, CODES};
 
 use crate::{
     config::TxmeshConfig,
@@ -94,8 +94,9 @@ pub async fn start_with(
     let publisher_stats = publisher.stats();
     publisher.start();
 
-    let counters = Arc::new(IngressCounters::default());
     let metrics = Arc::new(Metrics::new(&["ingress-grpc", "ingress-https"]));
+    let counters = Arc::new(IngressCounters::new(metrics.screening_latency()));
+    metrics.register_ingress(&counters, router.stats(), &publisher_stats, &outbox);
     let (trigger, shutdown) = shutdown::channel();
     let service = IngressService::new(
         router.clone(),

@@ -3,11 +3,26 @@
 //! `txmesh_*` in base units; every labelled series exists from the start
 //! (at zero), and no label ever carries an account or transaction id.
 //!
-//! This module holds the security metrics: authorization decisions,
-//! refused handshakes by reason, and certificate expiry.
+//! Every service has the security metrics (authorization decisions, refused
+//! handshakes by reason, certificate expiry) and build info; the ingress and
+//! the dashboard add theirs with [`Metrics::register_ingress`] and
+//! [`Metrics::register_dashboard`], sampled at scrape time from the
+//! counters their components keep.
 
-use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
+mod sampled;
+
+use std::sync::{atomic::Ordering, Arc};
+
+use prometheus::{
+    proto::MetricType, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
+use txmesh_actors::{publisher::PublisherStats, Outbox, ScreeningStats};
 use txmesh_certs::{CertStore, Decision, Service};
+use txmesh_proto::v1::{Reason, TxnErrorCode};
+
+use crate::{dashboard::broadcaster::BroadcastStats, ingress::IngressCounters};
+use sampled::{Sampled, Samples};
 
 /// Why a TLS handshake was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +124,16 @@ impl Metrics {
             &["identity"],
         )
         .expect("valid metric");
+        let build = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "txmesh_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build)).expect("registered once");
         for m in [&authz, &handshake_failures] {
             registry
                 .register(Box::new(m.clone()))
@@ -173,6 +198,285 @@ impl Metrics {
         self.cert_expiry
             .with_label_values(&[id.path().trim_start_matches('/')])
             .set(store.not_after_unix() as f64);
+    }
+
+    /// The latency histogram the ingress observes (seconds; buckets from
+    /// 100 µs to about 1 s).
+    ///
+    /// # Panics
+    /// Never: the buckets and name are constants known to be valid.
+    pub fn screening_latency(&self) -> Histogram {
+        let buckets = prometheus::exponential_buckets(0.000_1, 2.5, 11).expect("valid buckets");
+        let h = Histogram::with_opts(
+            HistogramOpts::new(
+                "txmesh_screening_latency_seconds",
+                "Time from receipt at the ingress to the verdict.",
+            )
+            .buckets(buckets),
+        )
+        .expect("valid metric");
+        self.registry
+            .register(Box::new(h.clone()))
+            .expect("registered once");
+        h
+    }
+
+    fn sampled(
+        &self,
+        name: &str,
+        help: &str,
+        kind: MetricType,
+        labels: &[&str],
+        sample: impl Fn() -> Samples + Send + Sync + 'static,
+    ) {
+        let collector = Sampled::new(name, help, kind, labels, sample).expect("valid metric");
+        self.registry
+            .register(Box::new(collector))
+            .expect("registered once");
+    }
+
+    /// The ingress's transactions, screening pipeline and publisher.
+    pub fn register_ingress(
+        &self,
+        counters: &Arc<IngressCounters>,
+        screening: &ScreeningStats,
+        publisher: &Arc<PublisherStats>,
+        outbox: &Outbox,
+    ) {
+        use MetricType::{COUNTER, GAUGE};
+        let c = counters.clone();
+        self.sampled(
+            "txmesh_transactions_received_total",
+            "Transactions received by the ingress.",
+            COUNTER,
+            &[],
+            move || vec![(vec![], c.received.load(Ordering::Relaxed) as f64)],
+        );
+        let c = counters.clone();
+        self.sampled(
+            "txmesh_transactions_answered_total",
+            "Transactions answered, by outcome.",
+            COUNTER,
+            &["status"],
+            move || {
+                [
+                    ("approved", &c.approved),
+                    ("flagged", &c.flagged),
+                    ("rejected", &c.rejected),
+                    ("error", &c.errors),
+                ]
+                .into_iter()
+                .map(|(s, v)| (vec![s.to_owned()], v.load(Ordering::Relaxed) as f64))
+                .collect()
+            },
+        );
+        let c = counters.clone();
+        self.sampled(
+            "txmesh_verdict_reasons_total",
+            "Reasons in verdicts, by reason.",
+            COUNTER,
+            &["reason"],
+            move || {
+                (0..crate::ingress::CODES)
+                    .filter_map(|i| {
+                        let reason = Reason::try_from(i32::try_from(i).ok()?).ok()?;
+                        (reason != Reason::Unspecified).then(|| {
+                            (
+                                vec![crate::grpc::reason_name(reason as i32)],
+                                c.reasons[i].load(Ordering::Relaxed) as f64,
+                            )
+                        })
+                    })
+                    .collect()
+            },
+        );
+        let c = counters.clone();
+        self.sampled(
+            "txmesh_transaction_errors_total",
+            "Per-transaction errors, by code.",
+            COUNTER,
+            &["code"],
+            move || {
+                (0..crate::ingress::CODES)
+                    .filter_map(|i| {
+                        let code = TxnErrorCode::try_from(i32::try_from(i).ok()?).ok()?;
+                        (code != TxnErrorCode::Unspecified).then(|| {
+                            let name = code
+                                .as_str_name()
+                                .trim_start_matches("TXN_ERROR_CODE_")
+                                .to_lowercase();
+                            (vec![name], c.error_codes[i].load(Ordering::Relaxed) as f64)
+                        })
+                    })
+                    .collect()
+            },
+        );
+        let c = counters.clone();
+        self.sampled(
+            "txmesh_verdicts_in_flight",
+            "Transactions received and not yet answered.",
+            GAUGE,
+            &[],
+            move || {
+                let answered = c.verdicts() + c.errors.load(Ordering::Relaxed);
+                vec![(
+                    vec![],
+                    c.received.load(Ordering::Relaxed).saturating_sub(answered) as f64,
+                )]
+            },
+        );
+        let s = screening.clone();
+        self.sampled(
+            "txmesh_shards",
+            "Shards (one actor per arbiter thread).",
+            GAUGE,
+            &[],
+            move || vec![(vec![], s.shards.len() as f64)],
+        );
+        type Pick = fn(&txmesh_actors::stats::ShardStats) -> &txmesh_actors::stats::Counter;
+        let per_shard: [(&str, &str, MetricType, Pick); 7] = [
+            (
+                "txmesh_active_accounts",
+                "Live account actors, per shard.",
+                GAUGE,
+                |s| &s.active,
+            ),
+            (
+                "txmesh_passivated_accounts",
+                "Accounts held passivated, per shard.",
+                GAUGE,
+                |s| &s.passivated,
+            ),
+            (
+                "txmesh_account_restarts_total",
+                "Account actor restarts after a panic, per shard.",
+                COUNTER,
+                |s| &s.restarts,
+            ),
+            (
+                "txmesh_account_quarantines_total",
+                "Accounts quarantined past their restart intensity, per shard.",
+                COUNTER,
+                |s| &s.quarantines,
+            ),
+            (
+                "txmesh_poison_messages_total",
+                "Transactions that crashed their actor on every attempt, per shard.",
+                COUNTER,
+                |s| &s.poison,
+            ),
+            (
+                "txmesh_passivations_total",
+                "Idle accounts passivated, per shard.",
+                COUNTER,
+                |s| &s.passivations,
+            ),
+            (
+                "txmesh_mailbox_full_rejections_total",
+                "Transactions refused RESOURCE_EXHAUSTED (mailbox full or order hold), per shard.",
+                COUNTER,
+                |s| &s.overloaded,
+            ),
+        ];
+        for (name, help, kind, pick) in per_shard {
+            let s = screening.clone();
+            self.sampled(name, help, kind, &["shard"], move || {
+                s.shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, shard)| (vec![i.to_string()], pick(shard).get() as f64))
+                    .collect()
+            });
+        }
+        let (p, o) = (publisher.clone(), outbox.clone());
+        self.sampled(
+            "txmesh_publisher_outbox_depth",
+            "Verdicts waiting in the publisher's outbox.",
+            GAUGE,
+            &[],
+            move || vec![(vec![], p.view(&o).outbox_depth as f64)],
+        );
+        let p = publisher.clone();
+        self.sampled(
+            "txmesh_publisher_batches_sent_total",
+            "Batches sent to the dashboard.",
+            COUNTER,
+            &[],
+            move || vec![(vec![], p.batches_sent.load(Ordering::Relaxed) as f64)],
+        );
+        let p = publisher.clone();
+        self.sampled(
+            "txmesh_publisher_acks_total",
+            "Batches acknowledged by the dashboard.",
+            COUNTER,
+            &[],
+            move || vec![(vec![], p.acks.load(Ordering::Relaxed) as f64)],
+        );
+        let p = publisher.clone();
+        self.sampled(
+            "txmesh_publisher_retries_total",
+            "Publish stream failures followed by a retry.",
+            COUNTER,
+            &[],
+            move || vec![(vec![], p.retries.load(Ordering::Relaxed) as f64)],
+        );
+        let o = outbox.clone();
+        self.sampled(
+            "txmesh_publisher_dropped_total",
+            "Verdicts dropped before delivery, by reason.",
+            COUNTER,
+            &["reason"],
+            move || vec![(vec!["outbox_full".to_owned()], o.shed_total() as f64)],
+        );
+        let (p, o) = (publisher.clone(), outbox.clone());
+        self.sampled(
+            "txmesh_publisher_breaker_state",
+            "1 for the breaker's current state, 0 for the others.",
+            GAUGE,
+            &["state"],
+            move || {
+                let now = p.view(&o).breaker;
+                [
+                    ("closed", txmesh_actors::publisher::BreakerState::Closed),
+                    ("open", txmesh_actors::publisher::BreakerState::Open),
+                    (
+                        "half_open",
+                        txmesh_actors::publisher::BreakerState::HalfOpen,
+                    ),
+                ]
+                .into_iter()
+                .map(|(name, state)| (vec![name.to_owned()], f64::from(u8::from(state == now))))
+                .collect()
+            },
+        );
+        let p = publisher.clone();
+        self.sampled(
+            "txmesh_publisher_breaker_transitions_total",
+            "Breaker state changes.",
+            COUNTER,
+            &[],
+            move || vec![(vec![], p.breaker_transitions.load(Ordering::Relaxed) as f64)],
+        );
+    }
+
+    /// The dashboard's browser sessions.
+    pub fn register_dashboard(&self, broadcast: &Arc<BroadcastStats>) {
+        let b = broadcast.clone();
+        self.sampled(
+            "txmesh_websocket_sessions",
+            "Open browser WebSocket sessions.",
+            MetricType::GAUGE,
+            &[],
+            move || vec![(vec![], b.get().0 as f64)],
+        );
+        let b = broadcast.clone();
+        self.sampled(
+            "txmesh_websocket_dropped_messages_total",
+            "Updates dropped for slow browsers.",
+            MetricType::COUNTER,
+            &[],
+            move || vec![(vec![], b.get().1 as f64)],
+        );
     }
 
     /// The Prometheus text exposition.

@@ -28,8 +28,11 @@ use txmesh_proto::v1::{
 
 use crate::{net::authorize, shutdown::Shutdown};
 
+/// Reason and error codes counted per code (proto numbers below this).
+pub const CODES: usize = 32;
+
 /// What the ingress answered, by outcome.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IngressCounters {
     pub received: AtomicU64,
     pub approved: AtomicU64,
@@ -37,9 +40,30 @@ pub struct IngressCounters {
     pub rejected: AtomicU64,
     pub errors: AtomicU64,
     pub shed: AtomicU64,
+    /// Verdict reasons, by proto number.
+    pub reasons: [AtomicU64; CODES],
+    /// Per-transaction errors, by `TxnErrorCode` number.
+    pub error_codes: [AtomicU64; CODES],
+    /// Time from receipt to verdict, seconds.
+    latency: prometheus::Histogram,
 }
 
 impl IngressCounters {
+    /// Counters observing screening latency into `latency`.
+    pub fn new(latency: prometheus::Histogram) -> Self {
+        Self {
+            received: AtomicU64::new(0),
+            approved: AtomicU64::new(0),
+            flagged: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            reasons: std::array::from_fn(|_| AtomicU64::new(0)),
+            error_codes: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency,
+        }
+    }
+
     /// Verdicts answered (every status).
     pub fn verdicts(&self) -> u64 {
         self.approved.load(Ordering::Relaxed)
@@ -49,16 +73,35 @@ impl IngressCounters {
 
     fn count(&self, results: &[TxnResult]) {
         let (mut a, mut f, mut r, mut e) = (0, 0, 0, 0);
+        let latency = self.latency.local();
+        let bump = |table: &[AtomicU64; CODES], code: i32| {
+            if let Some(c) = usize::try_from(code).ok().and_then(|i| table.get(i)) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        };
         for result in results {
             match &result.outcome {
-                Some(Outcome::Verdict(v)) => match v.status() {
-                    VerdictStatus::Approved => a += 1,
-                    VerdictStatus::Flagged => f += 1,
-                    _ => r += 1,
-                },
-                _ => e += 1,
+                Some(Outcome::Verdict(v)) => {
+                    match v.status() {
+                        VerdictStatus::Approved => a += 1,
+                        VerdictStatus::Flagged => f += 1,
+                        _ => r += 1,
+                    }
+                    for reason in &v.reasons {
+                        bump(&self.reasons, *reason);
+                    }
+                    if !v.replayed {
+                        latency.observe(v.processing_time_us as f64 / 1e6);
+                    }
+                }
+                Some(Outcome::Error(err)) => {
+                    e += 1;
+                    bump(&self.error_codes, err.code);
+                }
+                None => e += 1,
             }
         }
+        latency.flush();
         self.approved.fetch_add(a, Ordering::Relaxed);
         self.flagged.fetch_add(f, Ordering::Relaxed);
         self.rejected.fetch_add(r, Ordering::Relaxed);

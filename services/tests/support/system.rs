@@ -165,3 +165,50 @@ pub async fn http_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let text = String::from_utf8_lossy(&head);
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
+
+/// `GET /metrics` as `identity`: (status line, body).
+pub async fn scrape(
+    config: &TxmeshConfig,
+    identity: &str,
+    server: &str,
+    addr: SocketAddr,
+) -> (String, String) {
+    use tokio::io::AsyncWriteExt;
+    let tls = txmesh_certs::client_config(
+        &material(config, identity),
+        &spiffe(config, server),
+        &[b"http/1.1"],
+    )
+    .expect("client config");
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+            tcp,
+        )
+        .await
+        .expect("handshake");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut text = Vec::new();
+    loop {
+        let chunk = read_some(&mut conn, Duration::from_secs(3)).await;
+        if chunk.is_empty() {
+            break;
+        }
+        text.extend(chunk);
+    }
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+pub fn value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{body}"))
+}
