@@ -42,6 +42,7 @@ pub struct DashboardHandle {
     /// The live certificates (reloaded from disk).
     pub certs: CertStore,
     aggregator: Addr<Aggregator>,
+    broadcaster: Addr<broadcaster::Broadcaster>,
     http: actix_web::dev::ServerHandle,
     trigger: Trigger,
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -125,7 +126,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     })?;
     let state = web::WebState {
         aggregator: aggregator.clone(),
-        broadcaster,
+        broadcaster: broadcaster.clone(),
         policy: policy.clone(),
         metrics: metrics.clone(),
         session_queue: dash.session_queue,
@@ -168,6 +169,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
         grpc_handshakes,
         certs: store,
         aggregator,
+        broadcaster,
         http,
         trigger,
         grpc,
@@ -188,8 +190,10 @@ impl DashboardHandle {
 
     /// Stops both listeners, then saves the totals.
     pub async fn stop(self) {
-        // Probes see NOT_SERVING before anything else stops.
+        // Probes see NOT_SERVING before anything else stops; browsers are
+        // told the dashboard is going away before their connections close.
         self.readiness.not_serving().await;
+        let _ = self.broadcaster.send(broadcaster::CloseAll).await;
         self.trigger.fire();
         self.http.stop(true).await;
         // Open Publish streams hold the gRPC server; give them a moment.

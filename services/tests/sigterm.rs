@@ -101,3 +101,33 @@ async fn sigterm_drains_the_ingress_without_losing_a_transaction() {
     );
     dash.stop().await;
 }
+
+#[actix_rt::test]
+async fn stopping_the_dashboard_tells_browsers_it_is_going_away() {
+    use futures_util::StreamExt;
+    let dir = TempDir::new("goingaway");
+    let config = test_config(&dir.0);
+    let dash = txmesh::dashboard::start(&config).await.expect("dashboard");
+    let tls = https_as(&config, "operator", dash.https_addr)
+        .await
+        .expect("operator connects");
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .expect("WebSocket upgrade");
+    let first = ws.next().await.expect("a message").expect("not an error");
+    assert!(first.is_text(), "the snapshot comes first");
+    let stopping = tokio::spawn(dash.stop());
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(msg)) = ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Close(frame) = msg {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("closed in time")
+    .expect("a close frame, not a dropped connection");
+    assert_eq!(u16::from(close.code), 1001, "going away: {close:?}");
+    stopping.await.expect("dashboard stopped");
+}

@@ -13,7 +13,7 @@ use std::{
 
 use actix::{dev::SendError, Actor, Addr, Context, Handler, Message};
 
-use super::web::{Push, WsSession};
+use super::web::{GoingAway, Push, WsSession};
 
 /// Shared with the aggregator, which reports them in every snapshot.
 #[derive(Debug, Default)]
@@ -54,6 +54,14 @@ pub struct Unregister(pub u64);
 
 impl Message for Unregister {
     type Result = ();
+}
+
+/// The dashboard is stopping: every session closes with "going away"
+/// (1001). Answers with how many sessions were told.
+pub struct CloseAll;
+
+impl Message for CloseAll {
+    type Result = usize;
 }
 
 /// The broadcaster actor.
@@ -118,5 +126,18 @@ impl Handler<Unregister> for Broadcaster {
         self.stats
             .sessions
             .store(self.sessions.len(), Ordering::Relaxed);
+    }
+}
+
+impl Handler<CloseAll> for Broadcaster {
+    type Result = usize;
+
+    fn handle(&mut self, _msg: CloseAll, _ctx: &mut Self::Context) -> usize {
+        let told = self.sessions.len();
+        // A control message, not data: it must reach even a full mailbox.
+        for addr in self.sessions.values() {
+            addr.do_send(GoingAway);
+        }
+        told
     }
 }

@@ -40,6 +40,25 @@ pub(super) struct WebState {
     pub next_session: Arc<AtomicU64>,
 }
 
+/// The dashboard is stopping: close with 1001 (going away).
+pub struct GoingAway;
+
+impl Message for GoingAway {
+    type Result = ();
+}
+
+impl Handler<GoingAway> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, _msg: GoingAway, ctx: &mut Self::Context) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::Away,
+            description: Some("dashboard shutting down".into()),
+        }));
+        ctx.stop();
+    }
+}
+
 /// One serialized update for a session.
 pub struct Push(pub Arc<str>);
 
