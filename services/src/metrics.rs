@@ -396,30 +396,35 @@ impl Metrics {
             &[],
             move || vec![(vec![], p.view(&o).outbox_depth as f64)],
         );
-        let p = publisher.clone();
-        self.sampled(
-            "txmesh_publisher_batches_sent_total",
-            "Batches sent to the dashboard.",
-            COUNTER,
-            &[],
-            move || vec![(vec![], p.batches_sent.load(Ordering::Relaxed) as f64)],
-        );
-        let p = publisher.clone();
-        self.sampled(
-            "txmesh_publisher_acks_total",
-            "Batches acknowledged by the dashboard.",
-            COUNTER,
-            &[],
-            move || vec![(vec![], p.acks.load(Ordering::Relaxed) as f64)],
-        );
-        let p = publisher.clone();
-        self.sampled(
-            "txmesh_publisher_retries_total",
-            "Publish stream failures followed by a retry.",
-            COUNTER,
-            &[],
-            move || vec![(vec![], p.retries.load(Ordering::Relaxed) as f64)],
-        );
+        type PublisherPick = fn(&PublisherStats) -> &std::sync::atomic::AtomicU64;
+        let publisher_counters: [(&str, &str, PublisherPick); 4] = [
+            (
+                "txmesh_publisher_batches_sent_total",
+                "Batches sent to the dashboard.",
+                |p| &p.batches_sent,
+            ),
+            (
+                "txmesh_publisher_acks_total",
+                "Batches acknowledged by the dashboard.",
+                |p| &p.acks,
+            ),
+            (
+                "txmesh_publisher_retries_total",
+                "Publish stream failures followed by a retry.",
+                |p| &p.retries,
+            ),
+            (
+                "txmesh_publisher_breaker_transitions_total",
+                "Breaker state changes.",
+                |p| &p.breaker_transitions,
+            ),
+        ];
+        for (name, help, pick) in publisher_counters {
+            let p = publisher.clone();
+            self.sampled(name, help, COUNTER, &[], move || {
+                vec![(vec![], pick(&p).load(Ordering::Relaxed) as f64)]
+            });
+        }
         let o = outbox.clone();
         self.sampled(
             "txmesh_publisher_dropped_total",
@@ -448,14 +453,6 @@ impl Metrics {
                 .map(|(name, state)| (vec![name.to_owned()], f64::from(u8::from(state == now))))
                 .collect()
             },
-        );
-        let p = publisher.clone();
-        self.sampled(
-            "txmesh_publisher_breaker_transitions_total",
-            "Breaker state changes.",
-            COUNTER,
-            &[],
-            move || vec![(vec![], p.breaker_transitions.load(Ordering::Relaxed) as f64)],
         );
     }
 
