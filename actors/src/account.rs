@@ -40,6 +40,9 @@ pub struct ScreenTxn {
     pub reply: ReplySlot,
     /// When the ingress received it: processing time is measured from here.
     pub received: Instant,
+    /// The W3C trace context of its request, when traced: copied onto the
+    /// verdict so the dashboard continues the trace.
+    pub trace: Option<Arc<str>>,
 }
 
 impl Message for ScreenTxn {
@@ -172,7 +175,11 @@ impl Handler<ScreenTxn> for AccountActor {
             }
             let now = self.env.clock.now_ms();
             if state.quarantined(now) {
-                msg.reply.verdict(quarantined(&msg.txn));
+                let mut verdict = quarantined(&msg.txn);
+                if let Some(trace) = &msg.trace {
+                    verdict.traceparent = trace.to_string();
+                }
+                msg.reply.verdict(verdict);
                 return;
             }
             if !state.admit(&msg.txn.transaction_id, now) {
@@ -192,7 +199,7 @@ impl Handler<ScreenTxn> for AccountActor {
             evaluate(&self.window, &msg.txn, &self.env.rules, now)
         }));
         let elapsed_us = u64::try_from(msg.received.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let verdict = match outcome {
+        let mut verdict = match outcome {
             Ok(Evaluation::Fresh(mut verdict)) => {
                 verdict.processing_time_us = elapsed_us;
                 self.window.record(&msg.txn, &verdict);
@@ -213,6 +220,9 @@ impl Handler<ScreenTxn> for AccountActor {
         };
         if let Some(state) = self.supervision.as_deref_mut() {
             state.on_success(&msg.txn.transaction_id);
+        }
+        if let Some(trace) = &msg.trace {
+            verdict.traceparent = trace.to_string();
         }
         msg.reply.verdict(verdict);
     }
@@ -249,5 +259,6 @@ fn quarantined(txn: &Transaction) -> Verdict {
         amount_minor: txn.amount_minor,
         currency: txn.currency.clone(),
         country: txn.country.clone(),
+        traceparent: String::new(),
     }
 }

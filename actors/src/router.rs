@@ -79,6 +79,8 @@ struct ShardHandle {
 pub struct ScreenPart {
     pub items: Vec<(Transaction, ReplySlot)>,
     pub received: Instant,
+    /// W3C trace context of the request, when traced.
+    pub trace: Option<Arc<str>>,
     /// Order of the part among those handed to its shard.
     pub stamp: u64,
 }
@@ -203,6 +205,18 @@ impl ShardRouter {
         received: Instant,
         on_done: impl FnOnce(Vec<TxnResult>) + Send + 'static,
     ) {
+        self.screen_traced(txns, received, None, on_done);
+    }
+
+    /// [`Self::screen`] for a traced request: `trace` (a W3C
+    /// `traceparent`) travels in the actor messages onto every verdict.
+    pub fn screen_traced(
+        &self,
+        txns: Vec<Transaction>,
+        received: Instant,
+        trace: Option<Arc<str>>,
+        on_done: impl FnOnce(Vec<TxnResult>) + Send + 'static,
+    ) {
         let batch = BatchReply::new(txns.len(), on_done);
         if txns.is_empty() {
             batch.finish_if_empty();
@@ -234,6 +248,7 @@ impl ShardRouter {
             match handle.addr.try_send(ScreenPart {
                 items,
                 received,
+                trace: trace.clone(),
                 stamp,
             }) {
                 Ok(()) => {}
@@ -445,6 +460,7 @@ impl Handler<ScreenPart> for Shard {
                 txn,
                 reply,
                 received: part.received,
+                trace: part.trace.clone(),
             };
             self.deliver(msg, part.stamp, now);
         }

@@ -211,6 +211,7 @@ fn verdict(
         amount_minor: txn.amount_minor,
         currency: txn.currency.clone(),
         country: txn.country.clone(),
+        traceparent: String::new(),
     }
 }
 

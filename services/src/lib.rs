@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod net;
 pub mod runtime;
 pub mod shutdown;
+pub mod telemetry;
 pub mod txgen;
 pub mod up;
 

@@ -3,7 +3,7 @@
 //! exit code.
 #![forbid(unsafe_code)]
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -64,6 +64,22 @@ struct HealthArgs {
     service: String,
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
+}
+
+impl Command {
+    /// The command's name, for the trace service name.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Up(_) => "up",
+            Command::Ingress => "ingress",
+            Command::Dashboard => "dashboard",
+            Command::Txgen(_) => "txgen",
+            Command::Certs(_) => "certs",
+            Command::Config(_) => "config",
+            Command::Audit(_) => "audit",
+            Command::Health(_) => "health",
+        }
+    }
 }
 
 #[derive(Args)]
@@ -204,15 +220,40 @@ enum ConfigCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_tracing();
     txmesh_certs::install_crypto_provider();
-    match run(cli) {
+    // The OpenTelemetry environment conventions: an endpoint turns OTLP
+    // export on; the sampler argument is the share of traces kept.
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let service =
+        env("OTEL_SERVICE_NAME").unwrap_or_else(|| format!("txmesh-{}", cli.command.name()));
+    let ratio = env("OTEL_TRACES_SAMPLER_ARG")
+        .and_then(|r| r.parse::<f64>().ok())
+        .map_or(0.001, |r| r.clamp(0.0, 1.0));
+    let telemetry = match txmesh::telemetry::init(
+        &service,
+        env("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        ratio,
+        env("RUST_LOG").as_deref(),
+        match cli.command {
+            Command::Ingress | Command::Dashboard => txmesh::telemetry::LogTarget::Stdout,
+            _ => txmesh::telemetry::LogTarget::Stderr,
+        },
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("txmesh: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("txmesh: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    telemetry.flush();
+    code
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -513,17 +554,4 @@ fn load_overrides(load: &LoadArgs, overrides: &mut Vec<(String, String)>) -> any
         overrides.push(("txgen.accounts".into(), a.to_string()));
     }
     Ok(())
-}
-
-fn install_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().init();
-    }
 }

@@ -353,10 +353,14 @@ async fn send(
     items: Vec<InFlight>,
 ) -> bool {
     let transactions = items.iter().map(|i| i.txn.clone()).collect();
+    // The root of the request's trace, when this request is sampled.
+    let span = tracing::info_span!("txgen.screen_request", request_id, size = items.len());
+    let traceparent = crate::telemetry::traceparent(&span);
     lock(shared).pending.insert(request_id, items);
     tx.send(ScreenRequest {
         transactions,
         request_id,
+        traceparent,
     })
     .await
     .is_ok()

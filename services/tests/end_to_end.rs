@@ -121,6 +121,7 @@ async fn malformed_transactions_are_answered_and_the_stream_goes_on_and_replays_
     tx.send(ScreenRequest {
         transactions: vec![original.clone(), bad_currency, txn("", "acc-1", -5)],
         request_id: 1,
+        ..ScreenRequest::default()
     })
     .await
     .expect("send");
@@ -149,6 +150,7 @@ async fn malformed_transactions_are_answered_and_the_stream_goes_on_and_replays_
     tx.send(ScreenRequest {
         transactions: vec![original.clone()],
         request_id: 2,
+        ..ScreenRequest::default()
     })
     .await
     .expect("send");

@@ -145,6 +145,8 @@ pub struct Aggregator {
     broadcaster: Addr<Broadcaster>,
     broadcast_stats: Arc<BroadcastStats>,
     push_interval: Duration,
+    /// Something changed since the state was last saved.
+    dirty: bool,
 }
 
 impl Aggregator {
@@ -178,6 +180,7 @@ impl Aggregator {
             _ => Saved::default(),
         };
         Ok(Self {
+            dirty: false,
             totals: saved.totals,
             publishers: saved.publishers,
             throughput: VecDeque::new(),
@@ -192,6 +195,7 @@ impl Aggregator {
     }
 
     fn apply(&mut self, batch: VerdictBatch) -> bool {
+        self.dirty = true;
         let now_ms = unix_ms();
         let record = self
             .publishers
@@ -286,10 +290,13 @@ impl Aggregator {
         self.broadcast_stats.get()
     }
 
-    fn persist(&self) -> Result<(), String> {
+    fn persist(&mut self) -> Result<(), String> {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
+        if !self.dirty {
+            return Ok(());
+        }
         let saved = Saved {
             totals: self.totals.clone(),
             publishers: self.publishers.clone(),
@@ -297,7 +304,9 @@ impl Aggregator {
         let bytes = serde_json::to_vec_pretty(&saved).map_err(|e| e.to_string())?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.dirty = false;
+        Ok(())
     }
 }
 

@@ -64,6 +64,21 @@ impl Dashboard for PublishService {
                 };
                 let publisher_id = batch.publisher_id.clone();
                 let sequence = batch.sequence;
+                // Traced verdicts (sampled at txgen) end their trace here.
+                let traced: Vec<tracing::Span> = batch
+                    .verdicts
+                    .iter()
+                    .filter(|v| !v.traceparent.is_empty())
+                    .map(|v| {
+                        let span = tracing::info_span!(
+                            "dashboard.apply_verdict",
+                            sequence,
+                            trace_id = tracing::field::Empty
+                        );
+                        crate::telemetry::continue_trace(&span, &v.traceparent);
+                        span
+                    })
+                    .collect();
                 let ack = match aggregator.send(ApplyBatch(batch)).await {
                     Ok(duplicate) => Ok(Ack {
                         publisher_id,
@@ -72,6 +87,7 @@ impl Dashboard for PublishService {
                     }),
                     Err(_) => Err(Status::unavailable("dashboard is shutting down")),
                 };
+                drop(traced);
                 let failed = ack.is_err();
                 if tx.send(ack).await.is_err() || failed {
                     break;

@@ -149,6 +149,7 @@ impl IngressService {
     fn dispatch(
         &self,
         txns: Vec<Transaction>,
+        traceparent: &str,
         deliver: impl FnOnce(Vec<TxnResult>) + Send + 'static,
     ) {
         self.counters
@@ -156,17 +157,30 @@ impl IngressService {
             .fetch_add(txns.len() as u64, Ordering::Relaxed);
         let outbox = self.outbox.clone();
         let counters = self.counters.clone();
-        self.router.screen(txns, Instant::now(), move |results| {
-            counters.count(&results);
-            let shed = outbox.push(results.iter().filter_map(|r| match &r.outcome {
-                Some(Outcome::Verdict(v)) => Some(v.clone()),
-                _ => None,
-            }));
-            if shed > 0 {
-                counters.shed.fetch_add(shed, Ordering::Relaxed);
-            }
-            deliver(results);
-        });
+        // A traced request gets a span from receipt to its last verdict;
+        // its context rides the actor messages onto every verdict.
+        let span = tracing::info_span!(
+            "ingress.screen",
+            size = txns.len(),
+            trace_id = tracing::field::Empty
+        );
+        crate::telemetry::continue_trace(&span, traceparent);
+        let trace = Some(crate::telemetry::traceparent(&span))
+            .filter(|t| !t.is_empty())
+            .map(Arc::from);
+        self.router
+            .screen_traced(txns, Instant::now(), trace, move |results| {
+                let _span = span;
+                counters.count(&results);
+                let shed = outbox.push(results.iter().filter_map(|r| match &r.outcome {
+                    Some(Outcome::Verdict(v)) => Some(v.clone()),
+                    _ => None,
+                }));
+                if shed > 0 {
+                    counters.shed.fetch_add(shed, Ordering::Relaxed);
+                }
+                deliver(results);
+            });
     }
 }
 
@@ -221,7 +235,7 @@ impl Ingress for IngressService {
                     Ok(Some(req)) => {
                         let tx = tx.clone();
                         let request_id = req.request_id;
-                        this.dispatch(req.transactions, move |results| {
+                        this.dispatch(req.transactions, &req.traceparent, move |results| {
                             let response = ScreenResponse {
                                 results,
                                 request_id,
@@ -248,7 +262,7 @@ impl Ingress for IngressService {
     ) -> Result<Response<TxnResult>, Status> {
         authorize(&request, &self.policy, &self.metrics, Service::Screen)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.dispatch(vec![request.into_inner()], move |mut results| {
+        self.dispatch(vec![request.into_inner()], "", move |mut results| {
             let _ = tx.send(results.pop());
         });
         match rx.await {
