@@ -10,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
 use rustls::pki_types::ServerName;
 use support::*;
 use tokio::{
@@ -104,18 +103,12 @@ async fn a_connection_ends_when_its_client_certificate_expires() {
     let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", conn)
         .await
         .expect("WebSocket upgrade");
-    let close = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some(Ok(msg)) = ws.next().await {
-            if let tokio_tungstenite::tungstenite::Message::Close(frame) = msg {
-                return frame;
-            }
-        }
-        None
-    })
-    .await
-    .expect("the session outlived its certificate");
-    let frame = close.expect("a close frame");
-    assert_eq!(u16::from(frame.code), 1008, "policy violation: {frame:?}");
+    let code = close_code(&mut ws, Duration::from_secs(15)).await;
+    assert_eq!(
+        code,
+        Some(1008),
+        "closed for policy at the certificate's expiry"
+    );
     assert_not_before(not_after);
     ing.stop(Duration::from_secs(5)).await;
     dash.stop().await;

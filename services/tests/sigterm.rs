@@ -117,17 +117,7 @@ async fn stopping_the_dashboard_tells_browsers_it_is_going_away() {
     let first = ws.next().await.expect("a message").expect("not an error");
     assert!(first.is_text(), "the snapshot comes first");
     let stopping = tokio::spawn(dash.stop());
-    let close = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(Ok(msg)) = ws.next().await {
-            if let tokio_tungstenite::tungstenite::Message::Close(frame) = msg {
-                return frame;
-            }
-        }
-        None
-    })
-    .await
-    .expect("closed in time")
-    .expect("a close frame, not a dropped connection");
-    assert_eq!(u16::from(close.code), 1001, "going away: {close:?}");
+    let code = close_code(&mut ws, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(1001), "going away, not a dropped connection");
     stopping.await.expect("dashboard stopped");
 }
