@@ -104,7 +104,7 @@ async fn run() {
     let clock = ManualClock::new();
     let options = RouterOptions {
         clock: clock.clone(),
-        hook: None,
+        ..RouterOptions::default()
     };
     let router = ShardRouter::start_with(&config, options);
     tokio::time::sleep(Duration::from_millis(200)).await;

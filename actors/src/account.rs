@@ -75,6 +75,8 @@ pub struct AccountEnv {
     pub poison_log: Arc<PoisonLog>,
     pub shard: u32,
     pub hook: Option<EvaluationHook>,
+    /// Faults injected at the evaluation (panic, delay), if any.
+    pub chaos: Option<Arc<txmesh_chaos::Registry>>,
     /// How long later transactions wait for the retry of a crashed one.
     pub order_hold_ms: u64,
     pub overload_retry_after_ms: u32,
@@ -196,6 +198,9 @@ impl Handler<ScreenTxn> for AccountActor {
             if let Some(hook) = &self.env.hook {
                 hook(&msg.txn);
             }
+            if let Some(chaos) = &self.env.chaos {
+                inject_faults(chaos, &msg.txn.account_id);
+            }
             evaluate(&self.window, &msg.txn, &self.env.rules, now)
         }));
         let elapsed_us = u64::try_from(msg.received.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -243,6 +248,23 @@ impl Handler<Passivate> for AccountActor {
             entries: window.into_entries(),
             supervision: self.supervision.take(),
         }))
+    }
+}
+
+/// Applies an injected fault at the evaluation: a panic (caught like any
+/// other) or a stall of the actor's (and its shard's) thread.
+fn inject_faults(chaos: &txmesh_chaos::Registry, account_id: &str) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    account_id.hash(&mut h);
+    match chaos.decide_now(txmesh_chaos::InjectionPoint::AccountEvaluation, h.finish()) {
+        Some(txmesh_chaos::FaultKind::PanicInEvaluation) => {
+            panic!("injected fault: panic in evaluation")
+        }
+        Some(txmesh_chaos::FaultKind::DelayInEvaluation { delay_ms }) => {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        }
+        _ => {}
     }
 }
 

@@ -55,6 +55,8 @@ pub struct RouterOptions {
     pub clock: SharedClock,
     /// Runs before every evaluation, inside its `catch_unwind`.
     pub hook: Option<EvaluationHook>,
+    /// Faults injected by chaos experiments, consulted at every evaluation.
+    pub chaos: Option<Arc<txmesh_chaos::Registry>>,
 }
 
 /// Routes transactions to shards. Cheap to clone; one per process.
@@ -111,6 +113,7 @@ impl Default for RouterOptions {
         Self {
             clock: SystemClock::shared(),
             hook: None,
+            chaos: None,
         }
     }
 }
@@ -143,6 +146,7 @@ impl ShardRouter {
                 poison_log: poison.clone(),
                 shard: u32::try_from(index).unwrap_or(u32::MAX),
                 hook: options.hook.clone(),
+                chaos: options.chaos.clone(),
                 order_hold_ms: config.shards.order_hold_ms,
                 overload_retry_after_ms: config.shards.overload_retry_after_ms,
             });

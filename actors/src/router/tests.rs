@@ -154,6 +154,7 @@ fn crashing_router(config: &ActorsConfig) -> (ShardRouter, Arc<ManualClock>) {
     let options = RouterOptions {
         clock: clock.clone(),
         hook: Some(hook),
+        chaos: None,
     };
     (ShardRouter::start_with(config, options), clock)
 }
@@ -357,5 +358,51 @@ async fn an_unclaimed_order_hold_passes_on_without_letting_anything_overtake() {
     clock.advance(Duration::from_millis(config.shards.order_hold_ms));
     let out = screen(&router, vec![txn("k", "k2", 5, now)]).await;
     verdict(&out[0]);
+    router.stop();
+}
+
+#[actix_rt::test]
+async fn injected_panics_hit_only_their_share_of_accounts_until_cleared() {
+    let mut config = ActorsConfig::default();
+    config.shards.count = 2;
+    config.supervision.max_restarts = 1_000;
+    let chaos = Arc::new(txmesh_chaos::Registry::new(
+        txmesh_chaos::RegistryLimits::default(),
+    ));
+    let options = RouterOptions {
+        chaos: Some(chaos.clone()),
+        ..RouterOptions::default()
+    };
+    let router = ShardRouter::start_with(&config, options);
+    let now = crate::clock::system_unix_ms();
+    let spec = txmesh_chaos::FaultSpec {
+        kind: txmesh_chaos::FaultKind::PanicInEvaluation,
+        rate: 1.0,
+        account_share: 0.25,
+        duration: Duration::from_secs(60),
+    };
+    let id = chaos.inject(spec, Instant::now()).expect("inject");
+    let txns: Vec<_> = (0..400)
+        .map(|i| txn(&format!("acct-{i}"), &format!("t{i}"), 1_000, now))
+        .collect();
+    let results = screen(&router, txns).await;
+    let failed = results
+        .iter()
+        .filter(|r| matches!(&r.outcome, Some(Outcome::Error(e)) if e.retryable))
+        .count();
+    // A quarter of the accounts, give or take the hash.
+    assert!((50..150).contains(&failed), "{failed} of 400 failed");
+    assert_eq!(router.stats().total(|s| &s.restarts), failed as u64);
+
+    // Once cleared, the retries of the failed transactions go through (the
+    // others are answered as replays).
+    assert!(chaos.clear(id));
+    let txns: Vec<_> = (0..400)
+        .map(|i| txn(&format!("acct-{i}"), &format!("t{i}"), 1_000, now))
+        .collect();
+    let results = screen(&router, txns).await;
+    assert!(results
+        .iter()
+        .all(|r| matches!(r.outcome, Some(Outcome::Verdict(_)))));
     router.stop();
 }

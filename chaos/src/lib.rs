@@ -1,0 +1,24 @@
+//! txmesh-chaos: the fault catalogue and the injection registry.
+//!
+//! Components ask the [`Registry`] at named injection points ("should this
+//! evaluation panic?", "how long should it stall?"); an SRE's experiment
+//! (through the `Admin` gRPC service) puts faults in. Learned from what
+//! users of chaos tools complain about:
+//!
+//! - every fault has a **lease**: it expires by itself after its duration,
+//!   even if the controller that injected it dies;
+//! - the **blast radius** is bounded at injection time: a fault may hit at
+//!   most a configured share of the accounts (a hash range);
+//! - injection is **probabilistic** (a rate), like fault-injection
+//!   libraries, so a steady-state hypothesis can still hold.
+//!
+//! The hot path costs one atomic load while no fault is active.
+#![forbid(unsafe_code)]
+
+mod error;
+mod fault;
+mod registry;
+
+pub use error::ChaosError;
+pub use fault::{FaultKind, FaultSpec, InjectionPoint};
+pub use registry::{ActiveFault, FaultId, Registry, RegistryLimits};
