@@ -6,7 +6,11 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["txmesh/v1/screening.proto", "txmesh/v1/dashboard.proto"];
+const PROTOS: &[&str] = &[
+    "txmesh/v1/screening.proto",
+    "txmesh/v1/dashboard.proto",
+    "txmesh/v1/admin.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

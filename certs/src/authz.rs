@@ -16,6 +16,10 @@ pub enum Service {
     DashboardUi,
     /// `/metrics` on every service.
     Metrics,
+    /// `Admin.InjectFault` and `Admin.ClearFaults`.
+    ChaosInject,
+    /// `Admin.ListFaults`.
+    ChaosList,
 }
 
 /// The outcome of an authorization check.
@@ -39,6 +43,8 @@ impl Service {
             Self::Publish => "publish",
             Self::DashboardUi => "dashboard_ui",
             Self::Metrics => "metrics",
+            Self::ChaosInject => "chaos_inject",
+            Self::ChaosList => "chaos_list",
         }
     }
 }
@@ -62,6 +68,8 @@ impl AuthzPolicy {
         policy.allow(Service::Publish, trust_domain, &["ingress"])?;
         policy.allow(Service::DashboardUi, trust_domain, &["operator"])?;
         policy.allow(Service::Metrics, trust_domain, &["prometheus", "operator"])?;
+        policy.allow(Service::ChaosInject, trust_domain, &["chaos"])?;
+        policy.allow(Service::ChaosList, trust_domain, &["chaos", "operator"])?;
         Ok(policy)
     }
 

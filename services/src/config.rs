@@ -169,6 +169,9 @@ pub struct AuthzConfig {
     pub publish: Vec<String>,
     pub dashboard_ui: Vec<String>,
     pub metrics: Vec<String>,
+    /// Who may inject and clear faults (`Admin`), and who may list them.
+    pub chaos_inject: Vec<String>,
+    pub chaos_list: Vec<String>,
 }
 
 impl Default for TxmeshConfig {
@@ -243,6 +246,8 @@ impl Default for AuthzConfig {
             publish: names(&["ingress"]),
             dashboard_ui: names(&["operator"]),
             metrics: names(&["prometheus", "operator"]),
+            chaos_inject: names(&["chaos"]),
+            chaos_list: names(&["chaos", "operator"]),
         }
     }
 }
@@ -404,6 +409,16 @@ impl TxmeshConfig {
                 &self.authz.dashboard_ui,
             ),
             (Service::Metrics, "authz.metrics", &self.authz.metrics),
+            (
+                Service::ChaosInject,
+                "authz.chaos_inject",
+                &self.authz.chaos_inject,
+            ),
+            (
+                Service::ChaosList,
+                "authz.chaos_list",
+                &self.authz.chaos_list,
+            ),
         ];
         for (service, key, names) in lists {
             policy

@@ -33,6 +33,8 @@ use crate::{
 
 /// A running ingress.
 pub struct IngressHandle {
+    /// The faults injected over Admin.
+    pub chaos: Arc<txmesh_chaos::Registry>,
     /// What `grpc.health.v1` reports.
     pub readiness: Readiness,
     pub local_addr: SocketAddr,
@@ -67,8 +69,13 @@ pub async fn start(config: &TxmeshConfig) -> Result<IngressHandle, ServiceError>
 /// As [`start`].
 pub async fn start_with(
     config: &TxmeshConfig,
-    options: RouterOptions,
+    mut options: RouterOptions,
 ) -> Result<IngressHandle, ServiceError> {
+    // Faults arrive over Admin; with none injected they cost one atomic load.
+    let chaos = options
+        .chaos
+        .get_or_insert_with(|| Arc::new(txmesh_chaos::Registry::new(Default::default())))
+        .clone();
     let store = CertStore::open(
         &config.identity_dir(&config.ingress.identity),
         &config.trust_domain,
@@ -130,18 +137,23 @@ pub async fn start_with(
     .await?;
     let local_addr = incoming.local_addr;
     let handshakes = incoming.stats.clone();
-    let (metrics_addr, metrics_server) = metrics_listener(config, &store, policy, metrics)?;
+    let (metrics_addr, metrics_server) =
+        metrics_listener(config, &store, policy.clone(), metrics.clone())?;
     let server = tokio::spawn(
         Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(IngressServer::new(service))
+            .add_service(txmesh_proto::v1::admin_server::AdminServer::new(
+                crate::admin::AdminService::new(chaos.clone(), policy, metrics.clone()),
+            ))
             .serve_with_incoming_shutdown(incoming.stream, async move { shutdown.wait().await }),
     );
     tracing::info!(%local_addr, %metrics_addr, identity = %store.spiffe_id(), "ingress listening (mTLS)");
     // Ready: certificates, shards, publisher and listeners are up.
     readiness.serving().await;
     Ok(IngressHandle {
+        chaos,
         readiness,
         local_addr,
         metrics_addr,

@@ -7,6 +7,7 @@
 //! - [`up`]: everything in one process with its own certificates.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod certs_cmd;
 pub mod config;

@@ -147,6 +147,8 @@ impl Metrics {
             Service::Publish,
             Service::DashboardUi,
             Service::Metrics,
+            Service::ChaosInject,
+            Service::ChaosList,
         ] {
             for decision in [Decision::Allow, Decision::Deny] {
                 authz.with_label_values(&[service.name(), decision_label(decision)]);
