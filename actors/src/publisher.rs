@@ -98,6 +98,10 @@ pub struct DashboardPublisher {
     stats: Arc<PublisherStats>,
     /// The screening pipeline's counters, reported with every batch.
     screening: Option<ScreeningStats>,
+    /// Faults injected at the send (failure, delay), if any.
+    chaos: Option<Arc<txmesh_chaos::Registry>>,
+    /// An injected delay holds sends until then.
+    hold_sends_until: Option<Instant>,
 }
 
 enum Link {
@@ -155,6 +159,38 @@ impl DashboardPublisher {
             backoff,
             stats: Arc::new(PublisherStats::default()),
             screening: None,
+            chaos: None,
+            hold_sends_until: None,
+        }
+    }
+
+    /// Consults `chaos` before each send (injected failures and delays).
+    #[must_use]
+    pub fn with_chaos(mut self, chaos: Arc<txmesh_chaos::Registry>) -> Self {
+        self.chaos = Some(chaos);
+        self
+    }
+
+    /// Whether an injected fault stops this tick's sends (a failure drops
+    /// the link, as a real one would; a delay holds sends for a while).
+    fn injected_fault(&mut self, now: Instant) -> bool {
+        if self.hold_sends_until.is_some_and(|t| now < t) {
+            return true;
+        }
+        self.hold_sends_until = None;
+        let Some(chaos) = &self.chaos else {
+            return false;
+        };
+        match chaos.decide_now(txmesh_chaos::InjectionPoint::PublisherSend, 0) {
+            Some(txmesh_chaos::FaultKind::PublisherSendFailure) => {
+                self.link_failed(now, "injected fault: publisher send failure");
+                true
+            }
+            Some(txmesh_chaos::FaultKind::PublisherDelay { delay_ms }) => {
+                self.hold_sends_until = Some(now + Duration::from_millis(delay_ms));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -173,6 +209,11 @@ impl DashboardPublisher {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         self.form_batches();
+        let has_unsent = self.sent < self.pending.len();
+        if matches!(self.link, Link::Up(_)) && has_unsent && self.injected_fault(now) {
+            self.publish_stats();
+            return;
+        }
         if let Link::Up(tx) = &self.link {
             let tx = tx.clone();
             self.send_pending(&tx, now);
@@ -363,8 +404,14 @@ impl Handler<Connected> for DashboardPublisher {
         match result {
             Ok(conn) => {
                 tracing::info!(publisher = %self.id, resend = self.pending.len(), "dashboard stream open");
-                self.breaker.on_success();
-                self.backoff.reset();
+                // Success is an acknowledged batch, not an open stream: a
+                // dashboard that accepts streams but fails every batch must
+                // still trip the breaker. With nothing to send, the open
+                // stream is all the proof there can be.
+                if self.pending.is_empty() {
+                    self.breaker.on_success();
+                    self.backoff.reset();
+                }
                 self.link = Link::Up(conn.batches);
                 self.sent = 0;
                 let events = conn

@@ -97,7 +97,8 @@ pub async fn start_with(
         outbox.clone(),
         Arc::new(transport),
     )
-    .with_screening(router.stats().clone());
+    .with_screening(router.stats().clone())
+    .with_chaos(chaos.clone());
     let publisher_stats = publisher.stats();
     publisher.start();
 

@@ -149,3 +149,52 @@ async fn chaos_injects_operator_lists_and_leases_expire() {
     ing.stop(Duration::from_secs(5)).await;
     dash.stop().await;
 }
+
+#[actix_rt::test]
+async fn an_injected_publisher_failure_opens_the_breaker_and_loses_nothing() {
+    let dir = TempDir::new("admin-pub");
+    let mut config = test_config(&dir.0);
+    config.txgen.rate = 1_000;
+    config.txgen.count = 2_500;
+    let (dash, ing) = start_system(&mut config).await;
+    let mut chaos = admin(&config, "chaos", ing.local_addr);
+    chaos
+        .inject_fault(InjectFaultRequest {
+            spec: Some(FaultSpec {
+                kind: "publisher_send_failure".into(),
+                delay_ms: 0,
+                rate: 1.0,
+                account_share: 0.0,
+                duration_ms: 1_500,
+            }),
+        })
+        .await
+        .expect("injected");
+    let report = run_txgen(&config).await;
+    assert_eq!(report.answered, report.sent);
+    assert_eq!(
+        report.errors,
+        0,
+        "screening is unaffected: {}",
+        report.summary()
+    );
+    assert!(
+        ing.wait_drained(Duration::from_secs(20)).await,
+        "delivered once the lease ended: {:?}",
+        ing.publisher()
+    );
+    let publisher = ing.publisher();
+    assert!(
+        publisher.breaker_transitions >= 2,
+        "the breaker opened and closed again: {publisher:?}"
+    );
+    assert_eq!(publisher.shed_total, 0);
+    let totals = dash.snapshot().await.expect("snapshot").totals;
+    assert_eq!(
+        totals.verdicts,
+        ing.counters.verdicts(),
+        "nothing lost or double counted"
+    );
+    ing.stop(Duration::from_secs(5)).await;
+    dash.stop().await;
+}
