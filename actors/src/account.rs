@@ -255,6 +255,10 @@ impl Handler<Passivate> for AccountActor {
 /// other) or a stall of the actor's (and its shard's) thread.
 fn inject_faults(chaos: &txmesh_chaos::Registry, account_id: &str) {
     use std::hash::{Hash, Hasher};
+    // The common case: nothing injected, nothing to hash.
+    if !chaos.is_active() {
+        return;
+    }
     let mut h = std::hash::DefaultHasher::new();
     account_id.hash(&mut h);
     match chaos.decide_now(txmesh_chaos::InjectionPoint::AccountEvaluation, h.finish()) {
@@ -270,17 +274,10 @@ fn inject_faults(chaos: &txmesh_chaos::Registry, account_id: &str) {
 
 /// The answer for a transaction of a quarantined account.
 fn quarantined(txn: &Transaction) -> Verdict {
-    Verdict {
-        transaction_id: txn.transaction_id.clone(),
-        account_id: txn.account_id.clone(),
-        status: VerdictStatus::Rejected as i32,
-        reasons: vec![Reason::AccountQuarantined as i32],
-        risk_score: 100,
-        replayed: false,
-        processing_time_us: 0,
-        amount_minor: txn.amount_minor,
-        currency: txn.currency.clone(),
-        country: txn.country.clone(),
-        traceparent: String::new(),
-    }
+    crate::rules::verdict(
+        txn,
+        VerdictStatus::Rejected,
+        vec![Reason::AccountQuarantined as i32],
+        100,
+    )
 }

@@ -194,7 +194,8 @@ fn risk_weight(rules: &RulesConfig, reason: Reason) -> u32 {
     rules.risk_weights.get(key).copied().unwrap_or(25)
 }
 
-fn verdict(
+/// A fresh (not replayed, not yet timed) verdict for `txn`.
+pub(crate) fn verdict(
     txn: &Transaction,
     status: VerdictStatus,
     reasons: Vec<i32>,

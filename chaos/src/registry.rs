@@ -125,11 +125,19 @@ impl Registry {
         before != faults.len()
     }
 
-    /// Removes every fault (a rollback).
-    pub fn clear_all(&self) {
+    /// Removes every fault (a rollback); returns how many were still
+    /// active at `now`.
+    pub fn clear_all(&self, now: Instant) -> usize {
         let mut faults = self.faults.write().unwrap_or_else(|e| e.into_inner());
+        let active = faults.iter().filter(|f| f.expires > now).count();
         faults.clear();
         self.active.store(0, Ordering::Release);
+        active
+    }
+
+    /// Whether any fault may be active (expired ones count until pruned).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire) > 0
     }
 
     /// The faults whose lease runs at `now`.
@@ -157,7 +165,7 @@ impl Registry {
         now: Instant,
         draw: f64,
     ) -> Option<FaultKind> {
-        if self.active.load(Ordering::Acquire) == 0 {
+        if !self.is_active() {
             return None;
         }
         let faults = self.faults.read().unwrap_or_else(|e| e.into_inner());
@@ -173,7 +181,7 @@ impl Registry {
 
     /// [`Self::decide`] now, with a random draw.
     pub fn decide_now(&self, point: InjectionPoint, account_hash: u64) -> Option<FaultKind> {
-        if self.active.load(Ordering::Acquire) == 0 {
+        if !self.is_active() {
             return None;
         }
         self.decide(point, account_hash, Instant::now(), rand::random::<f64>())

@@ -127,9 +127,7 @@ impl Admin for AdminService {
         let peer = authorize(&request, &self.policy, &self.metrics, Service::ChaosInject)?;
         let id = request.into_inner().fault_id;
         let cleared = if id == 0 {
-            let n = self.registry.list(Instant::now()).len();
-            self.registry.clear_all();
-            u32::try_from(n).unwrap_or(u32::MAX)
+            u32::try_from(self.registry.clear_all(Instant::now())).unwrap_or(u32::MAX)
         } else {
             u32::from(self.registry.clear(FaultId(id)))
         };

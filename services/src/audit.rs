@@ -615,13 +615,10 @@ async fn server_cert_check(
             format!("presents {id}, expected {server}"),
         );
     }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let left = txmesh_certs::not_after_unix(&leaf)
         .ok()
-        .filter(|t| *t > now)
-        .map(|t| Duration::from_secs(u64::try_from(t - now).unwrap_or(0)));
+        .map(crate::net::until_unix)
+        .filter(|d| !d.is_zero());
     match left {
         Some(left) => result(
             CHECK,

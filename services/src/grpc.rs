@@ -20,6 +20,11 @@ pub fn reflection_service() -> Result<
         .map_err(|e| ServiceError::config("reflection", e.to_string()))
 }
 
+/// `TXN_ERROR_CODE_POISON` -> `POISON` (reports, metrics).
+pub fn error_code_name(code: txmesh_proto::v1::TxnErrorCode) -> &'static str {
+    code.as_str_name().trim_start_matches("TXN_ERROR_CODE_")
+}
+
 /// `REASON_HIGH_AMOUNT` -> `HIGH_AMOUNT` (reports, dashboard, metrics).
 pub fn reason_name(code: i32) -> String {
     txmesh_proto::v1::Reason::try_from(code).map_or_else(

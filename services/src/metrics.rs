@@ -303,10 +303,7 @@ impl Metrics {
                     .filter_map(|i| {
                         let code = TxnErrorCode::try_from(i32::try_from(i).ok()?).ok()?;
                         (code != TxnErrorCode::Unspecified).then(|| {
-                            let name = code
-                                .as_str_name()
-                                .trim_start_matches("TXN_ERROR_CODE_")
-                                .to_lowercase();
+                            let name = crate::grpc::error_code_name(code).to_lowercase();
                             (vec![name], c.error_codes[i].load(Ordering::Relaxed) as f64)
                         })
                     })

@@ -175,11 +175,7 @@ impl Tally {
             }
             Some(Outcome::Error(e)) => {
                 self.errors += 1;
-                let code = e
-                    .code()
-                    .as_str_name()
-                    .trim_start_matches("TXN_ERROR_CODE_")
-                    .to_owned();
+                let code = crate::grpc::error_code_name(e.code()).to_owned();
                 *self.by_error.entry(code).or_default() += 1;
             }
             None => self.errors += 1,
