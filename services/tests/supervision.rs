@@ -54,8 +54,8 @@ async fn injected_panics_leave_every_transaction_answered_exactly_once() {
     assert_eq!(report.unanswered, 0, "{}", report.summary());
     assert_eq!(report.answered, report.sent);
     assert!(
-        report.retries >= restarts.min(report.retries),
-        "{}",
+        report.retries > 0,
+        "the crashed transactions were retried: {}",
         report.summary()
     );
     assert_eq!(report.screened_twice, 0, "{}", report.summary());
