@@ -198,12 +198,18 @@ impl Handler<ScreenTxn> for AccountActor {
             if let Some(hook) = &self.env.hook {
                 hook(&msg.txn);
             }
-            if let Some(chaos) = &self.env.chaos {
-                inject_faults(chaos, &msg.txn.account_id);
-            }
-            evaluate(&self.window, &msg.txn, &self.env.rules, now)
+            let kill = self
+                .env
+                .chaos
+                .as_ref()
+                .is_some_and(|chaos| inject_faults(chaos, &msg.txn.account_id));
+            (evaluate(&self.window, &msg.txn, &self.env.rules, now), kill)
         }));
         let elapsed_us = u64::try_from(msg.received.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let (outcome, kill) = match outcome {
+            Ok((evaluation, kill)) => (Ok(evaluation), kill),
+            Err(panic) => (Err(panic), false),
+        };
         let mut verdict = match outcome {
             Ok(Evaluation::Fresh(mut verdict)) => {
                 verdict.processing_time_us = elapsed_us;
@@ -230,6 +236,31 @@ impl Handler<ScreenTxn> for AccountActor {
             verdict.traceparent = trace.to_string();
         }
         msg.reply.verdict(verdict);
+        if kill {
+            // An injected kill, after the answer: the supervisor restarts
+            // the actor on the same value, its mailbox kept.
+            tracing::debug!(
+                shard = self.env.shard,
+                "injected fault: account actor killed"
+            );
+            ctx.stop();
+        }
+    }
+}
+
+/// Stops the account actor (a shard being killed); its supervisor restarts
+/// it with its window and its mailbox.
+pub struct Kill;
+
+impl actix::Message for Kill {
+    type Result = ();
+}
+
+impl Handler<Kill> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Kill, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }
 
@@ -252,12 +283,13 @@ impl Handler<Passivate> for AccountActor {
 }
 
 /// Applies an injected fault at the evaluation: a panic (caught like any
-/// other) or a stall of the actor's (and its shard's) thread.
-fn inject_faults(chaos: &txmesh_chaos::Registry, account_id: &str) {
+/// other) or a stall of the actor's (and its shard's) thread. Returns
+/// whether the actor is to be killed once it has answered.
+fn inject_faults(chaos: &txmesh_chaos::Registry, account_id: &str) -> bool {
     use std::hash::{Hash, Hasher};
     // The common case: nothing injected, nothing to hash.
     if !chaos.is_active() {
-        return;
+        return false;
     }
     let mut h = std::hash::DefaultHasher::new();
     account_id.hash(&mut h);
@@ -267,8 +299,10 @@ fn inject_faults(chaos: &txmesh_chaos::Registry, account_id: &str) {
         }
         Some(txmesh_chaos::FaultKind::DelayInEvaluation { delay_ms }) => {
             std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            false
         }
-        _ => {}
+        Some(txmesh_chaos::FaultKind::KillAccountActor) => true,
+        _ => false,
     }
 }
 

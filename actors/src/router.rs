@@ -23,13 +23,13 @@ use std::{
 };
 
 use actix::{
-    dev::SendError, Actor, ActorFutureExt, Addr, Arbiter, AsyncContext, Context, Handler,
-    MailboxError, Message, Supervisor, WrapFuture,
+    dev::SendError, Actor, ActorContext, ActorFutureExt, Addr, Arbiter, AsyncContext, Context,
+    Handler, MailboxError, Message, Supervisor, WrapFuture,
 };
 use txmesh_proto::v1::{Transaction, TxnResult};
 
 use crate::{
-    account::{AccountActor, AccountEnv, AccountState, EvaluationHook, Passivate, ScreenTxn},
+    account::{AccountActor, AccountEnv, AccountState, EvaluationHook, Kill, Passivate, ScreenTxn},
     clock::{SharedClock, SystemClock},
     config::{ActorsConfig, ShardsConfig},
     reply::{BatchReply, ReplySlot},
@@ -92,8 +92,12 @@ impl Message for ScreenPart {
 }
 
 /// One shard: the account actors of its hash range, on its own arbiter.
+/// Supervised: a killed shard restarts on the same value, with its
+/// accounts, holds and mailbox.
 pub struct Shard {
     env: Arc<AccountEnv>,
+    /// Shards in the router (places this one in a fault's blast radius).
+    shard_count: usize,
     config: Arc<ShardsConfig>,
     holds: Arc<Holds>,
     active: HashMap<Box<str>, ActiveAccount>,
@@ -152,13 +156,14 @@ impl ShardRouter {
             });
             let shard = Shard {
                 env,
+                shard_count: count,
                 config: shards_config.clone(),
                 holds: holds.clone(),
                 active: HashMap::new(),
                 passive: HashMap::new(),
             };
             let capacity = shards_config.shard_mailbox;
-            let addr = Shard::start_in_arbiter(&arbiter.handle(), move |ctx| {
+            let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |ctx| {
                 ctx.set_mailbox_capacity(capacity);
                 shard
             });
@@ -302,7 +307,55 @@ impl Actor for Shard {
     }
 }
 
+impl actix::Supervised for Shard {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        tracing::warn!(
+            shard = self.env.shard,
+            accounts = self.active.len(),
+            "shard restarted"
+        );
+    }
+}
+
 impl Shard {
+    /// Whether an injected fault kills this shard now.
+    fn kill_injected(&self) -> bool {
+        let Some(chaos) = &self.env.chaos else {
+            return false;
+        };
+        let index = usize::try_from(self.env.shard).unwrap_or(0);
+        let hash = txmesh_chaos::shard_hash(index, self.shard_count);
+        chaos.decide_now(txmesh_chaos::InjectionPoint::ShardDelivery, hash)
+            == Some(txmesh_chaos::FaultKind::KillShard)
+    }
+
+    /// Kills the shard: every account actor and then the shard itself
+    /// stop, and their supervisors restart them (state and mailboxes
+    /// kept, as after any actor crash).
+    fn kill(&mut self, ctx: &mut Context<Self>) {
+        // A restart cancels the shard's futures, so a passivation under
+        // way would lose its answer (and the account's state with it): a
+        // real crash could, an injected one does not.
+        if self.active.values().any(|a| a.passivating.is_some()) {
+            tracing::warn!(
+                shard = self.env.shard,
+                "injected shard kill skipped: a passivation is under way"
+            );
+            return;
+        }
+        tracing::warn!(
+            shard = self.env.shard,
+            accounts = self.active.len(),
+            "injected fault: shard killed"
+        );
+        for account in self.active.values() {
+            // Not a transaction: a control message may pass a full
+            // mailbox.
+            account.addr.do_send(Kill);
+        }
+        ctx.stop();
+    }
+
     /// Starts an account actor, supervised, with the configured mailbox.
     fn start_account(&self, actor: AccountActor) -> Addr<AccountActor> {
         let mailbox = self.config.account_mailbox;
@@ -446,7 +499,7 @@ impl Shard {
 impl Handler<ScreenPart> for Shard {
     type Result = ();
 
-    fn handle(&mut self, part: ScreenPart, _ctx: &mut Self::Context) {
+    fn handle(&mut self, part: ScreenPart, ctx: &mut Self::Context) {
         let now = self.env.clock.now_ms();
         for (txn, reply) in part.items {
             let hold_ms = self.config.order_hold_ms;
@@ -467,6 +520,9 @@ impl Handler<ScreenPart> for Shard {
                 trace: part.trace.clone(),
             };
             self.deliver(msg, part.stamp, now);
+        }
+        if self.kill_injected() {
+            self.kill(ctx);
         }
     }
 }

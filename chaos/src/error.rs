@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// Why a fault was not injected.
+/// Why a fault was not injected, or an experiment not accepted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ChaosError {
     #[error("rate {0} is not within 0..=1")]
@@ -17,4 +17,16 @@ pub enum ChaosError {
     BadShare(f64),
     #[error("at most {0} faults may be active at once")]
     TooMany(usize),
+    #[error("unknown fault kind {0:?}")]
+    UnknownKind(String),
+    #[error("fault kind {0:?} needs delay_ms above zero")]
+    NoDelay(String),
+    #[error("{0:?} is not a gRPC status code a refusal may use (e.g. UNAVAILABLE)")]
+    BadStatus(String),
+    #[error("experiment {file}: {key}: {message}")]
+    Experiment {
+        file: String,
+        key: String,
+        message: String,
+    },
 }

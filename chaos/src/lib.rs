@@ -13,12 +13,18 @@
 //!   libraries, so a steady-state hypothesis can still hold.
 //!
 //! The hot path costs one atomic load while no fault is active.
+//!
+//! Besides the registry: [`proxy`], a TCP proxy with leased wire faults
+//! that sits between two components, and [`experiment`], the experiment
+//! file format and runner behind `txmesh chaos run`.
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod experiment;
 mod fault;
+pub mod proxy;
 mod registry;
 
 pub use error::ChaosError;
-pub use fault::{FaultKind, FaultSpec, InjectionPoint};
-pub use registry::{ActiveFault, FaultId, Registry, RegistryLimits};
+pub use fault::{status_code, status_name, FaultKind, FaultSpec, InjectionPoint};
+pub use registry::{shard_hash, ActiveFault, FaultId, Registry, RegistryLimits};

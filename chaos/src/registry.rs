@@ -34,6 +34,8 @@ pub struct ActiveFault {
     pub id: FaultId,
     pub spec: FaultSpec,
     pub expires_in: Duration,
+    /// Events the fault has hit so far.
+    pub hits: u64,
 }
 
 /// The faults of one process.
@@ -46,11 +48,25 @@ pub struct Registry {
     next_id: AtomicU64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Entry {
     id: FaultId,
     spec: FaultSpec,
     expires: Instant,
+    /// Counted under the read lock, so `max_hits` holds across threads.
+    hits: AtomicU64,
+}
+
+impl Entry {
+    /// Takes one hit if the fault has any left.
+    fn take_hit(&self) -> bool {
+        let before = self.hits.fetch_add(1, Ordering::Relaxed);
+        if self.spec.max_hits > 0 && before >= self.spec.max_hits {
+            self.hits.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
 }
 
 impl Default for RegistryLimits {
@@ -111,6 +127,7 @@ impl Registry {
             id,
             expires: now + spec.duration,
             spec,
+            hits: AtomicU64::new(0),
         });
         self.active.store(faults.len(), Ordering::Release);
         Ok(id)
@@ -151,13 +168,15 @@ impl Registry {
                 id: f.id,
                 spec: f.spec.clone(),
                 expires_in: f.expires.saturating_duration_since(now),
+                hits: f.hits.load(Ordering::Relaxed),
             })
             .collect()
     }
 
     /// The fault to apply at `point` for an event of the account hashed to
-    /// `account_hash` (any value for points not about accounts), given a
-    /// uniform `draw` in 0..1. Expired faults never apply.
+    /// `account_hash` (any value for points not about accounts; see
+    /// [`shard_hash`] for shards), given a uniform `draw` in 0..1. Expired
+    /// faults and faults out of hits never apply.
     pub fn decide(
         &self,
         point: InjectionPoint,
@@ -175,7 +194,7 @@ impl Registry {
             .filter(|f| {
                 !f.spec.kind.hits_accounts() || in_share(account_hash, f.spec.account_share)
             })
-            .find(|f| draw < f.spec.rate)
+            .find(|f| draw < f.spec.rate && f.take_hit())
             .map(|f| f.spec.kind)
     }
 
@@ -186,6 +205,13 @@ impl Registry {
         }
         self.decide(point, account_hash, Instant::now(), rand::random::<f64>())
     }
+}
+
+/// The hash that places shard `index` of `count` in the blast radius:
+/// shard i is inside a share s exactly when i / count < s.
+pub fn shard_hash(index: usize, count: usize) -> u64 {
+    let step = u64::MAX / count.max(1) as u64;
+    step.saturating_mul(index as u64)
 }
 
 /// Whether an account hash falls in the first `share` of the hash space.
@@ -203,6 +229,7 @@ mod tests {
             rate,
             account_share: share,
             duration: Duration::from_secs(secs),
+            max_hits: 0,
         }
     }
 
@@ -262,5 +289,39 @@ mod tests {
         assert!(r.clear(id));
         assert!(r.decide(point, 0, t0, 0.0).is_none());
         assert!(!r.clear(id));
+    }
+
+    #[test]
+    fn a_counted_fault_hits_at_most_max_hits_events() {
+        let r = Registry::new(RegistryLimits::default());
+        let t0 = Instant::now();
+        let spec = FaultSpec {
+            kind: FaultKind::KillAccountActor,
+            max_hits: 3,
+            ..panic_spec(1.0, 0.5, 10)
+        };
+        r.inject(spec, t0).expect("inject");
+        let point = InjectionPoint::AccountEvaluation;
+        let hits = (0..10)
+            .filter(|_| r.decide(point, 0, t0, 0.0).is_some())
+            .count();
+        assert_eq!(hits, 3);
+        assert_eq!(r.list(t0)[0].hits, 3);
+    }
+
+    #[test]
+    fn shards_are_placed_in_the_blast_radius_by_index() {
+        let r = Registry::new(RegistryLimits::default());
+        let t0 = Instant::now();
+        let spec = FaultSpec {
+            kind: FaultKind::KillShard,
+            ..panic_spec(1.0, 0.5, 10)
+        };
+        r.inject(spec, t0).expect("inject");
+        let point = InjectionPoint::ShardDelivery;
+        let hit: Vec<bool> = (0..4)
+            .map(|i| r.decide(point, shard_hash(i, 4), t0, 0.0).is_some())
+            .collect();
+        assert_eq!(hit, [true, true, false, false]);
     }
 }

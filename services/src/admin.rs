@@ -1,5 +1,6 @@
 //! The `txmesh.v1.Admin` service: fault injection for chaos experiments,
-//! over the component's mTLS gRPC listener. Injecting and clearing are for
+//! over the component's mTLS gRPC listener (the ingress's and the
+//! dashboard's). Injecting and clearing are for
 //! the `authz.chaos_inject` identities (the chaos identity), listing also
 //! for `authz.chaos_list` (operator). Every fault carries a lease and is
 //! bounded by the registry's limits; a refused spec says why.
@@ -43,42 +44,27 @@ impl AdminService {
 /// # Errors
 /// `INVALID_ARGUMENT` naming what is wrong.
 fn from_wire(spec: &WireSpec) -> Result<FaultSpec, Status> {
-    let kind = match spec.kind.as_str() {
-        "panic_in_evaluation" => FaultKind::PanicInEvaluation,
-        "delay_in_evaluation" => FaultKind::DelayInEvaluation {
-            delay_ms: spec.delay_ms,
-        },
-        "publisher_send_failure" => FaultKind::PublisherSendFailure,
-        "publisher_delay" => FaultKind::PublisherDelay {
-            delay_ms: spec.delay_ms,
-        },
-        other => {
-            return Err(Status::invalid_argument(format!(
-                "unknown fault kind {other:?}"
-            )))
-        }
-    };
+    let kind = FaultKind::from_parts(&spec.kind, spec.delay_ms, spec.code)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok(FaultSpec {
         kind,
         rate: spec.rate,
         account_share: spec.account_share,
         duration: Duration::from_millis(spec.duration_ms),
+        max_hits: spec.max_hits,
     })
 }
 
-fn to_wire(spec: &FaultSpec) -> WireSpec {
-    let (kind, delay_ms) = match spec.kind {
-        FaultKind::PanicInEvaluation => ("panic_in_evaluation", 0),
-        FaultKind::DelayInEvaluation { delay_ms } => ("delay_in_evaluation", delay_ms),
-        FaultKind::PublisherSendFailure => ("publisher_send_failure", 0),
-        FaultKind::PublisherDelay { delay_ms } => ("publisher_delay", delay_ms),
-    };
+/// A chaos spec on the wire.
+pub fn to_wire(spec: &FaultSpec) -> WireSpec {
     WireSpec {
-        kind: kind.to_owned(),
-        delay_ms,
+        kind: spec.kind.name().to_owned(),
+        delay_ms: spec.kind.delay_ms(),
         rate: spec.rate,
         account_share: spec.account_share,
         duration_ms: u64::try_from(spec.duration.as_millis()).unwrap_or(u64::MAX),
+        code: spec.kind.code(),
+        max_hits: spec.max_hits,
     }
 }
 
@@ -115,6 +101,7 @@ impl Admin for AdminService {
                 fault_id: f.id.0,
                 spec: Some(to_wire(&f.spec)),
                 expires_in_ms: u64::try_from(f.expires_in.as_millis()).unwrap_or(u64::MAX),
+                hits: f.hits,
             })
             .collect();
         Ok(Response::new(ListFaultsResponse { faults }))

@@ -23,7 +23,9 @@ use txmesh_certs::CertStore;
 use crate::metrics::Metrics;
 use txmesh_proto::v1::dashboard_server::DashboardServer;
 
-pub use aggregator::{Aggregator, Alert, GetSnapshot, PublisherRecord, Snapshot, Totals};
+pub use aggregator::{
+    Aggregator, Alert, GetSnapshot, IngestCounters, PublisherRecord, Snapshot, Totals,
+};
 
 use crate::{
     config::TxmeshConfig,
@@ -41,6 +43,8 @@ pub struct DashboardHandle {
     pub grpc_handshakes: Arc<HandshakeStats>,
     /// The live certificates (reloaded from disk).
     pub certs: CertStore,
+    /// The faults injected over Admin.
+    pub chaos: Arc<txmesh_chaos::Registry>,
     aggregator: Addr<Aggregator>,
     broadcaster: Addr<broadcaster::Broadcaster>,
     http: actix_web::dev::ServerHandle,
@@ -61,6 +65,9 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     let broadcast_stats = Arc::new(broadcaster::BroadcastStats::default());
     let session_stats = broadcast_stats.clone();
     let broadcaster = broadcaster::Broadcaster::new(broadcast_stats.clone()).start();
+    let ingest = Arc::new(aggregator::IngestCounters::default());
+    // Faults arrive over Admin; with none injected they cost one atomic load.
+    let chaos = Arc::new(txmesh_chaos::Registry::new(Default::default()));
     let state_file = (!dash.state_file.is_empty()).then(|| config.state_dir.join(&dash.state_file));
     let aggregator = Aggregator::new(
         state_file,
@@ -70,6 +77,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
         dash.recent_alerts,
         dash.throughput_window_secs,
     )?
+    .with_counters(ingest.clone())
     .start();
 
     let (trigger, shutdown) = shutdown::channel();
@@ -77,7 +85,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     let readiness = crate::health::Readiness::new(health_reporter, "txmesh.v1.Dashboard").await;
     let tls = txmesh_certs::server_config(&store, &[txmesh_certs::ALPN_H2])?;
     let metrics = Arc::new(Metrics::new(&["dashboard-grpc", "dashboard-https"]));
-    metrics.register_dashboard(&session_stats);
+    metrics.register_dashboard(&session_stats, &ingest);
     // Stops with the listeners' shutdown signal.
     crate::net::watch_certs(
         store.clone(),
@@ -96,7 +104,13 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     .await?;
     let grpc_addr = incoming.local_addr;
     let grpc_handshakes = incoming.stats.clone();
-    let service = publish::PublishService::new(aggregator.clone(), policy.clone(), metrics.clone());
+    let service = publish::PublishService::new(
+        aggregator.clone(),
+        policy.clone(),
+        metrics.clone(),
+        chaos.clone(),
+    );
+    let admin = crate::admin::AdminService::new(chaos.clone(), policy.clone(), metrics.clone());
     let grpc = tokio::spawn(
         Server::builder()
             .add_service(health_service)
@@ -106,6 +120,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20),
             )
+            .add_service(txmesh_proto::v1::admin_server::AdminServer::new(admin))
             .serve_with_incoming_shutdown(incoming.stream, async move { shutdown.wait().await }),
     );
 
@@ -168,6 +183,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
         https_addr,
         grpc_handshakes,
         certs: store,
+        chaos,
         aggregator,
         broadcaster,
         http,

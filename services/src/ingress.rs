@@ -114,7 +114,8 @@ pub async fn start_with(
         counters.clone(),
         config.ingress.max_in_flight_batches,
         shutdown.clone(),
-    );
+    )
+    .with_chaos(chaos.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::new(health_reporter, "txmesh.v1.Ingress").await;
     let reflection = crate::grpc::reflection_service()?;

@@ -456,7 +456,36 @@ impl Metrics {
     }
 
     /// The dashboard's browser sessions.
-    pub fn register_dashboard(&self, broadcast: &Arc<BroadcastStats>) {
+    pub fn register_dashboard(
+        &self,
+        broadcast: &Arc<BroadcastStats>,
+        ingest: &Arc<crate::dashboard::IngestCounters>,
+    ) {
+        let i = ingest.clone();
+        self.sampled(
+            "txmesh_dashboard_verdicts_total",
+            "Verdicts applied to the dashboard's totals, by status.",
+            MetricType::COUNTER,
+            &["status"],
+            move || {
+                [
+                    ("approved", &i.approved),
+                    ("flagged", &i.flagged),
+                    ("rejected", &i.rejected),
+                ]
+                .into_iter()
+                .map(|(s, v)| (vec![s.to_owned()], v.load(Ordering::Relaxed) as f64))
+                .collect()
+            },
+        );
+        let i = ingest.clone();
+        self.sampled(
+            "txmesh_dashboard_duplicate_batches_total",
+            "Publish batches dropped as duplicates (resent after a lost ack).",
+            MetricType::COUNTER,
+            &[],
+            move || vec![(vec![], i.duplicate_batches.load(Ordering::Relaxed) as f64)],
+        );
         let b = broadcast.clone();
         self.sampled(
             "txmesh_websocket_sessions",

@@ -171,8 +171,87 @@ struct StreamPlan {
     seed: u64,
 }
 
+/// One open Screen stream: where requests go, and the task reading its
+/// answers (it ends with the tally and whether the stream failed).
+struct Connection {
+    tx: tokio::sync::mpsc::Sender<ScreenRequest>,
+    receiver: tokio::task::JoinHandle<(Tally, bool)>,
+}
+
+/// What every connection of a stream shares.
+struct StreamContext {
+    client: IngressClient<tonic::transport::Channel>,
+    shared: Shared,
+    window: Arc<Window>,
+    retry: RetryConfig,
+    progress: Arc<TxgenProgress>,
+    channel_capacity: usize,
+}
+
+impl StreamContext {
+    /// Opens a Screen stream and starts reading its answers.
+    async fn open(&mut self) -> Result<Connection, tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<ScreenRequest>(self.channel_capacity);
+        let responses = self
+            .client
+            .screen(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let receiver = tokio::spawn(receive(
+            responses,
+            self.shared.clone(),
+            self.window.clone(),
+            self.retry.clone(),
+            self.progress.clone(),
+        ));
+        Ok(Connection { tx, receiver })
+    }
+
+    /// After a stream failed: everything it left unanswered is queued to
+    /// be resent at once, in order, marked as possibly screened (the
+    /// ingress answers such a resend with its original verdict); then a
+    /// new stream is opened, with backoff, until `give_up_at`.
+    async fn reopen(
+        &mut self,
+        tally: &mut Tally,
+        give_up_at: Instant,
+    ) -> Result<Connection, ServiceError> {
+        let now = Instant::now();
+        let batches = {
+            let mut guard = lock(&self.shared);
+            let StreamShared {
+                pending, retries, ..
+            } = &mut *guard;
+            let batches = pending.len();
+            for (_, items) in pending.drain() {
+                for mut item in items {
+                    item.lost = true;
+                    retries.push(now, item);
+                }
+            }
+            batches
+        };
+        for _ in 0..batches {
+            self.window.release(false);
+        }
+        tally.reconnected();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.open().await {
+                Ok(connection) => return Ok(connection),
+                Err(status) if Instant::now() + delay < give_up_at => {
+                    tracing::warn!(%status, ?delay, "Screen stream lost; reconnecting");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(status) => return Err(ServiceError::Status(status)),
+            }
+        }
+    }
+}
+
 async fn run_stream(
-    mut client: IngressClient<tonic::transport::Channel>,
+    client: IngressClient<tonic::transport::Channel>,
     mut generator: Generator,
     plan: StreamPlan,
     stop: Shutdown,
@@ -185,7 +264,7 @@ async fn run_stream(
     } else {
         plan.max_in_flight
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<ScreenRequest>(window);
+    let channel_capacity = window;
     let window = Arc::new(Window::new(window, plan.rate.is_none()));
     let shared: Shared = Arc::new(Mutex::new(StreamShared {
         pending: HashMap::new(),
@@ -195,18 +274,15 @@ async fn run_stream(
         screened: VecDeque::new(),
         draining: false,
     }));
-    let responses = client
-        .screen(ReceiverStream::new(rx))
-        .await
-        .map_err(ServiceError::Status)?
-        .into_inner();
-    let receiver = tokio::spawn(receive(
-        responses,
-        shared.clone(),
-        window.clone(),
-        plan.retry.clone(),
-        progress.clone(),
-    ));
+    let mut context = StreamContext {
+        client,
+        shared: shared.clone(),
+        window: window.clone(),
+        retry: plan.retry.clone(),
+        progress: progress.clone(),
+        channel_capacity,
+    };
+    let mut connection = context.open().await.map_err(ServiceError::Status)?;
 
     let mut sent_tally = Tally::new();
     let start = Instant::now();
@@ -214,24 +290,55 @@ async fn run_stream(
     let mut request_id: u64 = 0;
     let mut drain_until: Option<Instant> = None;
     let tick = Duration::from_millis(1);
-    let mut tx = Some(tx);
+    let mut sending = true;
+    // Set when a send found the stream gone.
+    let mut broken = false;
     loop {
         let now = Instant::now();
-        if tx.is_some() && lock(&shared).draining {
+        if broken || connection.receiver.is_finished() {
+            let (tally, failed) = match tokio::time::timeout(
+                Duration::from_secs(5),
+                &mut connection.receiver,
+            )
+            .await
+            {
+                Ok(Ok(done)) => done,
+                _ => (Tally::new(), true),
+            };
+            sent_tally.merge(tally);
+            broken = false;
+            let idle = {
+                let s = lock(&shared);
+                s.pending.is_empty() && s.retries.is_empty()
+            };
+            if !failed && (!sending || idle) {
+                break;
+            }
+            // Nothing is given up for a lost stream before its deadline.
+            let give_up_at = now + plan.retry.deadline();
+            connection = context.reopen(&mut sent_tally, give_up_at).await?;
+            sending = true;
+            lock(&shared).draining = false;
+            continue;
+        }
+        if sending && lock(&shared).draining {
             // Closing our side lets the ingress finish the stream once it
             // has answered everything it read.
-            tx = None;
+            sending = false;
+            let (closed, _) = tokio::sync::mpsc::channel(1);
+            drop(std::mem::replace(&mut connection.tx, closed));
             drain_until = Some(now + DRAIN_TIMEOUT);
             tracing::info!("ingress is draining: no more sends on this stream");
         }
-        let Some(sender) = &tx else {
+        if !sending {
             let idle = lock(&shared).pending.is_empty();
             if idle || drain_until.is_some_and(|d| now >= d) {
                 break;
             }
             tokio::time::sleep(tick).await;
             continue;
-        };
+        }
+        let sender = &connection.tx;
         if drain_until.is_none()
             && (stop.is_fired()
                 || plan.deadline.is_some_and(|d| now >= d)
@@ -263,7 +370,7 @@ async fn run_stream(
             window.acquire().await;
             request_id += 1;
             if !send(sender, &shared, request_id, due).await {
-                break;
+                broken = true;
             }
             continue;
         }
@@ -313,6 +420,7 @@ async fn run_stream(
                     seq: generated + i as u64,
                     last_error: None,
                     starved: false,
+                    lost: false,
                 };
                 // An account with transactions waiting to be resent keeps
                 // its order: the new one queues behind them.
@@ -332,15 +440,18 @@ async fn run_stream(
         }
         request_id += 1;
         if !send(sender, &shared, request_id, batch).await {
-            break;
+            broken = true;
         }
     }
+    let Connection { tx, receiver } = connection;
     drop(tx);
-    let answered = match tokio::time::timeout(Duration::from_secs(5), receiver).await {
-        Ok(Ok(tally)) => tally,
-        _ => Tally::new(),
-    };
-    sent_tally.merge(answered);
+    if !receiver.is_finished() || !broken {
+        let answered = match tokio::time::timeout(Duration::from_secs(5), receiver).await {
+            Ok(Ok((tally, _))) => tally,
+            _ => Tally::new(),
+        };
+        sent_tally.merge(answered);
+    }
     Ok(sent_tally)
 }
 
@@ -374,10 +485,16 @@ async fn receive(
     window: Arc<Window>,
     retry: RetryConfig,
     progress: Arc<TxgenProgress>,
-) -> Tally {
+) -> (Tally, bool) {
     let mut tally = Tally::new();
     while let Some(item) = responses.next().await {
-        let Ok(response) = item else { break };
+        let response = match item {
+            Ok(response) => response,
+            Err(status) => {
+                tracing::warn!(%status, "Screen stream failed");
+                return (tally, true);
+            }
+        };
         if response.draining {
             lock(&shared).draining = true;
             continue;
@@ -412,7 +529,12 @@ async fn receive(
                     }
                 }
                 finals += 1;
-                tally.answered(result, f.label, now.saturating_duration_since(f.intended));
+                tally.answered(
+                    result,
+                    f.label,
+                    now.saturating_duration_since(f.intended),
+                    f.lost,
+                );
                 if f.label == Label::Clean && entered_history(result) {
                     if screened.len() == SCREENED_KEPT {
                         screened.pop_front();
@@ -424,7 +546,7 @@ async fn receive(
         progress.answered.fetch_add(finals, Ordering::Relaxed);
         window.release(overloaded);
     }
-    tally
+    (tally, false)
 }
 
 /// Tallies a transaction that waited past its deadline as given up, with
@@ -443,6 +565,7 @@ fn give_up(tally: &mut Tally, item: InFlight, now: Instant) {
         &result,
         item.label,
         now.saturating_duration_since(item.intended),
+        item.lost,
     );
 }
 

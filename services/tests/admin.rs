@@ -34,6 +34,7 @@ fn panic_spec(share: f64, duration_ms: u64) -> FaultSpec {
         rate: 0.05,
         account_share: share,
         duration_ms,
+        ..FaultSpec::default()
     }
 }
 
@@ -166,6 +167,7 @@ async fn an_injected_publisher_failure_opens_the_breaker_and_loses_nothing() {
                 rate: 1.0,
                 account_share: 0.0,
                 duration_ms: 1_500,
+                ..FaultSpec::default()
             }),
         })
         .await

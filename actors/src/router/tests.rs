@@ -380,6 +380,7 @@ async fn injected_panics_hit_only_their_share_of_accounts_until_cleared() {
         rate: 1.0,
         account_share: 0.25,
         duration: Duration::from_secs(60),
+        max_hits: 0,
     };
     let id = chaos.inject(spec, Instant::now()).expect("inject");
     let txns: Vec<_> = (0..400)

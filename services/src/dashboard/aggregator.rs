@@ -9,7 +9,10 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -30,6 +33,18 @@ pub struct Totals {
     pub rejected: u64,
     pub replayed: u64,
     pub by_reason: BTreeMap<String, u64>,
+}
+
+/// The totals as metrics read them: mirrored by the aggregator after
+/// every batch (stored, not added, so a reloaded state file is included).
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub approved: AtomicU64,
+    pub flagged: AtomicU64,
+    pub rejected: AtomicU64,
+    pub replayed: AtomicU64,
+    /// Batches dropped as duplicates (resent after a lost ack).
+    pub duplicate_batches: AtomicU64,
 }
 
 /// One flagged or rejected transaction, for the alert list.
@@ -147,6 +162,7 @@ pub struct Aggregator {
     push_interval: Duration,
     /// Something changed since the state was last saved.
     dirty: bool,
+    counters: Arc<IngestCounters>,
 }
 
 impl Aggregator {
@@ -191,7 +207,27 @@ impl Aggregator {
             broadcaster,
             broadcast_stats,
             push_interval,
+            counters: Arc::default(),
         })
+    }
+
+    /// Mirrors the totals into `counters` (for `/metrics`).
+    #[must_use]
+    pub fn with_counters(mut self, counters: Arc<IngestCounters>) -> Self {
+        self.counters = counters;
+        self.mirror();
+        self
+    }
+
+    fn mirror(&self) {
+        let c = &self.counters;
+        let t = &self.totals;
+        c.approved.store(t.approved, Ordering::Relaxed);
+        c.flagged.store(t.flagged, Ordering::Relaxed);
+        c.rejected.store(t.rejected, Ordering::Relaxed);
+        c.replayed.store(t.replayed, Ordering::Relaxed);
+        let duplicates = self.publishers.values().map(|p| p.duplicates).sum();
+        c.duplicate_batches.store(duplicates, Ordering::Relaxed);
     }
 
     fn apply(&mut self, batch: VerdictBatch) -> bool {
@@ -337,7 +373,9 @@ impl Handler<ApplyBatch> for Aggregator {
     type Result = bool;
 
     fn handle(&mut self, msg: ApplyBatch, _ctx: &mut Self::Context) -> bool {
-        self.apply(msg.0)
+        let duplicate = self.apply(msg.0);
+        self.mirror();
+        duplicate
     }
 }
 

@@ -21,6 +21,7 @@ pub(super) struct PublishService {
     aggregator: Addr<Aggregator>,
     policy: Arc<AuthzPolicy>,
     metrics: Arc<crate::metrics::Metrics>,
+    chaos: Arc<txmesh_chaos::Registry>,
 }
 
 impl PublishService {
@@ -28,12 +29,25 @@ impl PublishService {
         aggregator: Addr<Aggregator>,
         policy: Arc<AuthzPolicy>,
         metrics: Arc<crate::metrics::Metrics>,
+        chaos: Arc<txmesh_chaos::Registry>,
     ) -> Self {
         Self {
             aggregator,
             policy,
             metrics,
+            chaos,
         }
+    }
+}
+
+/// The status an injected ingest refusal answers with, if one applies now.
+fn injected_refusal(chaos: &txmesh_chaos::Registry) -> Option<Status> {
+    match chaos.decide_now(txmesh_chaos::InjectionPoint::DashboardIngest, 0)? {
+        txmesh_chaos::FaultKind::IngestRefusal { code } => Some(Status::new(
+            tonic::Code::from_i32(code),
+            "injected fault: ingest refused",
+        )),
+        _ => None,
     }
 }
 
@@ -48,9 +62,13 @@ impl Dashboard for PublishService {
         request: Request<Streaming<VerdictBatch>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
         let peer = authorize(&request, &self.policy, &self.metrics, Service::Publish)?;
+        if let Some(status) = injected_refusal(&self.chaos) {
+            return Err(status);
+        }
         tracing::info!(%peer, "Publish stream opened");
         let mut inbound = request.into_inner();
         let aggregator = self.aggregator.clone();
+        let chaos = self.chaos.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(ACK_BUFFER);
         tokio::spawn(async move {
             loop {
@@ -62,6 +80,11 @@ impl Dashboard for PublishService {
                         break;
                     }
                 };
+                if let Some(status) = injected_refusal(&chaos) {
+                    // Refused unapplied: the publisher must resend it.
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
                 let publisher_id = batch.publisher_id.clone();
                 let sequence = batch.sequence;
                 // Traced verdicts (sampled at txgen) end their trace here.

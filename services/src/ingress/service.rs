@@ -120,9 +120,15 @@ pub struct IngressService {
     max_in_flight: usize,
     /// Fires when the ingress starts shutting down.
     shutdown: Shutdown,
+    /// Consulted for every request read (injected stream resets).
+    chaos: Option<Arc<txmesh_chaos::Registry>>,
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ScreenResponse, Status>> + Send>>;
+
+/// What the stream's writer gets: a response (with the permit it holds
+/// until written), or the status that ends the stream.
+type Outgoing = Result<(ScreenResponse, Option<OwnedSemaphorePermit>), Status>;
 
 impl IngressService {
     pub fn new(
@@ -142,7 +148,23 @@ impl IngressService {
             counters,
             max_in_flight,
             shutdown,
+            chaos: None,
         }
+    }
+
+    /// Consults `chaos` for every request read from a Screen stream.
+    #[must_use]
+    pub fn with_chaos(mut self, chaos: Arc<txmesh_chaos::Registry>) -> Self {
+        self.chaos = Some(chaos);
+        self
+    }
+
+    /// Whether an injected fault resets this stream now.
+    fn reset_injected(&self) -> bool {
+        self.chaos.as_ref().is_some_and(|c| {
+            c.decide_now(txmesh_chaos::InjectionPoint::IngressStream, 0)
+                == Some(txmesh_chaos::FaultKind::StreamReset)
+        })
     }
 
     /// Screens one batch; `deliver` gets the results once all are decided.
@@ -199,9 +221,7 @@ impl Ingress for IngressService {
         // and a permit is released only when its response leaves the
         // channel, so `try_send` cannot fail for lack of room.
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
-        let (tx, rx) = tokio::sync::mpsc::channel::<(ScreenResponse, Option<OwnedSemaphorePermit>)>(
-            self.max_in_flight + 1,
-        );
+        let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(self.max_in_flight + 1);
         let this = self.clone();
         tokio::spawn(async move {
             let mut draining = false;
@@ -221,7 +241,7 @@ impl Ingress for IngressService {
                             draining: true,
                             ..ScreenResponse::default()
                         };
-                        if tx.send((notice, None)).await.is_err() {
+                        if tx.send(Ok((notice, None))).await.is_err() {
                             break;
                         }
                         continue;
@@ -232,6 +252,16 @@ impl Ingress for IngressService {
                     },
                 };
                 match message {
+                    Ok(Some(_)) if this.reset_injected() => {
+                        // The request read is dropped unanswered, with
+                        // everything still in flight on this stream: the
+                        // caller must reconnect and resend.
+                        tracing::warn!(%peer, "injected fault: Screen stream reset");
+                        let _ = tx
+                            .send(Err(Status::unavailable("injected fault: stream reset")))
+                            .await;
+                        break;
+                    }
                     Ok(Some(req)) => {
                         let tx = tx.clone();
                         let request_id = req.request_id;
@@ -241,7 +271,7 @@ impl Ingress for IngressService {
                                 request_id,
                                 draining: false,
                             };
-                            let _ = tx.try_send((response, Some(permit)));
+                            let _ = tx.try_send(Ok((response, Some(permit))));
                         });
                     }
                     Ok(None) => break,
@@ -252,7 +282,7 @@ impl Ingress for IngressService {
                 }
             }
         });
-        let out = ReceiverStream::new(rx).map(|(response, _permit)| Ok(response));
+        let out = ReceiverStream::new(rx).map(|item| item.map(|(response, _permit)| response));
         Ok(Response::new(Box::pin(out)))
     }
 

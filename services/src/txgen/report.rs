@@ -28,6 +28,8 @@ pub struct Tally {
     pub retries: u64,
     pub gave_up: BTreeMap<&'static str, u64>,
     pub screened_twice: u64,
+    pub reconnects: u64,
+    pub recovered_by_replay: u64,
 }
 
 /// Sent and detected cases of one pattern.
@@ -78,6 +80,11 @@ pub struct TxgenReport {
     /// Verdicts marked `replayed` for transactions sent once (retries
     /// included): a transaction screened twice. Must be 0.
     pub screened_twice: u64,
+    /// Screen streams that failed and were opened again.
+    pub reconnects: u64,
+    /// Transactions resent after their stream failed and answered with
+    /// their original (replayed) verdict: screened once, answered twice.
+    pub recovered_by_replay: u64,
 }
 
 impl Default for Tally {
@@ -103,6 +110,8 @@ impl Tally {
             retries: 0,
             gave_up: BTreeMap::new(),
             screened_twice: 0,
+            reconnects: 0,
+            recovered_by_replay: 0,
             // 1 us .. 1 h at 3 significant digits; bounds are constants.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits is valid")),
@@ -137,8 +146,15 @@ impl Tally {
         *self.gave_up.entry(key).or_default() += 1;
     }
 
-    /// The final answer of a transaction.
-    pub fn answered(&mut self, result: &TxnResult, label: Label, latency: Duration) {
+    /// A stream failed and was opened again.
+    pub fn reconnected(&mut self) {
+        self.reconnects += 1;
+    }
+
+    /// The final answer of a transaction; `lost` when an earlier answer
+    /// may have been lost with a failed stream (a replayed verdict is then
+    /// that answer again, not a second screening).
+    pub fn answered(&mut self, result: &TxnResult, label: Label, latency: Duration, lost: bool) {
         self.answered += 1;
         let us = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
@@ -147,7 +163,11 @@ impl Tally {
         match &result.outcome {
             Some(Outcome::Verdict(v)) => {
                 if v.replayed && label != Label::Injected(Pattern::Replay) {
-                    self.screened_twice += 1;
+                    if lost {
+                        self.recovered_by_replay += 1;
+                    } else {
+                        self.screened_twice += 1;
+                    }
                 }
                 let status = v
                     .status()
@@ -204,6 +224,8 @@ impl Tally {
         self.clean.flagged += other.clean.flagged;
         self.retries += other.retries;
         self.screened_twice += other.screened_twice;
+        self.reconnects += other.reconnects;
+        self.recovered_by_replay += other.recovered_by_replay;
         for (k, v) in other.gave_up {
             *self.gave_up.entry(k).or_default() += v;
         }
@@ -236,6 +258,8 @@ impl Tally {
             retries: self.retries,
             gave_up: self.gave_up,
             screened_twice: self.screened_twice,
+            reconnects: self.reconnects,
+            recovered_by_replay: self.recovered_by_replay,
         }
     }
 }
@@ -271,6 +295,12 @@ impl TxgenReport {
             "retries {} gave up {:?} screened twice {}\n",
             self.retries, self.gave_up, self.screened_twice
         );
+        if self.reconnects > 0 {
+            out += &format!(
+                "streams reopened {} (resent after a lost answer and answered by replay: {})\n",
+                self.reconnects, self.recovered_by_replay
+            );
+        }
         out += "injected patterns (detected / sent):\n";
         for (name, c) in &self.injected {
             out += &format!("  {name:<15} {:>8} / {:<8}\n", c.detected, c.sent);

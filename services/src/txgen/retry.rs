@@ -57,6 +57,10 @@ pub struct InFlight {
     pub last_error: Option<TxnError>,
     /// It was due but waited for a budget token.
     pub starved: bool,
+    /// It was in flight on a stream that failed: its answer may have been
+    /// lost after it was screened. Resending it costs no budget token, and
+    /// a replayed verdict for it is its own.
+    pub lost: bool,
 }
 
 /// Transactions waiting to be resent, per account, in original order.
@@ -178,7 +182,9 @@ impl RetryQueues {
                     let Some((_, item)) = queue.front_mut() else {
                         break;
                     };
-                    if item.attempt == 0 {
+                    if item.lost {
+                        // Not a retry of a refusal: its stream failed.
+                    } else if item.attempt == 0 {
                         budget.earn(1);
                     } else if !budget.try_spend() {
                         item.starved = true;
@@ -335,6 +341,7 @@ mod tests {
             seq,
             last_error: None,
             starved: false,
+            lost: false,
         }
     }
 
