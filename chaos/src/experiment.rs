@@ -142,8 +142,8 @@ pub enum Check {
         quantile: f64,
         max: f64,
     },
-    /// Two metrics agree within `tolerance`, e.g. the dashboard's verdict
-    /// total and the ingress's.
+    /// Two metrics' increases over the run agree within `tolerance`, e.g.
+    /// the dashboard's verdict total and the ingress's.
     Equal {
         left: Selector,
         right: Selector,

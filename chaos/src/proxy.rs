@@ -58,6 +58,8 @@ pub struct ProxyStats {
     pub resets: AtomicU64,
     pub bytes_forwarded: AtomicU64,
     pub bytes_dropped: AtomicU64,
+    /// Chunks held back by a latency fault or a bandwidth limit.
+    pub delayed_chunks: AtomicU64,
 }
 
 /// A running proxy; stops when dropped.
@@ -310,6 +312,9 @@ async fn pump(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, inner: &Inner) 
             };
             let delay =
                 Duration::from_millis(effect.latency_ms) + Duration::from_secs_f64(jitter / 1000.0);
+            if !delay.is_zero() || effect.bytes_per_sec.is_some() {
+                inner.stats.delayed_chunks.fetch_add(1, Ordering::Relaxed);
+            }
             // Jitter never reorders bytes: a chunk is due no earlier than
             // the one before it.
             last_due = last_due.max(now + delay);
@@ -338,4 +343,113 @@ async fn pump(from: &mut OwnedReadHalf, to: &mut OwnedWriteHalf, inner: &Inner) 
         }
     };
     tokio::join!(reader, writer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream that echoes every byte back.
+    async fn echo() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn proxy() -> WireProxy {
+        let upstream = echo().await;
+        WireProxy::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            upstream,
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("proxy")
+    }
+
+    async fn round_trip(conn: &mut TcpStream) -> std::io::Result<Duration> {
+        let t0 = Instant::now();
+        conn.write_all(b"ping").await?;
+        let mut buf = [0u8; 4];
+        conn.read_exact(&mut buf).await?;
+        assert_eq!(&buf, b"ping");
+        Ok(t0.elapsed())
+    }
+
+    #[tokio::test]
+    async fn latency_delays_each_direction_until_its_lease_ends() {
+        let p = proxy().await;
+        let mut conn = TcpStream::connect(p.local_addr()).await.expect("connect");
+        round_trip(&mut conn).await.expect("clean");
+        let fault = WireFault::Latency {
+            latency_ms: 150,
+            jitter_ms: 0,
+        };
+        p.inject(fault, Duration::from_millis(800)).expect("inject");
+        // Both directions: at least twice the latency.
+        let slow = round_trip(&mut conn).await.expect("slow");
+        assert!(slow >= Duration::from_millis(300), "{slow:?}");
+        assert!(p.stats().delayed_chunks.load(Ordering::Relaxed) >= 2);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert!(p.active().is_empty(), "the lease has run out");
+        let before = p.stats().delayed_chunks.load(Ordering::Relaxed);
+        round_trip(&mut conn).await.expect("clean again");
+        assert_eq!(p.stats().delayed_chunks.load(Ordering::Relaxed), before);
+    }
+
+    #[tokio::test]
+    async fn reset_breaks_open_connections_and_refuses_new_ones() {
+        let p = proxy().await;
+        let mut conn = TcpStream::connect(p.local_addr()).await.expect("connect");
+        round_trip(&mut conn).await.expect("clean");
+        p.inject(WireFault::Reset, Duration::from_millis(500))
+            .expect("inject");
+        // The open connection is reset...
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        // ...and a new one too, while the fault lasts.
+        let mut fresh = TcpStream::connect(p.local_addr()).await.expect("connect");
+        assert!(round_trip(&mut fresh).await.is_err());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut after = TcpStream::connect(p.local_addr()).await.expect("connect");
+        round_trip(&mut after).await.expect("works after the lease");
+        assert!(p.stats().resets.load(Ordering::Relaxed) >= 2);
+    }
+
+    #[tokio::test]
+    async fn a_black_hole_swallows_bytes_and_clearing_ends_it() {
+        let p = proxy().await;
+        let mut conn = TcpStream::connect(p.local_addr()).await.expect("connect");
+        p.inject(WireFault::BlackHole, Duration::from_secs(30))
+            .expect("inject");
+        conn.write_all(b"lost").await.expect("write");
+        let mut buf = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_millis(300), conn.read(&mut buf)).await;
+        assert!(read.is_err(), "nothing comes back through a black hole");
+        assert_eq!(p.clear_all(), 1);
+        round_trip(&mut conn).await.expect("works once cleared");
+        assert_eq!(p.stats().bytes_dropped.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn leases_are_bounded() {
+        let p = proxy().await;
+        assert!(matches!(
+            p.inject(WireFault::Reset, Duration::ZERO),
+            Err(ChaosError::NoLease)
+        ));
+        assert!(matches!(
+            p.inject(WireFault::Reset, Duration::from_secs(61)),
+            Err(ChaosError::LeaseTooLong { .. })
+        ));
+    }
 }

@@ -175,14 +175,15 @@ impl Registry {
 
     /// The fault to apply at `point` for an event of the account hashed to
     /// `account_hash` (any value for points not about accounts; see
-    /// [`shard_hash`] for shards), given a uniform `draw` in 0..1. Expired
-    /// faults and faults out of hits never apply.
+    /// [`shard_hash`] for shards), with `draw` giving each eligible fault
+    /// its own uniform draw in 0..1 (so two faults at one point apply at
+    /// their own rates). Expired faults and faults out of hits never apply.
     pub fn decide(
         &self,
         point: InjectionPoint,
         account_hash: u64,
         now: Instant,
-        draw: f64,
+        mut draw: impl FnMut() -> f64,
     ) -> Option<FaultKind> {
         if !self.is_active() {
             return None;
@@ -194,7 +195,7 @@ impl Registry {
             .filter(|f| {
                 !f.spec.kind.hits_accounts() || in_share(account_hash, f.spec.account_share)
             })
-            .find(|f| draw < f.spec.rate && f.take_hit())
+            .find(|f| draw() < f.spec.rate && f.take_hit())
             .map(|f| f.spec.kind)
     }
 
@@ -203,7 +204,7 @@ impl Registry {
         if !self.is_active() {
             return None;
         }
-        self.decide(point, account_hash, Instant::now(), rand::random::<f64>())
+        self.decide(point, account_hash, Instant::now(), rand::random::<f64>)
     }
 }
 
@@ -240,10 +241,10 @@ mod tests {
         r.inject(panic_spec(1.0, 0.5, 10), t0).expect("inject");
         let point = InjectionPoint::AccountEvaluation;
         assert!(r
-            .decide(point, 0, t0 + Duration::from_secs(9), 0.0)
+            .decide(point, 0, t0 + Duration::from_secs(9), || 0.0)
             .is_some());
         assert!(r
-            .decide(point, 0, t0 + Duration::from_secs(10), 0.0)
+            .decide(point, 0, t0 + Duration::from_secs(10), || 0.0)
             .is_none());
         assert!(r.list(t0 + Duration::from_secs(10)).is_empty());
     }
@@ -271,8 +272,8 @@ mod tests {
         // Only accounts inside the share are hit.
         r.inject(panic_spec(1.0, 0.25, 10), t0).expect("inject");
         let point = InjectionPoint::AccountEvaluation;
-        assert!(r.decide(point, u64::MAX / 8, t0, 0.0).is_some());
-        assert!(r.decide(point, u64::MAX / 2, t0, 0.0).is_none());
+        assert!(r.decide(point, u64::MAX / 8, t0, || 0.0).is_some());
+        assert!(r.decide(point, u64::MAX / 2, t0, || 0.0).is_none());
     }
 
     #[test]
@@ -281,13 +282,13 @@ mod tests {
         let t0 = Instant::now();
         let id = r.inject(panic_spec(0.1, 0.5, 10), t0).expect("inject");
         let point = InjectionPoint::AccountEvaluation;
-        assert!(r.decide(point, 0, t0, 0.05).is_some());
-        assert!(r.decide(point, 0, t0, 0.5).is_none());
+        assert!(r.decide(point, 0, t0, || 0.05).is_some());
+        assert!(r.decide(point, 0, t0, || 0.5).is_none());
         assert!(r
-            .decide(InjectionPoint::PublisherSend, 0, t0, 0.0)
+            .decide(InjectionPoint::PublisherSend, 0, t0, || 0.0)
             .is_none());
         assert!(r.clear(id));
-        assert!(r.decide(point, 0, t0, 0.0).is_none());
+        assert!(r.decide(point, 0, t0, || 0.0).is_none());
         assert!(!r.clear(id));
     }
 
@@ -303,7 +304,7 @@ mod tests {
         r.inject(spec, t0).expect("inject");
         let point = InjectionPoint::AccountEvaluation;
         let hits = (0..10)
-            .filter(|_| r.decide(point, 0, t0, 0.0).is_some())
+            .filter(|_| r.decide(point, 0, t0, || 0.0).is_some())
             .count();
         assert_eq!(hits, 3);
         assert_eq!(r.list(t0)[0].hits, 3);
@@ -320,7 +321,7 @@ mod tests {
         r.inject(spec, t0).expect("inject");
         let point = InjectionPoint::ShardDelivery;
         let hit: Vec<bool> = (0..4)
-            .map(|i| r.decide(point, shard_hash(i, 4), t0, 0.0).is_some())
+            .map(|i| r.decide(point, shard_hash(i, 4), t0, || 0.0).is_some())
             .collect();
         assert_eq!(hit, [true, true, false, false]);
     }

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod audit;
 pub mod certs_cmd;
+pub mod chaos_cmd;
 pub mod config;
 pub mod dashboard;
 pub mod error;

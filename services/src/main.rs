@@ -46,6 +46,40 @@ enum Command {
     Audit(AuditArgs),
     /// grpc.health.v1 check over mTLS (for Kubernetes exec probes); exit 0 when SERVING.
     Health(HealthArgs),
+    /// Chaos experiments.
+    #[command(subcommand)]
+    Chaos(ChaosCommand),
+}
+
+#[derive(Subcommand)]
+enum ChaosCommand {
+    /// Run an experiment (chaos/experiments/NAME.toml): the steady-state hypothesis is checked
+    /// before, during and after its method; writes a JSON journal; exit 0 only if it held.
+    Run(ChaosRunArgs),
+}
+
+#[derive(Args)]
+struct ChaosRunArgs {
+    /// The experiment file.
+    file: PathBuf,
+    /// `up`: start a whole system (with wire proxies) for the run and stop it afterwards.
+    /// Default: the configured, running system.
+    #[arg(long, value_enum)]
+    target: Option<ChaosTarget>,
+    /// Where to write the journal (default: STATE_DIR/chaos/NAME-MILLIS.json).
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// Seed for the load and the wire jitter (default: the file's, else random; always journaled).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the journal on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ChaosTarget {
+    Up,
 }
 
 #[derive(Args)]
@@ -78,6 +112,7 @@ impl Command {
             Command::Config(_) => "config",
             Command::Audit(_) => "audit",
             Command::Health(_) => "health",
+            Command::Chaos(_) => "chaos",
         }
     }
 }
@@ -391,6 +426,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
             audit(args, &config)
         }
+        Command::Chaos(ChaosCommand::Run(args)) => {
+            let config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
+            chaos_run(args, config)
+        }
         Command::Certs(command) => {
             let mut config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
             certs(command, &mut config)
@@ -401,6 +440,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn chaos_run(args: ChaosRunArgs, config: TxmeshConfig) -> anyhow::Result<ExitCode> {
+    use txmesh::chaos_cmd::{self, ChaosRunOptions};
+    let options = ChaosRunOptions {
+        file: args.file,
+        target_up: args.target == Some(ChaosTarget::Up),
+        journal: args.journal,
+        seed: args.seed,
+    };
+    let run = txmesh::runtime::block_on(2, async move { chaos_cmd::run(config, &options).await })??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&run.journal)?);
+    } else {
+        print!("{}", run.journal.summary());
+        println!("journal: {}", run.journal_path.display());
+    }
+    Ok(
+        if run.journal.status == txmesh_chaos::experiment::RunStatus::Completed {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }
 
 fn audit(args: AuditArgs, config: &TxmeshConfig) -> anyhow::Result<ExitCode> {

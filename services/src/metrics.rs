@@ -43,6 +43,7 @@ pub struct Metrics {
     authz: IntCounterVec,
     handshake_failures: IntCounterVec,
     cert_expiry: GaugeVec,
+    cert_reloads: IntCounterVec,
 }
 
 impl HandshakeFailure {
@@ -124,6 +125,20 @@ impl Metrics {
             &["identity"],
         )
         .expect("valid metric");
+        let cert_reloads = IntCounterVec::new(
+            Opts::new(
+                "txmesh_cert_reloads_total",
+                "Polls that found new certificate files, by result: swapped in, or refused (the last good material stays; counted on every poll until the files are fixed).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in ["swapped", "refused"] {
+            cert_reloads.with_label_values(&[result]);
+        }
+        registry
+            .register(Box::new(cert_reloads.clone()))
+            .expect("registered once");
         let build = prometheus::IntGaugeVec::new(
             Opts::new(
                 "txmesh_build_info",
@@ -164,6 +179,7 @@ impl Metrics {
             authz,
             handshake_failures,
             cert_expiry,
+            cert_reloads,
         }
     }
 
@@ -195,6 +211,12 @@ impl Metrics {
 
     /// Records the expiry of the certificate `store` presents (call after
     /// every reload).
+    /// A poll found new certificate files: swapped in, or refused.
+    pub fn cert_reloaded(&self, swapped: bool) {
+        let result = if swapped { "swapped" } else { "refused" };
+        self.cert_reloads.with_label_values(&[result]).inc();
+    }
+
     pub fn observe_cert(&self, store: &CertStore) {
         let id = store.spiffe_id();
         self.cert_expiry

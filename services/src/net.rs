@@ -235,8 +235,14 @@ pub fn watch_certs(
             }
             // Reading three small files; cheap enough for the runtime.
             match store.reload() {
-                Reload::Swapped => metrics.observe_cert(&store),
-                Reload::Rejected(e) => tracing::debug!(error = %e, "certificate reload rejected"),
+                Reload::Swapped => {
+                    metrics.cert_reloaded(true);
+                    metrics.observe_cert(&store);
+                }
+                Reload::Rejected(e) => {
+                    metrics.cert_reloaded(false);
+                    tracing::debug!(error = %e, "certificate reload rejected");
+                }
                 Reload::Unchanged => {}
             }
         }

@@ -74,6 +74,9 @@ pub struct Journal {
     /// The load's report, as txgen wrote it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load: Option<serde_json::Value>,
+    /// What the runner could not do (e.g. a baseline scrape that failed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Journal {
@@ -106,7 +109,7 @@ impl Journal {
                     let value = p.value.map_or("n/a".to_owned(), |v| format!("{v:.4}"));
                     let _ = writeln!(
                         out,
-                        "  {} {:<28} {} (tolerance {}){}",
+                        "  {} {:<34} {} (tolerance {}){}{}",
                         if failed == 0 { "ok  " } else { "FAIL" },
                         name,
                         value,
@@ -115,7 +118,10 @@ impl Journal {
                             format!(", {} of {} checks failed", failed, of.len())
                         } else {
                             String::new()
-                        }
+                        },
+                        p.detail
+                            .as_deref()
+                            .map_or(String::new(), |d| format!(" [{d}]"))
                     );
                 }
             }
@@ -130,6 +136,9 @@ impl Journal {
                 a.action,
                 a.outcome
             );
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "note: {note}");
         }
         if !self.observed.is_empty() {
             let _ = writeln!(out, "observed:");

@@ -48,6 +48,11 @@ pub trait Driver {
     async fn wait_load(&self) -> Result<Option<LoadOutcome>, String>;
     async fn rotate_certs(&self, scope: RotationScope) -> Result<String, String>;
     async fn install_expired_cert(&self, identity: &str) -> Result<String, String>;
+    /// What the driver itself saw (e.g. wire proxy counters), for the
+    /// journal's `observed`.
+    fn observations(&self) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
 }
 
 /// A finished load: the figures probes check and the whole report.
@@ -65,37 +70,25 @@ impl LoadOutcome {
 }
 
 /// Series whose increase over the run the journal records.
-const OBSERVED: [(Component, &str, Option<&str>); 10] = [
+const OBSERVED: [(Component, &str); 12] = [
     (
         Component::Ingress,
         "txmesh_publisher_breaker_transitions_total",
-        None,
     ),
-    (Component::Ingress, "txmesh_publisher_retries_total", None),
-    (Component::Ingress, "txmesh_publisher_dropped_total", None),
-    (Component::Ingress, "txmesh_account_restarts_total", None),
-    (Component::Ingress, "txmesh_account_quarantines_total", None),
-    (Component::Ingress, "txmesh_poison_messages_total", None),
-    (
-        Component::Ingress,
-        "txmesh_mailbox_full_rejections_total",
-        None,
-    ),
-    (
-        Component::Ingress,
-        "txmesh_tls_handshake_failures_total",
-        None,
-    ),
-    (
-        Component::Dashboard,
-        "txmesh_tls_handshake_failures_total",
-        None,
-    ),
+    (Component::Ingress, "txmesh_publisher_retries_total"),
+    (Component::Ingress, "txmesh_publisher_dropped_total"),
+    (Component::Ingress, "txmesh_account_restarts_total"),
+    (Component::Ingress, "txmesh_account_quarantines_total"),
+    (Component::Ingress, "txmesh_poison_messages_total"),
+    (Component::Ingress, "txmesh_mailbox_full_rejections_total"),
+    (Component::Ingress, "txmesh_tls_handshake_failures_total"),
+    (Component::Ingress, "txmesh_cert_reloads_total"),
+    (Component::Dashboard, "txmesh_tls_handshake_failures_total"),
     (
         Component::Dashboard,
         "txmesh_dashboard_duplicate_batches_total",
-        None,
     ),
+    (Component::Dashboard, "txmesh_cert_reloads_total"),
 ];
 
 /// Runs `experiment` (read from `file`) against `driver` with `seed`.
@@ -109,9 +102,13 @@ pub async fn run<D: Driver>(experiment: &Experiment, file: &str, driver: &D, see
         last_buckets: HashMap::new(),
         records: Vec::new(),
     };
+    let mut notes = Vec::new();
     for target in [Component::Ingress, Component::Dashboard] {
-        if let Ok(m) = driver.scrape(target).await {
-            probes.baseline.insert(target, m);
+        match driver.scrape(target).await {
+            Ok(m) => {
+                probes.baseline.insert(target, m);
+            }
+            Err(e) => notes.push(format!("no baseline of {target:?}: {e}")),
         }
     }
     let hypothesis = &experiment.steady_state;
@@ -187,7 +184,8 @@ pub async fn run<D: Driver>(experiment: &Experiment, file: &str, driver: &D, see
     {
         status = RunStatus::Failed;
     }
-    let observed = probes.observed().await;
+    let mut observed = probes.observed().await;
+    observed.extend(driver.observations());
     Journal {
         title: experiment.title.clone(),
         description: experiment.description.clone(),
@@ -204,6 +202,7 @@ pub async fn run<D: Driver>(experiment: &Experiment, file: &str, driver: &D, see
         rollbacks: rollback_log.into_inner(),
         observed,
         load: load.map(|l| l.report),
+        notes,
     }
 }
 
@@ -399,7 +398,12 @@ impl<D: Driver> Probes<'_, D> {
                     metric: metric.clone(),
                     labels: labels.clone(),
                 };
-                let tolerance = format!("{} in {:?}..={:?}", metric, min, max);
+                let tolerance = match (min, max) {
+                    (Some(lo), Some(hi)) => format!("in [{lo}, {hi}]"),
+                    (Some(lo), None) => format!(">= {lo}"),
+                    (None, Some(hi)) => format!("<= {hi}"),
+                    (None, None) => "any value".to_owned(),
+                };
                 match self.value(&s, *increase).await {
                     Ok(v) => (Some(v), tolerance, within(v, *min, *max), None),
                     Err(e) => (None, tolerance, false, Some(e)),
@@ -457,11 +461,10 @@ impl<D: Driver> Probes<'_, D> {
                 right,
                 tolerance,
             } => {
+                // Over the run: a component that kept totals from before
+                // (the dashboard reloads its state) still compares.
                 let tol = format!("|left - right| <= {tolerance}");
-                match (
-                    self.value(left, false).await,
-                    self.value(right, false).await,
-                ) {
+                match (self.value(left, true).await, self.value(right, true).await) {
                     (Ok(l), Ok(r)) => (
                         Some(l - r),
                         tol,
@@ -497,7 +500,7 @@ impl<D: Driver> Probes<'_, D> {
                 now.insert(target, m);
             }
         }
-        for (target, name, _) in OBSERVED {
+        for (target, name) in OBSERVED {
             let Some(m) = now.get(&target) else { continue };
             for s in m.samples.iter().filter(|s| s.name == name) {
                 let base = self

@@ -1,0 +1,177 @@
+//! `txmesh chaos run FILE`: runs a chaos experiment and writes its journal.
+//!
+//! With `--target up` it first starts a whole system in this process, on
+//! 127.0.0.1 with the state directory's certificates (as `txmesh up` does),
+//! with a wire proxy on each link (txgen to ingress, ingress to dashboard)
+//! so wire faults have somewhere to sit, and stops it afterwards. Without
+//! it, the experiment runs against the configured addresses (no wire
+//! proxies there: on a cluster that is Chaos Mesh's NetworkChaos).
+//!
+//! The experiment's load is txgen, in process. Faults go through each
+//! component's Admin service as the `chaos` identity; probes read
+//! `/metrics` as the `operator` identity.
+
+mod driver;
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use txmesh_chaos::{
+    experiment::{self, Experiment, Journal},
+    proxy::WireProxy,
+};
+
+pub use driver::{Endpoints, SystemDriver};
+
+use crate::{config::TxmeshConfig, dashboard, error::ServiceError, ingress, up};
+
+/// What `txmesh chaos run` was asked.
+#[derive(Debug, Clone)]
+pub struct ChaosRunOptions {
+    pub file: PathBuf,
+    /// Start a system for the run (and stop it afterwards).
+    pub target_up: bool,
+    /// Where the journal goes (default: `<state_dir>/chaos/<name>-<ms>.json`).
+    pub journal: Option<PathBuf>,
+    /// Overrides the file's seed.
+    pub seed: Option<u64>,
+}
+
+/// A finished run: its journal and where it was written.
+#[derive(Debug)]
+pub struct ChaosRun {
+    pub journal: Journal,
+    pub journal_path: PathBuf,
+}
+
+/// Longest lease a wire fault may have.
+const MAX_WIRE_LEASE: Duration = Duration::from_secs(3600);
+
+/// Runs the experiment of `options.file`.
+///
+/// # Errors
+/// When the file is not a valid experiment, the system cannot be started
+/// or reached, or the journal cannot be written. A hypothesis that did not
+/// hold is not an error: it is the journal's status.
+pub async fn run(
+    config: TxmeshConfig,
+    options: &ChaosRunOptions,
+) -> Result<ChaosRun, ServiceError> {
+    let file = options.file.display().to_string();
+    let experiment = Experiment::load(&options.file)
+        .map_err(|e| ServiceError::config("chaos run", e.to_string()))?;
+    let seed = options
+        .seed
+        .or(experiment.seed)
+        .unwrap_or_else(rand::random);
+    let journal = if options.target_up {
+        run_against_up(config.clone(), &experiment, &file, seed).await?
+    } else {
+        let endpoints = Endpoints::from_config(&config);
+        let driver = SystemDriver::new(config.clone(), endpoints, "configured system".into())?;
+        experiment::run(&experiment, &file, &driver, seed).await
+    };
+    let journal_path = match &options.journal {
+        Some(path) => path.clone(),
+        None => default_journal_path(&config, &options.file, journal.started_unix_ms),
+    };
+    write_journal(&journal, &journal_path)?;
+    Ok(ChaosRun {
+        journal,
+        journal_path,
+    })
+}
+
+async fn run_against_up(
+    mut config: TxmeshConfig,
+    experiment: &Experiment,
+    file: &str,
+    seed: u64,
+) -> Result<Journal, ServiceError> {
+    up::ensure_certs(&config)?;
+    // The system is the run's own: every listener on a port the OS picks
+    // (the runner knows where they are), and certificates polled often
+    // enough that a staged CA rotation finishes under the load.
+    for addr in [
+        &mut config.ingress.listen,
+        &mut config.ingress.metrics_listen,
+        &mut config.dashboard.grpc_listen,
+        &mut config.dashboard.https_listen,
+    ] {
+        *addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    }
+    config.tls.reload_interval_ms = config.tls.reload_interval_ms.min(500);
+    let dashboard = dashboard::start(&config).await?;
+    let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let proxy_error = |e: std::io::Error| ServiceError::Bind {
+        addr: localhost,
+        source: e,
+    };
+    let to_dashboard = WireProxy::start(localhost, dashboard.grpc_addr, MAX_WIRE_LEASE)
+        .await
+        .map_err(proxy_error)?;
+    config.ingress.dashboard_addr = to_dashboard.local_addr();
+    let ingress = match ingress::start(&config).await {
+        Ok(ingress) => ingress,
+        Err(e) => {
+            dashboard.stop().await;
+            return Err(e);
+        }
+    };
+    let to_ingress = WireProxy::start(localhost, ingress.local_addr, MAX_WIRE_LEASE)
+        .await
+        .map_err(proxy_error)?;
+    let endpoints = Endpoints {
+        ingress_admin: ingress.local_addr,
+        ingress_metrics: ingress.metrics_addr,
+        dashboard_admin: dashboard.grpc_addr,
+        dashboard_metrics: dashboard.https_addr,
+        txgen_target: to_ingress.local_addr(),
+    };
+    let target = format!(
+        "up: ingress {} (via proxy {}), dashboard {} (via proxy {})",
+        ingress.local_addr,
+        to_ingress.local_addr(),
+        dashboard.grpc_addr,
+        to_dashboard.local_addr()
+    );
+    let journal = match SystemDriver::new(config, endpoints, target) {
+        Ok(driver) => {
+            let driver = driver
+                .with_proxy(experiment::Link::TxgenIngress, to_ingress)
+                .with_proxy(experiment::Link::IngressDashboard, to_dashboard);
+            Ok(experiment::run(experiment, file, &driver, seed).await)
+        }
+        Err(e) => Err(e),
+    };
+    // Shutdown order: the ingress drains its publisher into the dashboard
+    // first, then the dashboard saves its totals.
+    ingress.stop(Duration::from_secs(5)).await;
+    dashboard.stop().await;
+    journal
+}
+
+fn default_journal_path(config: &TxmeshConfig, file: &Path, started_ms: u64) -> PathBuf {
+    let stem = file
+        .file_stem()
+        .map_or_else(|| "experiment".into(), |s| s.to_string_lossy().into_owned());
+    config
+        .state_dir
+        .join("chaos")
+        .join(format!("{stem}-{started_ms}.json"))
+}
+
+fn write_journal(journal: &Journal, path: &Path) -> Result<(), ServiceError> {
+    let io = |source| ServiceError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let json = serde_json::to_vec_pretty(journal)
+        .map_err(|e| ServiceError::config("chaos journal", e.to_string()))?;
+    std::fs::write(path, json).map_err(io)
+}

@@ -1,0 +1,398 @@
+//! The experiment runner's hands on a real system: Admin calls as the
+//! `chaos` identity, `/metrics` scrapes as `operator`, txgen as the load,
+//! certificate actions on the state directory, and the wire proxies.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use txmesh_certs::{CaStep, CertAuthority, CertStore, Forgery, SpiffeId, StateLayout};
+use txmesh_chaos::{
+    experiment::{Component, Driver, Link, LoadOutcome, MetricsText, RotationScope},
+    proxy::{WireFault, WireProxy},
+    FaultSpec,
+};
+use txmesh_proto::v1::{
+    admin_client::AdminClient, ClearFaultsRequest, InjectFaultRequest, ListFaultsRequest,
+};
+
+use crate::{
+    config::TxmeshConfig,
+    error::ServiceError,
+    shutdown::{self, Trigger},
+    txgen::{self, TxgenProgress, TxgenReport},
+};
+
+/// Where the runner reaches each component.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    pub ingress_admin: SocketAddr,
+    pub ingress_metrics: SocketAddr,
+    pub dashboard_admin: SocketAddr,
+    pub dashboard_metrics: SocketAddr,
+    pub txgen_target: SocketAddr,
+}
+
+impl Endpoints {
+    /// The configured listeners (a wildcard address is reached on
+    /// 127.0.0.1).
+    pub fn from_config(config: &TxmeshConfig) -> Self {
+        let reach = |mut addr: SocketAddr| {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            }
+            addr
+        };
+        Self {
+            ingress_admin: reach(config.ingress.listen),
+            ingress_metrics: reach(config.ingress.metrics_listen),
+            dashboard_admin: reach(config.dashboard.grpc_listen),
+            dashboard_metrics: reach(config.dashboard.https_listen),
+            txgen_target: reach(config.txgen.target),
+        }
+    }
+}
+
+type LoadTask = tokio::task::JoinHandle<Result<TxgenReport, ServiceError>>;
+
+/// A [`Driver`] over mTLS to a running system.
+pub struct SystemDriver {
+    config: TxmeshConfig,
+    endpoints: Endpoints,
+    target: String,
+    chaos: CertStore,
+    operator: CertStore,
+    proxies: BTreeMap<Link, WireProxy>,
+    load: Mutex<Option<(Trigger, LoadTask)>>,
+    /// Stops the certificate watchers with the driver.
+    _watching: Trigger,
+}
+
+impl SystemDriver {
+    /// A driver for the system at `endpoints`, with the `chaos` and
+    /// `operator` identities of `config.state_dir` (reloaded as they
+    /// rotate).
+    ///
+    /// # Errors
+    /// When either identity's certificates cannot be loaded.
+    pub fn new(
+        config: TxmeshConfig,
+        endpoints: Endpoints,
+        target: String,
+    ) -> Result<Self, ServiceError> {
+        let open = |name: &str| CertStore::open(&config.identity_dir(name), &config.trust_domain);
+        let chaos = open("chaos")?;
+        let operator = open("operator")?;
+        let (trigger, stop) = shutdown::channel();
+        let metrics = Arc::new(crate::metrics::Metrics::new(&[]));
+        for store in [&chaos, &operator] {
+            crate::net::watch_certs(
+                store.clone(),
+                config.tls.reload_interval(),
+                stop.clone(),
+                metrics.clone(),
+            );
+        }
+        Ok(Self {
+            config,
+            endpoints,
+            target,
+            chaos,
+            operator,
+            proxies: BTreeMap::new(),
+            load: Mutex::new(None),
+            _watching: trigger,
+        })
+    }
+
+    /// Puts `proxy` on `link` for wire faults.
+    #[must_use]
+    pub fn with_proxy(mut self, link: Link, proxy: WireProxy) -> Self {
+        self.proxies.insert(link, proxy);
+        self
+    }
+
+    fn server_id(&self, name: &str) -> Result<SpiffeId, String> {
+        SpiffeId::for_workload(&self.config.trust_domain, name).map_err(|e| e.to_string())
+    }
+
+    fn admin(&self, target: Component) -> Result<AdminClient<tonic::transport::Channel>, String> {
+        let (addr, name) = match target {
+            Component::Ingress => (self.endpoints.ingress_admin, "ingress"),
+            Component::Dashboard => (self.endpoints.dashboard_admin, "dashboard"),
+        };
+        let channel = crate::net::mtls_channel(addr, &self.chaos, &self.server_id(name)?)
+            .map_err(|e| e.to_string())?;
+        Ok(AdminClient::new(channel))
+    }
+
+    /// `GET /metrics` over mTLS as the operator.
+    async fn get_metrics(&self, addr: SocketAddr, server: &str) -> Result<String, String> {
+        let tls =
+            txmesh_certs::client_config(&self.operator, &self.server_id(server)?, &[b"http/1.1"])
+                .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let mut conn = tokio_rustls::TlsConnector::from(Arc::new(tls))
+                .connect(name, tcp)
+                .await?;
+            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: txmesh\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut raw = Vec::new();
+            // A peer that closes without close_notify after the body is
+            // fine: the length or chunking says where the body ends.
+            let _ = conn.read_to_end(&mut raw).await;
+            Ok::<_, std::io::Error>(raw)
+        };
+        let raw = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| format!("{server} /metrics: no answer within 5 s"))?
+            .map_err(|e| format!("{server} /metrics: {e}"))?;
+        http_body(&raw).map_err(|e| format!("{server} /metrics: {e}"))
+    }
+}
+
+/// The body of an HTTP/1.1 200 response (plain or chunked).
+fn http_body(raw: &[u8]) -> Result<String, String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("truncated response")?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        return Err(format!("answered {status:?}"));
+    }
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(body.to_owned());
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| "bad chunk size")?;
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    Ok(out)
+}
+
+/// The figures of a txgen report that probes check.
+fn outcome(report: &TxgenReport) -> LoadOutcome {
+    let missed: u64 = report
+        .injected
+        .values()
+        .map(|c| c.sent.saturating_sub(c.detected))
+        .sum();
+    let figures = BTreeMap::from([
+        ("unanswered".to_owned(), report.unanswered as f64),
+        ("errors".to_owned(), report.errors as f64),
+        ("screened_twice".to_owned(), report.screened_twice as f64),
+        ("missed_patterns".to_owned(), missed as f64),
+        ("false_positives".to_owned(), report.clean.flagged as f64),
+        ("p99_ms".to_owned(), report.latency_ms.p99),
+    ]);
+    LoadOutcome {
+        figures,
+        report: serde_json::to_value(report).unwrap_or_default(),
+    }
+}
+
+impl Driver for SystemDriver {
+    fn target(&self) -> String {
+        self.target.clone()
+    }
+
+    async fn scrape(&self, target: Component) -> Result<MetricsText, String> {
+        let text = match target {
+            Component::Ingress => {
+                self.get_metrics(self.endpoints.ingress_metrics, "ingress")
+                    .await?
+            }
+            Component::Dashboard => {
+                self.get_metrics(self.endpoints.dashboard_metrics, "dashboard")
+                    .await?
+            }
+        };
+        Ok(MetricsText::parse(&text))
+    }
+
+    async fn inject(&self, target: Component, spec: &FaultSpec) -> Result<u64, String> {
+        let request = InjectFaultRequest {
+            spec: Some(crate::admin::to_wire(spec)),
+        };
+        let response = self
+            .admin(target)?
+            .inject_fault(request)
+            .await
+            .map_err(|s| format!("{target:?} refused the fault: {}", s.message()))?;
+        Ok(response.into_inner().fault_id)
+    }
+
+    async fn wire(&self, link: Link, fault: WireFault, lease: Duration) -> Result<u64, String> {
+        let proxy = self.proxies.get(&link).ok_or_else(|| {
+            format!("no wire proxy on {link:?}: wire faults need --target up (on a cluster, Chaos Mesh NetworkChaos)")
+        })?;
+        proxy
+            .inject(fault, lease)
+            .map(|id| id.0)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn clear(&self, target: Option<Component>) -> Result<usize, String> {
+        let targets = match target {
+            Some(t) => vec![t],
+            None => vec![Component::Ingress, Component::Dashboard],
+        };
+        let mut cleared = 0;
+        for t in targets {
+            let response = self
+                .admin(t)?
+                .clear_faults(ClearFaultsRequest { fault_id: 0 })
+                .await
+                .map_err(|s| format!("{t:?}: {}", s.message()))?;
+            cleared += response.into_inner().cleared as usize;
+        }
+        for proxy in self.proxies.values() {
+            cleared += proxy.clear_all();
+        }
+        Ok(cleared)
+    }
+
+    async fn active_faults(&self) -> Result<usize, String> {
+        let mut active = 0;
+        for t in [Component::Ingress, Component::Dashboard] {
+            let response = self
+                .admin(t)?
+                .list_faults(ListFaultsRequest {})
+                .await
+                .map_err(|s| format!("{t:?}: {}", s.message()))?;
+            active += response.into_inner().faults.len();
+        }
+        Ok(active
+            + self
+                .proxies
+                .values()
+                .map(|p| p.active().len())
+                .sum::<usize>())
+    }
+
+    async fn start_load(
+        &self,
+        rate: u64,
+        duration_secs: u64,
+        accounts: Option<u64>,
+        seed: u64,
+    ) -> Result<(), String> {
+        let mut config = self.config.clone();
+        let t = &mut config.txgen;
+        t.target = self.endpoints.txgen_target;
+        t.rate = rate;
+        t.duration_secs = duration_secs;
+        t.count = 0;
+        t.seed = seed;
+        if let Some(accounts) = accounts {
+            t.accounts = accounts;
+        }
+        let (trigger, stop) = shutdown::channel();
+        let task = tokio::spawn(async move {
+            txgen::run(&config, stop, Arc::new(TxgenProgress::default())).await
+        });
+        let mut load = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        if load.is_some() {
+            return Err("a load is already running".into());
+        }
+        *load = Some((trigger, task));
+        Ok(())
+    }
+
+    fn stop_load(&self) {
+        if let Some((trigger, _)) = &*self.load.lock().unwrap_or_else(|e| e.into_inner()) {
+            trigger.fire();
+        }
+    }
+
+    async fn wait_load(&self) -> Result<Option<LoadOutcome>, String> {
+        let running = self.load.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((_trigger, task)) = running else {
+            return Ok(None);
+        };
+        match task.await {
+            Ok(Ok(report)) => Ok(Some(outcome(&report))),
+            Ok(Err(e)) => Err(format!("txgen failed: {e}")),
+            Err(e) => Err(format!("txgen task failed: {e}")),
+        }
+    }
+
+    async fn rotate_certs(&self, scope: RotationScope) -> Result<String, String> {
+        match scope {
+            RotationScope::Leaves => {
+                crate::certs_cmd::rotate(&self.config).map_err(|e| e.to_string())
+            }
+            RotationScope::Ca => {
+                // Each step must reach every component before the next.
+                let pause = self.config.tls.reload_interval() * 3;
+                let mut lines = Vec::new();
+                crate::certs_cmd::rotate_ca_steps(
+                    &self.config,
+                    &[CaStep::Add, CaStep::Reissue, CaStep::Retire],
+                    pause,
+                    |line| lines.push(line),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                tokio::time::sleep(pause).await;
+                Ok(lines.join("; "))
+            }
+        }
+    }
+
+    fn observations(&self) -> BTreeMap<String, f64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut out = BTreeMap::new();
+        for (link, proxy) in &self.proxies {
+            let link = serde_json::to_value(link)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let s = proxy.stats();
+            for (name, value) in [
+                ("connections", &s.connections),
+                ("resets", &s.resets),
+                ("bytes_forwarded", &s.bytes_forwarded),
+                ("bytes_dropped", &s.bytes_dropped),
+                ("delayed_chunks", &s.delayed_chunks),
+            ] {
+                out.insert(format!("wire.{link}.{name}"), value.load(Relaxed) as f64);
+            }
+        }
+        out
+    }
+
+    async fn install_expired_cert(&self, identity: &str) -> Result<String, String> {
+        let layout = StateLayout::new(&self.config.state_dir);
+        let ca =
+            CertAuthority::load(&layout, &self.config.trust_domain).map_err(|e| e.to_string())?;
+        let (cert, key) = Forgery::Expired
+            .make(Some(&ca), &self.config.trust_domain, identity)
+            .map_err(|e| e.to_string())?;
+        let dir = layout.identity_dir(identity);
+        // Key first, then certificate, each by rename: a reload between
+        // the two sees a mismatch, which is refused like the expiry.
+        for (name, pem) in [("tls.key", key), ("tls.crt", cert)] {
+            let tmp = dir.join(format!(".{name}.chaos"));
+            std::fs::write(&tmp, pem).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, dir.join(name)).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(format!(
+            "wrote an expired certificate for {identity}; it must keep presenting its last good one"
+        ))
+    }
+}
