@@ -93,3 +93,21 @@ fn every_shipped_experiment_is_valid() {
         ]
     );
 }
+
+#[test]
+fn the_cluster_steady_state_experiment_is_valid() {
+    // chaos/k8s/steady-state.yaml embeds an experiment in a ConfigMap; it
+    // is the block under `steady-state.toml: |`, indented four spaces.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s");
+    let yaml = std::fs::read_to_string(dir.join("steady-state.yaml")).expect("manifest");
+    let (_, block) = yaml
+        .split_once("steady-state.toml: |\n")
+        .expect("the ConfigMap holds steady-state.toml");
+    let toml: String = block
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let e = Experiment::parse("steady-state.yaml", &toml).unwrap_or_else(|err| panic!("{err}"));
+    assert!(matches!(e.method[0], Action::Load { .. }));
+}
