@@ -293,6 +293,9 @@ async fn run_stream(
     let mut sending = true;
     // Set when a send found the stream gone.
     let mut broken = false;
+    // The current connection's receiver has been awaited (it must not be
+    // polled again).
+    let mut joined = false;
     loop {
         let now = Instant::now();
         if broken || connection.receiver.is_finished() {
@@ -307,6 +310,7 @@ async fn run_stream(
             };
             sent_tally.merge(tally);
             broken = false;
+            joined = true;
             let idle = {
                 let s = lock(&shared);
                 s.pending.is_empty() && s.retries.is_empty()
@@ -317,6 +321,7 @@ async fn run_stream(
             // Nothing is given up for a lost stream before its deadline.
             let give_up_at = now + plan.retry.deadline();
             connection = context.reopen(&mut sent_tally, give_up_at).await?;
+            joined = false;
             sending = true;
             lock(&shared).draining = false;
             continue;
@@ -445,7 +450,7 @@ async fn run_stream(
     }
     let Connection { tx, receiver } = connection;
     drop(tx);
-    if !receiver.is_finished() || !broken {
+    if !joined {
         let answered = match tokio::time::timeout(Duration::from_secs(5), receiver).await {
             Ok(Ok((tally, _))) => tally,
             _ => Tally::new(),
