@@ -74,6 +74,16 @@ pub enum Link {
     IngressDashboard,
 }
 
+impl Link {
+    /// The link's name, as experiment files spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::TxgenIngress => "txgen_ingress",
+            Link::IngressDashboard => "ingress_dashboard",
+        }
+    }
+}
+
 /// When a probe runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -158,7 +168,7 @@ pub enum Check {
 }
 
 /// The figures of a load's report a probe can check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadField {
     /// Transactions that got no final answer (lost).

@@ -52,7 +52,7 @@ pub enum WireFault {
 }
 
 /// What a proxy has done, for the journal.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct ProxyStats {
     pub connections: AtomicU64,
     pub resets: AtomicU64,

@@ -58,14 +58,13 @@ pub trait Driver {
 /// A finished load: the figures probes check and the whole report.
 #[derive(Debug, Clone)]
 pub struct LoadOutcome {
-    pub figures: BTreeMap<String, f64>,
+    pub figures: BTreeMap<LoadField, f64>,
     pub report: serde_json::Value,
 }
 
 impl LoadOutcome {
     fn figure(&self, field: LoadField) -> Option<f64> {
-        let key = serde_json::to_value(field).ok()?;
-        self.figures.get(key.as_str()?).copied()
+        self.figures.get(&field).copied()
     }
 }
 
@@ -158,18 +157,16 @@ pub async fn run<D: Driver>(experiment: &Experiment, file: &str, driver: &D, see
     let rollback_log = RefCell::new(Vec::new());
     run_actions(&experiment.rollbacks, driver, started, seed, &rollback_log).await;
     if status == RunStatus::Completed {
-        let after: Vec<&Probe> = hypothesis
+        for probe in hypothesis
             .probes
             .iter()
             .filter(|p| p.when.contains(&Phase::After))
-            .collect();
-        for probe in after {
+        {
             let deadline = Instant::now() + Duration::from_secs(probe.settle_secs);
             loop {
                 let last = Instant::now() >= deadline;
-                let keep = last;
                 let held = probes
-                    .round_one(probe, Phase::After, load.as_ref(), keep)
+                    .round_one(probe, Phase::After, load.as_ref(), last)
                     .await;
                 if held || last {
                     break;

@@ -12,7 +12,7 @@ use std::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use txmesh_certs::{CaStep, CertAuthority, CertStore, Forgery, SpiffeId, StateLayout};
 use txmesh_chaos::{
-    experiment::{Component, Driver, Link, LoadOutcome, MetricsText, RotationScope},
+    experiment::{Component, Driver, Link, LoadField, LoadOutcome, MetricsText, RotationScope},
     proxy::{WireFault, WireProxy},
     FaultSpec,
 };
@@ -192,12 +192,12 @@ fn outcome(report: &TxgenReport) -> LoadOutcome {
         .map(|c| c.sent.saturating_sub(c.detected))
         .sum();
     let figures = BTreeMap::from([
-        ("unanswered".to_owned(), report.unanswered as f64),
-        ("errors".to_owned(), report.errors as f64),
-        ("screened_twice".to_owned(), report.screened_twice as f64),
-        ("missed_patterns".to_owned(), missed as f64),
-        ("false_positives".to_owned(), report.clean.flagged as f64),
-        ("p99_ms".to_owned(), report.latency_ms.p99),
+        (LoadField::Unanswered, report.unanswered as f64),
+        (LoadField::Errors, report.errors as f64),
+        (LoadField::ScreenedTwice, report.screened_twice as f64),
+        (LoadField::MissedPatterns, missed as f64),
+        (LoadField::FalsePositives, report.clean.flagged as f64),
+        (LoadField::P99Ms, report.latency_ms.p99),
     ]);
     LoadOutcome {
         figures,
@@ -358,10 +358,7 @@ impl Driver for SystemDriver {
         use std::sync::atomic::Ordering::Relaxed;
         let mut out = BTreeMap::new();
         for (link, proxy) in &self.proxies {
-            let link = serde_json::to_value(link)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let link = link.name();
             let s = proxy.stats();
             for (name, value) in [
                 ("connections", &s.connections),
