@@ -8,8 +8,6 @@
 //! and stops the actor; the supervisor restarts it on the same value, so the
 //! window, written only after a verdict, survives intact.
 
-pub mod window;
-
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     sync::Arc,
@@ -26,9 +24,9 @@ use crate::{
     rules::{evaluate, Evaluation},
     stats::{PoisonLog, ShardStats},
     supervision::SupervisionState,
+    window::{HistoryWindow, WindowEntry},
     ActorError,
 };
-use window::{HistoryWindow, WindowEntry};
 
 /// A hook run inside the evaluation's `catch_unwind`, before the rules: it
 /// may panic to simulate a failing evaluation (tests and fault injection).

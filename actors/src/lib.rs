@@ -28,8 +28,9 @@ pub mod router;
 pub mod rules;
 pub mod stats;
 pub mod supervision;
+pub mod window;
 
-pub use account::{window::HistoryWindow, AccountActor};
+pub use account::AccountActor;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::{
     ActorsConfig, PublisherConfig, RulesConfig, ShardsConfig, SupervisionConfig, WindowConfig,
@@ -39,3 +40,4 @@ pub use publisher::{DashboardPublisher, Outbox, PublishTransport, PublisherStatu
 pub use reply::{BatchReply, ReplySlot};
 pub use router::{Location, RouterOptions, ShardRouter};
 pub use stats::{mask_account, ScreeningStats};
+pub use window::HistoryWindow;

@@ -18,7 +18,7 @@
 
 use txmesh_proto::v1::{Reason, Transaction, Verdict, VerdictStatus};
 
-use crate::{account::window::HistoryWindow, config::RulesConfig, currency};
+use crate::{config::RulesConfig, currency, window::HistoryWindow};
 
 /// Longest accepted transaction or account id.
 const MAX_ID_LEN: usize = 128;
@@ -48,7 +48,7 @@ pub fn evaluate(
         return Evaluation::Rejected(verdict(txn, VerdictStatus::Rejected, invalid, 100));
     }
     if let Some(previous) = window.find(&txn.transaction_id) {
-        if previous.fingerprint == crate::account::window::fingerprint(txn) {
+        if previous.fingerprint == crate::window::fingerprint(txn) {
             let stored = previous.verdict;
             let mut original = verdict(
                 txn,

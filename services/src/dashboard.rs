@@ -7,6 +7,7 @@
 
 mod aggregator;
 pub mod broadcaster;
+mod metrics;
 mod publish;
 mod web;
 
@@ -85,7 +86,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     let readiness = crate::health::Readiness::new(health_reporter, "txmesh.v1.Dashboard").await;
     let tls = txmesh_certs::server_config(&store, &[txmesh_certs::ALPN_H2])?;
     let metrics = Arc::new(Metrics::new(&["dashboard-grpc", "dashboard-https"]));
-    metrics.register_dashboard(&session_stats, &ingest);
+    self::metrics::register(&metrics, &session_stats, &ingest);
     // Stops with the listeners' shutdown signal.
     crate::net::watch_certs(
         store.clone(),

@@ -6,6 +6,7 @@
 //! streams), shards, then the publisher keeps flushing until its outbox is
 //! drained or the grace period ends.
 
+mod metrics;
 mod publish_client;
 mod service;
 
@@ -103,8 +104,16 @@ pub async fn start_with(
     publisher.start();
 
     let metrics = Arc::new(Metrics::new(&["ingress-grpc", "ingress-https"]));
-    let counters = Arc::new(IngressCounters::new(metrics.screening_latency()));
-    metrics.register_ingress(&counters, router.stats(), &publisher_stats, &outbox);
+    let counters = Arc::new(IngressCounters::new(self::metrics::screening_latency(
+        &metrics,
+    )));
+    self::metrics::register(
+        &metrics,
+        &counters,
+        router.stats(),
+        &publisher_stats,
+        &outbox,
+    );
     let (trigger, shutdown) = shutdown::channel();
     let service = IngressService::new(
         router.clone(),

@@ -3,26 +3,23 @@
 //! `txmesh_*` in base units; every labelled series exists from the start
 //! (at zero), and no label ever carries an account or transaction id.
 //!
-//! Every service has the security metrics (authorization decisions, refused
-//! handshakes by reason, certificate expiry) and build info; the ingress and
-//! the dashboard add theirs with [`Metrics::register_ingress`] and
-//! [`Metrics::register_dashboard`], sampled at scrape time from the
-//! counters their components keep.
+//! This module owns what every service has: the security metrics
+//! (authorization decisions, refused handshakes by reason, certificate
+//! expiry), build info and the registry. Each service registers its own
+//! families beside its code (`ingress/metrics.rs`, `dashboard/metrics.rs`),
+//! sampled at scrape time from the counters its components keep; nothing
+//! here imports a service.
 
 mod sampled;
 
-use std::sync::{atomic::Ordering, Arc};
-
 use prometheus::{
-    proto::MetricType, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry,
+    core::Collector, proto::MetricType, Encoder, GaugeVec, IntCounterVec, Opts, Registry,
     TextEncoder,
 };
-use txmesh_actors::{publisher::PublisherStats, Outbox, ScreeningStats};
 use txmesh_certs::{CertStore, Decision, Service};
-use txmesh_proto::v1::{Reason, TxnErrorCode};
 
-use crate::{dashboard::broadcaster::BroadcastStats, ingress::IngressCounters};
-use sampled::{Sampled, Samples};
+use sampled::Sampled;
+pub(crate) use sampled::Samples;
 
 /// Why a TLS handshake was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,28 +221,20 @@ impl Metrics {
             .set(store.not_after_unix() as f64);
     }
 
-    /// The latency histogram the ingress observes (seconds; buckets from
-    /// 100 µs to about 1 s).
+    /// Registers a service's own collector (a histogram, say).
     ///
     /// # Panics
-    /// Never: the buckets and name are constants known to be valid.
-    pub fn screening_latency(&self) -> Histogram {
-        let buckets = prometheus::exponential_buckets(0.000_1, 2.5, 11).expect("valid buckets");
-        let h = Histogram::with_opts(
-            HistogramOpts::new(
-                "txmesh_screening_latency_seconds",
-                "Time from receipt at the ingress to the verdict.",
-            )
-            .buckets(buckets),
-        )
-        .expect("valid metric");
-        self.registry
-            .register(Box::new(h.clone()))
-            .expect("registered once");
-        h
+    /// When the same metric is registered twice (a defect in the caller).
+    pub(crate) fn register(&self, collector: Box<dyn Collector>) {
+        self.registry.register(collector).expect("registered once");
     }
 
-    fn sampled(
+    /// Registers a collector whose samples are read at scrape time.
+    ///
+    /// # Panics
+    /// When `name` is registered twice or is not a valid metric name (a
+    /// defect in the caller's constants).
+    pub(crate) fn sampled(
         &self,
         name: &str,
         help: &str,
@@ -257,273 +246,6 @@ impl Metrics {
         self.registry
             .register(Box::new(collector))
             .expect("registered once");
-    }
-
-    /// The ingress's transactions, screening pipeline and publisher.
-    pub fn register_ingress(
-        &self,
-        counters: &Arc<IngressCounters>,
-        screening: &ScreeningStats,
-        publisher: &Arc<PublisherStats>,
-        outbox: &Outbox,
-    ) {
-        use MetricType::{COUNTER, GAUGE};
-        let c = counters.clone();
-        self.sampled(
-            "txmesh_transactions_received_total",
-            "Transactions received by the ingress.",
-            COUNTER,
-            &[],
-            move || vec![(vec![], c.received.load(Ordering::Relaxed) as f64)],
-        );
-        let c = counters.clone();
-        self.sampled(
-            "txmesh_transactions_answered_total",
-            "Transactions answered, by outcome.",
-            COUNTER,
-            &["status"],
-            move || {
-                [
-                    ("approved", &c.approved),
-                    ("flagged", &c.flagged),
-                    ("rejected", &c.rejected),
-                    ("error", &c.errors),
-                ]
-                .into_iter()
-                .map(|(s, v)| (vec![s.to_owned()], v.load(Ordering::Relaxed) as f64))
-                .collect()
-            },
-        );
-        let c = counters.clone();
-        self.sampled(
-            "txmesh_verdict_reasons_total",
-            "Reasons in verdicts, by reason.",
-            COUNTER,
-            &["reason"],
-            move || {
-                (0..crate::ingress::CODES)
-                    .filter_map(|i| {
-                        let reason = Reason::try_from(i32::try_from(i).ok()?).ok()?;
-                        (reason != Reason::Unspecified).then(|| {
-                            (
-                                vec![crate::grpc::reason_name(reason as i32)],
-                                c.reasons[i].load(Ordering::Relaxed) as f64,
-                            )
-                        })
-                    })
-                    .collect()
-            },
-        );
-        let c = counters.clone();
-        self.sampled(
-            "txmesh_transaction_errors_total",
-            "Per-transaction errors, by code.",
-            COUNTER,
-            &["code"],
-            move || {
-                (0..crate::ingress::CODES)
-                    .filter_map(|i| {
-                        let code = TxnErrorCode::try_from(i32::try_from(i).ok()?).ok()?;
-                        (code != TxnErrorCode::Unspecified).then(|| {
-                            let name = crate::grpc::error_code_name(code).to_lowercase();
-                            (vec![name], c.error_codes[i].load(Ordering::Relaxed) as f64)
-                        })
-                    })
-                    .collect()
-            },
-        );
-        let c = counters.clone();
-        self.sampled(
-            "txmesh_verdicts_in_flight",
-            "Transactions received and not yet answered.",
-            GAUGE,
-            &[],
-            move || {
-                let answered = c.verdicts() + c.errors.load(Ordering::Relaxed);
-                vec![(
-                    vec![],
-                    c.received.load(Ordering::Relaxed).saturating_sub(answered) as f64,
-                )]
-            },
-        );
-        let s = screening.clone();
-        self.sampled(
-            "txmesh_shards",
-            "Shards (one actor per arbiter thread).",
-            GAUGE,
-            &[],
-            move || vec![(vec![], s.shards.len() as f64)],
-        );
-        type Pick = fn(&txmesh_actors::stats::ShardStats) -> &txmesh_actors::stats::Counter;
-        let per_shard: [(&str, &str, MetricType, Pick); 7] = [
-            (
-                "txmesh_active_accounts",
-                "Live account actors, per shard.",
-                GAUGE,
-                |s| &s.active,
-            ),
-            (
-                "txmesh_passivated_accounts",
-                "Accounts held passivated, per shard.",
-                GAUGE,
-                |s| &s.passivated,
-            ),
-            (
-                "txmesh_account_restarts_total",
-                "Account actor restarts after a panic, per shard.",
-                COUNTER,
-                |s| &s.restarts,
-            ),
-            (
-                "txmesh_account_quarantines_total",
-                "Accounts quarantined past their restart intensity, per shard.",
-                COUNTER,
-                |s| &s.quarantines,
-            ),
-            (
-                "txmesh_poison_messages_total",
-                "Transactions that crashed their actor on every attempt, per shard.",
-                COUNTER,
-                |s| &s.poison,
-            ),
-            (
-                "txmesh_passivations_total",
-                "Idle accounts passivated, per shard.",
-                COUNTER,
-                |s| &s.passivations,
-            ),
-            (
-                "txmesh_mailbox_full_rejections_total",
-                "Transactions refused RESOURCE_EXHAUSTED (mailbox full or order hold), per shard.",
-                COUNTER,
-                |s| &s.overloaded,
-            ),
-        ];
-        for (name, help, kind, pick) in per_shard {
-            let s = screening.clone();
-            self.sampled(name, help, kind, &["shard"], move || {
-                s.shards
-                    .iter()
-                    .enumerate()
-                    .map(|(i, shard)| (vec![i.to_string()], pick(shard).get() as f64))
-                    .collect()
-            });
-        }
-        let (p, o) = (publisher.clone(), outbox.clone());
-        self.sampled(
-            "txmesh_publisher_outbox_depth",
-            "Verdicts waiting in the publisher's outbox.",
-            GAUGE,
-            &[],
-            move || vec![(vec![], p.view(&o).outbox_depth as f64)],
-        );
-        type PublisherPick = fn(&PublisherStats) -> &std::sync::atomic::AtomicU64;
-        let publisher_counters: [(&str, &str, PublisherPick); 4] = [
-            (
-                "txmesh_publisher_batches_sent_total",
-                "Batches sent to the dashboard.",
-                |p| &p.batches_sent,
-            ),
-            (
-                "txmesh_publisher_acks_total",
-                "Batches acknowledged by the dashboard.",
-                |p| &p.acks,
-            ),
-            (
-                "txmesh_publisher_retries_total",
-                "Publish stream failures followed by a retry.",
-                |p| &p.retries,
-            ),
-            (
-                "txmesh_publisher_breaker_transitions_total",
-                "Breaker state changes.",
-                |p| &p.breaker_transitions,
-            ),
-        ];
-        for (name, help, pick) in publisher_counters {
-            let p = publisher.clone();
-            self.sampled(name, help, COUNTER, &[], move || {
-                vec![(vec![], pick(&p).load(Ordering::Relaxed) as f64)]
-            });
-        }
-        let o = outbox.clone();
-        self.sampled(
-            "txmesh_publisher_dropped_total",
-            "Verdicts dropped before delivery, by reason.",
-            COUNTER,
-            &["reason"],
-            move || vec![(vec!["outbox_full".to_owned()], o.shed_total() as f64)],
-        );
-        let (p, o) = (publisher.clone(), outbox.clone());
-        self.sampled(
-            "txmesh_publisher_breaker_state",
-            "1 for the breaker's current state, 0 for the others.",
-            GAUGE,
-            &["state"],
-            move || {
-                let now = p.view(&o).breaker;
-                [
-                    ("closed", txmesh_actors::publisher::BreakerState::Closed),
-                    ("open", txmesh_actors::publisher::BreakerState::Open),
-                    (
-                        "half_open",
-                        txmesh_actors::publisher::BreakerState::HalfOpen,
-                    ),
-                ]
-                .into_iter()
-                .map(|(name, state)| (vec![name.to_owned()], f64::from(u8::from(state == now))))
-                .collect()
-            },
-        );
-    }
-
-    /// The dashboard's browser sessions.
-    pub fn register_dashboard(
-        &self,
-        broadcast: &Arc<BroadcastStats>,
-        ingest: &Arc<crate::dashboard::IngestCounters>,
-    ) {
-        let i = ingest.clone();
-        self.sampled(
-            "txmesh_dashboard_verdicts_total",
-            "Verdicts applied to the dashboard's totals, by status.",
-            MetricType::COUNTER,
-            &["status"],
-            move || {
-                [
-                    ("approved", &i.approved),
-                    ("flagged", &i.flagged),
-                    ("rejected", &i.rejected),
-                ]
-                .into_iter()
-                .map(|(s, v)| (vec![s.to_owned()], v.load(Ordering::Relaxed) as f64))
-                .collect()
-            },
-        );
-        let i = ingest.clone();
-        self.sampled(
-            "txmesh_dashboard_duplicate_batches_total",
-            "Publish batches dropped as duplicates (resent after a lost ack).",
-            MetricType::COUNTER,
-            &[],
-            move || vec![(vec![], i.duplicate_batches.load(Ordering::Relaxed) as f64)],
-        );
-        let b = broadcast.clone();
-        self.sampled(
-            "txmesh_websocket_sessions",
-            "Open browser WebSocket sessions.",
-            MetricType::GAUGE,
-            &[],
-            move || vec![(vec![], b.get().0 as f64)],
-        );
-        let b = broadcast.clone();
-        self.sampled(
-            "txmesh_websocket_dropped_messages_total",
-            "Updates dropped for slow browsers.",
-            MetricType::COUNTER,
-            &[],
-            move || vec![(vec![], b.get().1 as f64)],
-        );
     }
 
     /// The Prometheus text exposition.

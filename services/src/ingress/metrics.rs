@@ -1,0 +1,250 @@
+//! The ingress's own metric families: transactions by outcome, verdict
+//! reasons, per-transaction errors, the screening latency histogram, the
+//! shards' supervision counters and the publisher's state. Sampled at scrape
+//! time from the counters the components keep.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use prometheus::{proto::MetricType, Histogram, HistogramOpts};
+use txmesh_actors::{publisher::PublisherStats, Outbox, ScreeningStats};
+use txmesh_proto::v1::{Reason, TxnErrorCode};
+
+use super::service::{IngressCounters, CODES};
+use crate::metrics::Metrics;
+
+/// The latency histogram the ingress observes (seconds; buckets from
+/// 100 µs to about 1 s).
+///
+/// # Panics
+/// Never: the buckets and name are constants known to be valid.
+pub(super) fn screening_latency(metrics: &Metrics) -> Histogram {
+    let buckets = prometheus::exponential_buckets(0.000_1, 2.5, 11).expect("valid buckets");
+    let h = Histogram::with_opts(
+        HistogramOpts::new(
+            "txmesh_screening_latency_seconds",
+            "Time from receipt at the ingress to the verdict.",
+        )
+        .buckets(buckets),
+    )
+    .expect("valid metric");
+    metrics.register(Box::new(h.clone()));
+    h
+}
+
+/// The ingress's transactions, screening pipeline and publisher.
+pub(super) fn register(
+    metrics: &Metrics,
+    counters: &Arc<IngressCounters>,
+    screening: &ScreeningStats,
+    publisher: &Arc<PublisherStats>,
+    outbox: &Outbox,
+) {
+    use MetricType::{COUNTER, GAUGE};
+    let c = counters.clone();
+    metrics.sampled(
+        "txmesh_transactions_received_total",
+        "Transactions received by the ingress.",
+        COUNTER,
+        &[],
+        move || vec![(vec![], c.received.load(Ordering::Relaxed) as f64)],
+    );
+    let c = counters.clone();
+    metrics.sampled(
+        "txmesh_transactions_answered_total",
+        "Transactions answered, by outcome.",
+        COUNTER,
+        &["status"],
+        move || {
+            [
+                ("approved", &c.approved),
+                ("flagged", &c.flagged),
+                ("rejected", &c.rejected),
+                ("error", &c.errors),
+            ]
+            .into_iter()
+            .map(|(s, v)| (vec![s.to_owned()], v.load(Ordering::Relaxed) as f64))
+            .collect()
+        },
+    );
+    let c = counters.clone();
+    metrics.sampled(
+        "txmesh_verdict_reasons_total",
+        "Reasons in verdicts, by reason.",
+        COUNTER,
+        &["reason"],
+        move || {
+            (0..CODES)
+                .filter_map(|i| {
+                    let reason = Reason::try_from(i32::try_from(i).ok()?).ok()?;
+                    (reason != Reason::Unspecified).then(|| {
+                        (
+                            vec![crate::grpc::reason_name(reason as i32)],
+                            c.reasons[i].load(Ordering::Relaxed) as f64,
+                        )
+                    })
+                })
+                .collect()
+        },
+    );
+    let c = counters.clone();
+    metrics.sampled(
+        "txmesh_transaction_errors_total",
+        "Per-transaction errors, by code.",
+        COUNTER,
+        &["code"],
+        move || {
+            (0..CODES)
+                .filter_map(|i| {
+                    let code = TxnErrorCode::try_from(i32::try_from(i).ok()?).ok()?;
+                    (code != TxnErrorCode::Unspecified).then(|| {
+                        let name = crate::grpc::error_code_name(code).to_lowercase();
+                        (vec![name], c.error_codes[i].load(Ordering::Relaxed) as f64)
+                    })
+                })
+                .collect()
+        },
+    );
+    let c = counters.clone();
+    metrics.sampled(
+        "txmesh_verdicts_in_flight",
+        "Transactions received and not yet answered.",
+        GAUGE,
+        &[],
+        move || {
+            let answered = c.verdicts() + c.errors.load(Ordering::Relaxed);
+            vec![(
+                vec![],
+                c.received.load(Ordering::Relaxed).saturating_sub(answered) as f64,
+            )]
+        },
+    );
+    let s = screening.clone();
+    metrics.sampled(
+        "txmesh_shards",
+        "Shards (one actor per arbiter thread).",
+        GAUGE,
+        &[],
+        move || vec![(vec![], s.shards.len() as f64)],
+    );
+    type Pick = fn(&txmesh_actors::stats::ShardStats) -> &txmesh_actors::stats::Counter;
+    let per_shard: [(&str, &str, MetricType, Pick); 7] = [
+        (
+            "txmesh_active_accounts",
+            "Live account actors, per shard.",
+            GAUGE,
+            |s| &s.active,
+        ),
+        (
+            "txmesh_passivated_accounts",
+            "Accounts held passivated, per shard.",
+            GAUGE,
+            |s| &s.passivated,
+        ),
+        (
+            "txmesh_account_restarts_total",
+            "Account actor restarts after a panic, per shard.",
+            COUNTER,
+            |s| &s.restarts,
+        ),
+        (
+            "txmesh_account_quarantines_total",
+            "Accounts quarantined past their restart intensity, per shard.",
+            COUNTER,
+            |s| &s.quarantines,
+        ),
+        (
+            "txmesh_poison_messages_total",
+            "Transactions that crashed their actor on every attempt, per shard.",
+            COUNTER,
+            |s| &s.poison,
+        ),
+        (
+            "txmesh_passivations_total",
+            "Idle accounts passivated, per shard.",
+            COUNTER,
+            |s| &s.passivations,
+        ),
+        (
+            "txmesh_mailbox_full_rejections_total",
+            "Transactions refused RESOURCE_EXHAUSTED (mailbox full or order hold), per shard.",
+            COUNTER,
+            |s| &s.overloaded,
+        ),
+    ];
+    for (name, help, kind, pick) in per_shard {
+        let s = screening.clone();
+        metrics.sampled(name, help, kind, &["shard"], move || {
+            s.shards
+                .iter()
+                .enumerate()
+                .map(|(i, shard)| (vec![i.to_string()], pick(shard).get() as f64))
+                .collect()
+        });
+    }
+    let (p, o) = (publisher.clone(), outbox.clone());
+    metrics.sampled(
+        "txmesh_publisher_outbox_depth",
+        "Verdicts waiting in the publisher's outbox.",
+        GAUGE,
+        &[],
+        move || vec![(vec![], p.view(&o).outbox_depth as f64)],
+    );
+    type PublisherPick = fn(&PublisherStats) -> &std::sync::atomic::AtomicU64;
+    let publisher_counters: [(&str, &str, PublisherPick); 4] = [
+        (
+            "txmesh_publisher_batches_sent_total",
+            "Batches sent to the dashboard.",
+            |p| &p.batches_sent,
+        ),
+        (
+            "txmesh_publisher_acks_total",
+            "Batches acknowledged by the dashboard.",
+            |p| &p.acks,
+        ),
+        (
+            "txmesh_publisher_retries_total",
+            "Publish stream failures followed by a retry.",
+            |p| &p.retries,
+        ),
+        (
+            "txmesh_publisher_breaker_transitions_total",
+            "Breaker state changes.",
+            |p| &p.breaker_transitions,
+        ),
+    ];
+    for (name, help, pick) in publisher_counters {
+        let p = publisher.clone();
+        metrics.sampled(name, help, COUNTER, &[], move || {
+            vec![(vec![], pick(&p).load(Ordering::Relaxed) as f64)]
+        });
+    }
+    let o = outbox.clone();
+    metrics.sampled(
+        "txmesh_publisher_dropped_total",
+        "Verdicts dropped before delivery, by reason.",
+        COUNTER,
+        &["reason"],
+        move || vec![(vec!["outbox_full".to_owned()], o.shed_total() as f64)],
+    );
+    let (p, o) = (publisher.clone(), outbox.clone());
+    metrics.sampled(
+        "txmesh_publisher_breaker_state",
+        "1 for the breaker's current state, 0 for the others.",
+        GAUGE,
+        &["state"],
+        move || {
+            let now = p.view(&o).breaker;
+            [
+                ("closed", txmesh_actors::publisher::BreakerState::Closed),
+                ("open", txmesh_actors::publisher::BreakerState::Open),
+                (
+                    "half_open",
+                    txmesh_actors::publisher::BreakerState::HalfOpen,
+                ),
+            ]
+            .into_iter()
+            .map(|(name, state)| (vec![name.to_owned()], f64::from(u8::from(state == now))))
+            .collect()
+        },
+    );
+}
