@@ -74,6 +74,10 @@ pub struct IngressConfig {
     pub identity: String,
     /// Request batches in flight per Screen stream.
     pub max_in_flight_batches: usize,
+    /// The largest gRPC message the ingress reads, bytes (4 MiB holds a
+    /// full batch of `actors.shards.max_batch` transactions with room to
+    /// spare). A larger one ends its stream with RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
     /// TLS handshakes that take longer are dropped, milliseconds.
     pub handshake_timeout_ms: u64,
 }
@@ -94,6 +98,10 @@ pub struct DashboardConfig {
     pub throughput_window_secs: usize,
     /// Messages queued per browser before updates to it are dropped.
     pub session_queue: usize,
+    /// Origins, besides the dashboard's own `https://HOST:PORT`, whose
+    /// pages may open the WebSocket and call the API (a reverse proxy's
+    /// `https://name`). A browser on any other page is refused.
+    pub allowed_origins: Vec<String>,
     /// Totals saved here on shutdown and reloaded at start (relative to
     /// `state_dir`); empty disables.
     pub state_file: String,
@@ -198,6 +206,7 @@ impl Default for IngressConfig {
             dashboard_addr: SocketAddr::from(([127, 0, 0, 1], 7444)),
             identity: "ingress".to_owned(),
             max_in_flight_batches: 128,
+            max_message_bytes: 4 << 20,
             handshake_timeout_ms: 5_000,
         }
     }
@@ -213,6 +222,7 @@ impl Default for DashboardConfig {
             recent_alerts: 50,
             throughput_window_secs: 300,
             session_queue: 16,
+            allowed_origins: Vec::new(),
             state_file: "dashboard-state.json".to_owned(),
             handshake_timeout_ms: 5_000,
         }
@@ -377,6 +387,12 @@ impl TxmeshConfig {
             return Err(ServiceError::config(
                 "ingress.max_in_flight_batches",
                 "must be at least 1",
+            ));
+        }
+        if self.ingress.max_message_bytes < 1024 {
+            return Err(ServiceError::config(
+                "ingress.max_message_bytes",
+                "must be at least 1024",
             ));
         }
         if self.dashboard.push_interval_ms == 0 {

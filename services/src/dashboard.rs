@@ -86,7 +86,8 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     let readiness = crate::health::Readiness::new(health_reporter, "txmesh.v1.Dashboard").await;
     let tls = txmesh_certs::server_config(&store, &[txmesh_certs::ALPN_H2])?;
     let metrics = Arc::new(Metrics::new(&["dashboard-grpc", "dashboard-https"]));
-    self::metrics::register(&metrics, &session_stats, &ingest);
+    let origin_refusals = Arc::new(AtomicU64::new(0));
+    self::metrics::register(&metrics, &session_stats, &ingest, &origin_refusals);
     // Stops with the listeners' shutdown signal.
     crate::net::watch_certs(
         store.clone(),
@@ -147,15 +148,25 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
         metrics: metrics.clone(),
         session_queue: dash.session_queue,
         next_session: Arc::new(AtomicU64::new(1)),
+        allowed_origins: dash.allowed_origins.clone().into(),
+        origin_refusals: origin_refusals.clone(),
     };
     let metrics_state = crate::https::MetricsState {
         policy,
         metrics: metrics.clone(),
     };
     let server = actix_web::HttpServer::new(move || {
+        let headers = web::SECURITY_HEADERS
+            .iter()
+            .fold(actix_web::middleware::DefaultHeaders::new(), |h, kv| {
+                h.add(*kv)
+            });
         actix_web::App::new()
+            .wrap(headers)
             .app_data(actix_web::web::Data::new(state.clone()))
-            .route("/", actix_web::web::get().to(web::index))
+            .route("/", actix_web::web::get().to(web::asset))
+            .route("/app.js", actix_web::web::get().to(web::asset))
+            .route("/app.css", actix_web::web::get().to(web::asset))
             .route("/api/snapshot", actix_web::web::get().to(web::snapshot))
             .route("/ws", actix_web::web::get().to(web::websocket))
             .app_data(actix_web::web::Data::new(metrics_state.clone()))

@@ -21,7 +21,7 @@ use txmesh_actors::{
 use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::ingress_server::IngressServer;
 
-pub use service::{IngressCounters, IngressService, CODES};
+pub use service::{IngressCounters, IngressService, InputFault, ScreenLimits, CODES};
 
 use crate::{
     config::TxmeshConfig,
@@ -121,7 +121,11 @@ pub async fn start_with(
         policy.clone(),
         metrics.clone(),
         counters.clone(),
-        config.ingress.max_in_flight_batches,
+        ScreenLimits {
+            max_in_flight: config.ingress.max_in_flight_batches,
+            max_message_bytes: config.ingress.max_message_bytes,
+            max_batch: config.actors.shards.max_batch,
+        },
         shutdown.clone(),
     )
     .with_chaos(chaos.clone());
@@ -154,7 +158,10 @@ pub async fn start_with(
         Server::builder()
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(IngressServer::new(service))
+            .add_service(
+                IngressServer::new(service)
+                    .max_decoding_message_size(config.ingress.max_message_bytes),
+            )
             .add_service(txmesh_proto::v1::admin_server::AdminServer::new(
                 crate::admin::AdminService::new(chaos.clone(), policy, metrics.clone()),
             ))

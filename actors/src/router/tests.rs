@@ -393,6 +393,12 @@ async fn injected_panics_hit_only_their_share_of_accounts_until_cleared() {
         .count();
     // A quarter of the accounts, give or take the hash.
     assert!((50..150).contains(&failed), "{failed} of 400 failed");
+    // The supervisor restarts an actor after it has answered: wait for the
+    // restarts to be counted rather than race them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while router.stats().total(|s| &s.restarts) < failed as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(router.stats().total(|s| &s.restarts), failed as u64);
 
     // Once cleared, the retries of the failed transactions go through (the

@@ -1,7 +1,10 @@
 //! The dashboard's own metric families: verdicts applied, duplicate
 //! batches dropped, browser sessions and updates dropped for slow browsers.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use prometheus::proto::MetricType;
 
@@ -13,7 +16,16 @@ pub(super) fn register(
     metrics: &Metrics,
     broadcast: &Arc<BroadcastStats>,
     ingest: &Arc<IngestCounters>,
+    origin_refusals: &Arc<AtomicU64>,
 ) {
+    let r = origin_refusals.clone();
+    metrics.sampled(
+        "txmesh_dashboard_origin_refusals_total",
+        "WebSocket upgrades and API requests refused because they came from another origin's page (cross-site WebSocket hijacking).",
+        MetricType::COUNTER,
+        &[],
+        move || vec![(vec![], r.load(Ordering::Relaxed) as f64)],
+    );
     let i = ingest.clone();
     metrics.sampled(
         "txmesh_dashboard_verdicts_total",

@@ -1,8 +1,16 @@
 //! The dashboard's HTTPS listener (actix-web over our rustls config, mTLS
-//! only): the page at `/`, `GET /api/snapshot` (JSON) and the WebSocket at
-//! `/ws`, where each browser gets one `WsSession` actor: a snapshot on
-//! connect, then every pushed update. Only the operator identity (or what
-//! `authz.dashboard_ui` names) gets past the 403.
+//! only): the page at `/` (with `/app.js` and `/app.css`), `GET
+//! /api/snapshot` (JSON) and the WebSocket at `/ws`, where each browser gets
+//! one `WsSession` actor: a snapshot on connect, then every pushed update.
+//! Only the operator identity (or what `authz.dashboard_ui` names) gets past
+//! the 403.
+//!
+//! The operator's browser holds a client certificate, so any page it visits
+//! could try to ride it (cross-site WebSocket hijacking): the upgrade and
+//! the API are accepted only from the dashboard's own origin (counted when
+//! refused), and every response carries a Content-Security-Policy that
+//! allows only this origin's script, style and connections and forbids
+//! framing.
 
 use std::{
     sync::{
@@ -38,7 +46,25 @@ pub(super) struct WebState {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub session_queue: usize,
     pub next_session: Arc<AtomicU64>,
+    /// Origins accepted besides the dashboard's own (`dashboard.allowed_origins`).
+    pub allowed_origins: Arc<[String]>,
+    /// Requests refused for a foreign Origin.
+    pub origin_refusals: Arc<AtomicU64>,
 }
+
+/// The headers every response carries: only this origin's script, style
+/// and connections (the WebSocket is same-origin), no framing, no type
+/// sniffing, no referrer.
+pub(super) const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+];
 
 /// The dashboard is stopping: close with 1001 (going away).
 pub struct GoingAway;
@@ -80,20 +106,67 @@ fn authorize(req: &HttpRequest, state: &WebState) -> Result<(), Box<HttpResponse
     crate::https::authorize(req, &state.policy, &state.metrics, Service::DashboardUi).map(|_| ())
 }
 
-/// `GET /`.
-pub(super) async fn index(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse {
+/// [`authorize`], and for what a page could make a browser send with the
+/// operator's certificate (the WebSocket, the API), the same-origin check.
+fn authorize_same_origin(req: &HttpRequest, state: &WebState) -> Result<(), Box<HttpResponse>> {
+    authorize(req, state)?;
+    match foreign_origin(req, &state.allowed_origins) {
+        None => Ok(()),
+        Some(origin) => {
+            state.origin_refusals.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%origin, path = req.path(), "cross-origin request refused");
+            Err(Box::new(HttpResponse::Forbidden().body(format!(
+                "cross-origin request refused: {origin} is not this dashboard's origin \
+                 (dashboard.allowed_origins)\n"
+            ))))
+        }
+    }
+}
+
+/// The foreign origin a request came from, if it came from a page other
+/// than the dashboard's own. Browsers send `Origin` on every WebSocket
+/// upgrade and cross-origin fetch, and `Sec-Fetch-Site` on every request;
+/// the origin must be `https://` plus the host the request was sent to, or
+/// one of `allowed` (a reverse proxy's name). A request with neither header
+/// was not made by a web page (a CLI, a monitoring probe) and is let
+/// through: it carries no one else's certificate.
+fn foreign_origin(req: &HttpRequest, allowed: &[String]) -> Option<String> {
+    let headers = req.headers();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("(not text)");
+        let own = format!("https://{}", req.connection_info().host());
+        let ok = origin.eq_ignore_ascii_case(&own) || allowed.iter().any(|a| a == origin);
+        return (!ok).then(|| origin.to_owned());
+    }
+    let site = headers.get("sec-fetch-site")?.to_str().unwrap_or("");
+    (!matches!(site, "same-origin" | "none")).then(|| format!("a {site} page"))
+}
+
+/// `GET /`, `/app.js` and `/app.css`: the page.
+pub(super) async fn asset(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse {
     if let Err(denied) = authorize(&req, &state) {
         return *denied;
     }
+    let (content_type, body) = match req.path() {
+        "/app.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("assets/app.js"),
+        ),
+        "/app.css" => ("text/css; charset=utf-8", include_str!("assets/app.css")),
+        _ => (
+            "text/html; charset=utf-8",
+            include_str!("assets/index.html"),
+        ),
+    };
     HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((header::CONTENT_TYPE, content_type))
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(include_str!("assets/index.html"))
+        .body(body)
 }
 
 /// `GET /api/snapshot`.
 pub(super) async fn snapshot(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse {
-    if let Err(denied) = authorize(&req, &state) {
+    if let Err(denied) = authorize_same_origin(&req, &state) {
         return *denied;
     }
     match state.aggregator.send(GetSnapshot).await {
@@ -108,7 +181,7 @@ pub(super) async fn websocket(
     stream: web::Payload,
     state: web::Data<WebState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    if let Err(denied) = authorize(&req, &state) {
+    if let Err(denied) = authorize_same_origin(&req, &state) {
         return Ok(*denied);
     }
     let cert_not_after = req

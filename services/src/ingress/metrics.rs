@@ -9,7 +9,7 @@ use prometheus::{proto::MetricType, Histogram, HistogramOpts};
 use txmesh_actors::{publisher::PublisherStats, Outbox, ScreeningStats};
 use txmesh_proto::v1::{Reason, TxnErrorCode};
 
-use super::service::{IngressCounters, CODES};
+use super::service::{IngressCounters, InputFault, CODES};
 use crate::metrics::Metrics;
 
 /// The latency histogram the ingress observes (seconds; buckets from
@@ -101,6 +101,20 @@ pub(super) fn register(
                         (vec![name], c.error_codes[i].load(Ordering::Relaxed) as f64)
                     })
                 })
+                .collect()
+        },
+    );
+    let c = counters.clone();
+    metrics.sampled(
+        "txmesh_screen_streams_refused_input_total",
+        "Screen streams ended because a request could not be read, by fault: undecodable (INVALID_ARGUMENT) or too_large (RESOURCE_EXHAUSTED).",
+        COUNTER,
+        &["fault"],
+        move || {
+            InputFault::ALL
+                .iter()
+                .zip(&c.input_faults)
+                .map(|(f, n)| (vec![f.label().to_owned()], n.load(Ordering::Relaxed) as f64))
                 .collect()
         },
     );

@@ -5,6 +5,11 @@
 //! Backpressure: a stream may have `max_in_flight` batches between "read
 //! from the client" and "written back"; past that the handler stops reading,
 //! which HTTP/2 flow control turns into backpressure on the client.
+//!
+//! A stream never ends silently: a request that cannot be read (bytes that
+//! do not decode as a `ScreenRequest`, or a message over the size limit)
+//! ends the stream with INVALID_ARGUMENT or RESOURCE_EXHAUSTED saying why,
+//! after every request read before it has been answered.
 
 use std::{
     pin::Pin,
@@ -18,7 +23,7 @@ use std::{
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use txmesh_actors::{Outbox, ShardRouter};
 use txmesh_certs::{AuthzPolicy, Service};
 use txmesh_proto::v1::{
@@ -44,6 +49,9 @@ pub struct IngressCounters {
     pub reasons: [AtomicU64; CODES],
     /// Per-transaction errors, by `TxnErrorCode` number.
     pub error_codes: [AtomicU64; CODES],
+    /// Screen streams ended because a request could not be read, by
+    /// [`InputFault`].
+    pub input_faults: [AtomicU64; InputFault::ALL.len()],
     /// Time from receipt to verdict, seconds.
     latency: prometheus::Histogram,
 }
@@ -60,6 +68,7 @@ impl IngressCounters {
             shed: AtomicU64::new(0),
             reasons: std::array::from_fn(|_| AtomicU64::new(0)),
             error_codes: std::array::from_fn(|_| AtomicU64::new(0)),
+            input_faults: std::array::from_fn(|_| AtomicU64::new(0)),
             latency,
         }
     }
@@ -109,6 +118,78 @@ impl IngressCounters {
     }
 }
 
+/// Why a Screen stream's next request could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFault {
+    /// The bytes are not a `ScreenRequest` (a truncated length, an
+    /// over-long varint, a wrong wire type, a frame cut short).
+    Undecodable,
+    /// The message is larger than `ingress.max_message_bytes`.
+    TooLarge,
+}
+
+impl InputFault {
+    /// Every fault, in counter order.
+    pub const ALL: [InputFault; 2] = [InputFault::Undecodable, InputFault::TooLarge];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            InputFault::Undecodable => "undecodable",
+            InputFault::TooLarge => "too_large",
+        }
+    }
+
+    /// Classifies the error tonic's decoder returned for a stream. The
+    /// decoder's own errors carry no source; an error from the transport
+    /// below (the client reset the stream, the connection broke) carries
+    /// the h2 or I/O error it came from, and there is no one left to tell.
+    fn of(status: &Status) -> Option<Self> {
+        if std::error::Error::source(status).is_some() {
+            return None;
+        }
+        match status.code() {
+            Code::OutOfRange | Code::ResourceExhausted => Some(InputFault::TooLarge),
+            Code::Internal => Some(InputFault::Undecodable),
+            _ => None,
+        }
+    }
+}
+
+/// The limits a Screen stream enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct ScreenLimits {
+    /// Batches between "read" and "written back" per stream.
+    pub max_in_flight: usize,
+    /// `ingress.max_message_bytes`, named in the error for a larger message.
+    pub max_message_bytes: usize,
+    /// `actors.shards.max_batch`, named in the same error.
+    pub max_batch: usize,
+}
+
+impl ScreenLimits {
+    /// The status that ends a stream whose request number `index` (from 1)
+    /// could not be read.
+    fn status(&self, fault: InputFault, index: u64, cause: &Status) -> Status {
+        match fault {
+            InputFault::Undecodable => Status::invalid_argument(format!(
+                "request {index} on this stream is not a valid txmesh.v1.ScreenRequest ({}); \
+                 every request before it was answered, nothing after it was read",
+                cause.message()
+            )),
+            InputFault::TooLarge => Status::resource_exhausted(format!(
+                "request {index} on this stream is larger than the ingress's message size limit \
+                 of {} bytes (ingress.max_message_bytes; {}); send at most {} transactions \
+                 (actors.shards.max_batch) per request, in smaller requests if they are large; \
+                 every request before it was answered",
+                self.max_message_bytes,
+                cause.message(),
+                self.max_batch
+            )),
+        }
+    }
+}
+
 /// The gRPC service. Clones share the router, outbox and counters.
 #[derive(Clone)]
 pub struct IngressService {
@@ -117,7 +198,7 @@ pub struct IngressService {
     policy: Arc<AuthzPolicy>,
     metrics: Arc<crate::metrics::Metrics>,
     counters: Arc<IngressCounters>,
-    max_in_flight: usize,
+    limits: ScreenLimits,
     /// Fires when the ingress starts shutting down.
     shutdown: Shutdown,
     /// Consulted for every request read (injected stream resets).
@@ -137,7 +218,7 @@ impl IngressService {
         policy: Arc<AuthzPolicy>,
         metrics: Arc<crate::metrics::Metrics>,
         counters: Arc<IngressCounters>,
-        max_in_flight: usize,
+        limits: ScreenLimits,
         shutdown: Shutdown,
     ) -> Self {
         Self {
@@ -146,7 +227,7 @@ impl IngressService {
             policy,
             metrics,
             counters,
-            max_in_flight,
+            limits,
             shutdown,
             chaos: None,
         }
@@ -165,6 +246,34 @@ impl IngressService {
             c.decide_now(txmesh_chaos::InjectionPoint::IngressStream, 0)
                 == Some(txmesh_chaos::FaultKind::StreamReset)
         })
+    }
+
+    /// Ends a stream whose request `index` could not be read: once every
+    /// request read before it has been answered (all permits are back, and
+    /// the channel is first in, first out), the stream ends with the status
+    /// that says why. Counted and logged.
+    async fn end_unreadable(
+        &self,
+        fault: InputFault,
+        index: u64,
+        cause: &Status,
+        permits: &Arc<Semaphore>,
+        tx: &tokio::sync::mpsc::Sender<Outgoing>,
+    ) {
+        if let Some(c) = self.counters.input_faults.get(fault as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let status = self.limits.status(fault, index, cause);
+        tracing::warn!(
+            fault = fault.label(),
+            message = status.message(),
+            "Screen stream ended: a request could not be read"
+        );
+        let all = u32::try_from(self.limits.max_in_flight).unwrap_or(u32::MAX);
+        // The permits are held until their responses leave the channel;
+        // the semaphore is never closed, so this waits for them all.
+        let _all = permits.acquire_many(all).await;
+        let _ = tx.send(Err(status)).await;
     }
 
     /// Screens one batch; `deliver` gets the results once all are decided.
@@ -220,11 +329,15 @@ impl Ingress for IngressService {
         // Channel capacity is the permits plus one for the draining notice,
         // and a permit is released only when its response leaves the
         // channel, so `try_send` cannot fail for lack of room.
-        let permits = Arc::new(Semaphore::new(self.max_in_flight));
-        let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(self.max_in_flight + 1);
+        let max_in_flight = self.limits.max_in_flight;
+        let permits = Arc::new(Semaphore::new(max_in_flight));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(max_in_flight + 1);
         let this = self.clone();
-        tokio::spawn(async move {
+        let span = tracing::info_span!("ingress.screen_stream", %peer);
+        let task = async move {
             let mut draining = false;
+            // Requests read so far, for the error that names the bad one.
+            let mut read: u64 = 0;
             loop {
                 let next = async {
                     let permit = permits.clone().acquire_owned().await.ok()?;
@@ -263,6 +376,7 @@ impl Ingress for IngressService {
                         break;
                     }
                     Ok(Some(req)) => {
+                        read += 1;
                         let tx = tx.clone();
                         let request_id = req.request_id;
                         this.dispatch(req.transactions, &req.traceparent, move |results| {
@@ -276,12 +390,20 @@ impl Ingress for IngressService {
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(%status, "Screen stream ended by the client");
+                        match InputFault::of(&status) {
+                            Some(fault) => {
+                                drop(permit);
+                                this.end_unreadable(fault, read + 1, &status, &permits, &tx)
+                                    .await;
+                            }
+                            None => tracing::debug!(%status, "Screen stream ended by the client"),
+                        }
                         break;
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
         let out = ReceiverStream::new(rx).map(|item| item.map(|(response, _permit)| response));
         Ok(Response::new(Box::pin(out)))
     }
