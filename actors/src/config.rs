@@ -128,8 +128,9 @@ pub struct PublisherConfig {
     pub flush_interval_ms: u64,
     /// A batch not acknowledged within this time fails the stream.
     pub ack_timeout_ms: u64,
-    /// Backoff between reconnect attempts (the `backoff` crate's
-    /// exponential policy with jitter).
+    /// Backoff between reconnect attempts ([`crate::backoff`]): caps from
+    /// initial, times multiplier, up to max; `backoff_jitter` is the share
+    /// of each cap that is random (1 = full jitter).
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     pub backoff_multiplier: f64,
@@ -364,7 +365,27 @@ impl RulesConfig {
 }
 
 impl PublisherConfig {
+    /// The reconnect backoff policy these fields describe.
+    pub fn backoff(&self) -> crate::backoff::BackoffConfig {
+        crate::backoff::BackoffConfig {
+            initial: Duration::from_millis(self.backoff_initial_ms),
+            max: Duration::from_millis(self.backoff_max_ms),
+            multiplier: self.backoff_multiplier,
+            jitter: self.backoff_jitter,
+        }
+    }
+
     fn validate(&self) -> Result<(), ActorError> {
+        self.backoff().validate().map_err(|e| {
+            use crate::backoff::BackoffError as E;
+            let key = match e {
+                E::ZeroInitial => "publisher.backoff_initial_ms",
+                E::MaxBelowInitial { .. } => "publisher.backoff_max_ms",
+                E::Multiplier(_) => "publisher.backoff_multiplier",
+                E::Jitter(_) => "publisher.backoff_jitter",
+            };
+            bad(key, e.to_string())
+        })?;
         let checks: [(&str, bool, &str); 8] = [
             (
                 "publisher.outbox_capacity",

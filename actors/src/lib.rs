@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod account;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod currency;

@@ -6,7 +6,7 @@
 //! unacknowledged batches are sent again, in order, on the next stream; the
 //! dashboard drops sequence numbers it already applied, so nothing is lost
 //! and nothing is counted twice. Reconnects wait an exponential, jittered
-//! backoff (the `backoff` crate) and are guarded by a [`Breaker`].
+//! backoff (the one [`crate::backoff`] policy) and are guarded by a [`Breaker`].
 
 pub mod breaker;
 pub mod outbox;
@@ -25,14 +25,14 @@ use std::{
 use actix::{
     fut::wrap_future, Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, StreamHandler,
 };
-use backoff::{backoff::Backoff, ExponentialBackoff, ExponentialBackoffBuilder};
 use futures_util::{stream, Stream, StreamExt};
+use rand::{rngs::SmallRng, SeedableRng};
 use txmesh_proto::v1::{Ack, BreakerState as WireBreaker, PublisherStatus, VerdictBatch};
 
 pub use breaker::{Breaker, BreakerState};
 pub use outbox::Outbox;
 
-use crate::{config::PublisherConfig, stats::ScreeningStats};
+use crate::{backoff::Backoff, config::PublisherConfig, stats::ScreeningStats};
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -94,7 +94,9 @@ pub struct DashboardPublisher {
     generation: u64,
     next_attempt: Instant,
     breaker: Breaker,
-    backoff: ExponentialBackoff,
+    backoff: Backoff,
+    /// Draws the backoff's jitter.
+    rng: SmallRng,
     stats: Arc<PublisherStats>,
     /// The screening pipeline's counters, reported with every batch.
     screening: Option<ScreeningStats>,
@@ -131,13 +133,11 @@ impl DashboardPublisher {
         outbox: Outbox,
         transport: Arc<dyn PublishTransport>,
     ) -> Self {
-        let backoff = ExponentialBackoffBuilder::new()
-            .with_initial_interval(Duration::from_millis(config.backoff_initial_ms))
-            .with_max_interval(Duration::from_millis(config.backoff_max_ms))
-            .with_multiplier(config.backoff_multiplier)
-            .with_randomization_factor(config.backoff_jitter)
-            .with_max_elapsed_time(None)
-            .build();
+        let backoff = Backoff::new(config.backoff()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "publisher backoff refused; using the default");
+            Backoff::new(PublisherConfig::default().backoff())
+                .expect("the default publisher backoff is valid (unit-tested)")
+        });
         let breaker = Breaker::new(
             config.breaker_failure_threshold,
             Duration::from_millis(config.breaker_open_ms),
@@ -157,6 +157,7 @@ impl DashboardPublisher {
             next_attempt: Instant::now(),
             breaker,
             backoff,
+            rng: SmallRng::seed_from_u64(rand::random()),
             stats: Arc::new(PublisherStats::default()),
             screening: None,
             chaos: None,
@@ -320,10 +321,7 @@ impl DashboardPublisher {
         self.oldest_sent_at = None;
         self.breaker.on_failure(now);
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
-        let delay = self
-            .backoff
-            .next_backoff()
-            .unwrap_or(Duration::from_millis(self.config.backoff_max_ms));
+        let delay = self.backoff.next_delay(&mut self.rng);
         self.next_attempt = now + delay.max(self.breaker.remaining_open(now));
     }
 

@@ -280,6 +280,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    txmesh::telemetry::install_panic_hook();
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -346,7 +347,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", report.summary());
             }
-            Ok(if report.unanswered == 0 {
+            Ok(if report.complete() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

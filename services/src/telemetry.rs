@@ -26,6 +26,10 @@ use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt, EnvFilte
 
 use crate::error::ServiceError;
 
+mod panic_hook;
+
+pub use panic_hook::install_panic_hook;
+
 /// Where log lines go: stdout for the long-running services (what a
 /// container runtime collects), stderr for commands whose stdout is their
 /// result (reports, tables, JSON).

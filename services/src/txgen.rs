@@ -22,6 +22,7 @@ use std::{
 
 use futures_util::StreamExt;
 use rand::{rngs::SmallRng, SeedableRng};
+use tokio::sync::Notify;
 use tokio_stream::wrappers::ReceiverStream;
 use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::{
@@ -171,13 +172,6 @@ struct StreamPlan {
     seed: u64,
 }
 
-/// One open Screen stream: where requests go, and the task reading its
-/// answers (it ends with the tally and whether the stream failed).
-struct Connection {
-    tx: tokio::sync::mpsc::Sender<ScreenRequest>,
-    receiver: tokio::task::JoinHandle<(Tally, bool)>,
-}
-
 /// What every connection of a stream shares.
 struct StreamContext {
     client: IngressClient<tonic::transport::Channel>,
@@ -185,7 +179,35 @@ struct StreamContext {
     window: Arc<Window>,
     retry: RetryConfig,
     progress: Arc<TxgenProgress>,
+    /// Signalled by the receiver on every answer and on the draining
+    /// notice, so the sender waits on events instead of polling.
+    events: Arc<Notify>,
     channel_capacity: usize,
+}
+
+/// One open Screen stream: where requests go (`None` once our side is
+/// closed because the ingress is draining), and the task reading its
+/// answers (it ends with the tally and whether the stream failed).
+struct Connection {
+    tx: Option<tokio::sync::mpsc::Sender<ScreenRequest>>,
+    receiver: tokio::task::JoinHandle<(Tally, bool)>,
+}
+
+/// Where a stream's run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// New transactions go out on schedule, and due retries.
+    Sending,
+    /// The run is over (stopped, its duration or count reached): only
+    /// retries go out, until nothing is outstanding or `until`.
+    Finishing { until: Instant },
+}
+
+/// What a stream's loop does after an event.
+enum Step {
+    Continue,
+    /// The run is done and the receiver has been joined.
+    Done,
 }
 
 impl StreamContext {
@@ -197,31 +219,63 @@ impl StreamContext {
             .screen(ReceiverStream::new(rx))
             .await?
             .into_inner();
-        let receiver = tokio::spawn(receive(
-            responses,
-            self.shared.clone(),
-            self.window.clone(),
-            self.retry.clone(),
-            self.progress.clone(),
+        let receiver = tokio::spawn(tracing::Instrument::instrument(
+            receive(
+                responses,
+                self.shared.clone(),
+                self.window.clone(),
+                self.retry.clone(),
+                self.progress.clone(),
+                self.events.clone(),
+            ),
+            tracing::info_span!("txgen.receive"),
         ));
-        Ok(Connection { tx, receiver })
+        Ok(Connection {
+            tx: Some(tx),
+            receiver,
+        })
     }
 
-    /// After a stream failed: everything it left unanswered is queued to
-    /// be resent at once, in order, marked as possibly screened (the
-    /// ingress answers such a resend with its original verdict); then a
-    /// new stream is opened, with backoff, until `give_up_at`.
-    async fn reopen(
+    /// Opens a stream, with backoff, until `give_up_at` or `stop`.
+    async fn connect(
         &mut self,
-        tally: &mut Tally,
         give_up_at: Instant,
-    ) -> Result<Connection, ServiceError> {
+        stop: &Shutdown,
+        rng: &mut SmallRng,
+    ) -> Result<Connection, String> {
+        let mut backoff = txmesh_actors::backoff::Backoff::new(RECONNECT_BACKOFF)
+            .map_err(|e| format!("reconnect backoff: {e}"))?;
+        loop {
+            let status = match self.open().await {
+                Ok(connection) => return Ok(connection),
+                Err(status) => status,
+            };
+            let delay = backoff.next_delay(rng);
+            if Instant::now() + delay >= give_up_at {
+                return Err(format!("the ingress could not be reached: {status}"));
+            }
+            tracing::warn!(%status, ?delay, "Screen stream could not be opened; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.wait() => return Err("stopped while reconnecting".into()),
+            }
+        }
+    }
+
+    /// After a stream ended: everything it left unanswered is queued to be
+    /// resent at once, in order, marked as possibly screened (the ingress
+    /// answers such a resend with its original verdict).
+    fn requeue_unanswered(&self, tally: &mut Tally) {
         let now = Instant::now();
         let batches = {
             let mut guard = lock(&self.shared);
             let StreamShared {
-                pending, retries, ..
+                pending,
+                retries,
+                draining,
+                ..
             } = &mut *guard;
+            *draining = false;
             let batches = pending.len();
             for (_, items) in pending.drain() {
                 for mut item in items {
@@ -232,24 +286,30 @@ impl StreamContext {
             batches
         };
         for _ in 0..batches {
-            self.window.release(false);
+            self.window.give_back();
         }
         tally.reconnected();
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.open().await {
-                Ok(connection) => return Ok(connection),
-                Err(status) if Instant::now() + delay < give_up_at => {
-                    tracing::warn!(%status, ?delay, "Screen stream lost; reconnecting");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                Err(status) => return Err(ServiceError::Status(status)),
-            }
-        }
     }
 }
 
+/// Reconnects after a lost or drained stream: from 50 ms, doubling to 2 s,
+/// full jitter (a rolling restart of several ingresses must not see every
+/// txgen stream come back at once).
+const RECONNECT_BACKOFF: txmesh_actors::backoff::BackoffConfig =
+    txmesh_actors::backoff::BackoffConfig {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(2),
+        multiplier: 2.0,
+        jitter: 1.0,
+    };
+
+/// One stream's send loop, a small state machine: in [`Phase::Sending`] it
+/// sends due retries first, then the new transactions the schedule says are
+/// due; in [`Phase::Finishing`] only retries. Between sends it waits on
+/// events (an answer or notice from the receiver, the next due time, `stop`,
+/// the stream ending), never on a polling sleep. A stream that fails, or
+/// that a draining ingress ends, is opened again (with backoff) while the
+/// run has work left: a rolling restart is not the end of a load run.
 async fn run_stream(
     client: IngressClient<tonic::transport::Channel>,
     mut generator: Generator,
@@ -280,184 +340,306 @@ async fn run_stream(
         window: window.clone(),
         retry: plan.retry.clone(),
         progress: progress.clone(),
+        events: Arc::new(Notify::new()),
         channel_capacity,
     };
-    let mut connection = context.open().await.map_err(ServiceError::Status)?;
-
-    let mut sent_tally = Tally::new();
-    let start = Instant::now();
-    let mut generated: u64 = 0;
-    let mut request_id: u64 = 0;
-    let mut drain_until: Option<Instant> = None;
-    let tick = Duration::from_millis(1);
-    let mut sending = true;
-    // Set when a send found the stream gone.
-    let mut broken = false;
-    // The current connection's receiver has been awaited (it must not be
-    // polled again).
-    let mut joined = false;
+    let mut rng = SmallRng::seed_from_u64(plan.seed.rotate_left(17));
+    let mut tally = Tally::new();
+    let give_up_at = Instant::now() + plan.retry.deadline();
+    let mut connection = match context.connect(give_up_at, &stop, &mut rng).await {
+        Ok(connection) => connection,
+        Err(why) => return Err(ServiceError::config("txgen.target", why)),
+    };
+    let mut sender = Sender {
+        plan: &plan,
+        start: Instant::now(),
+        generated: 0,
+        request_id: 0,
+    };
+    let mut phase = Phase::Sending;
     loop {
         let now = Instant::now();
-        if broken || connection.receiver.is_finished() {
-            let (tally, failed) = match tokio::time::timeout(
-                Duration::from_secs(5),
-                &mut connection.receiver,
-            )
-            .await
-            {
-                Ok(Ok(done)) => done,
-                _ => (Tally::new(), true),
+        if phase == Phase::Sending && sender.run_over(now, &stop) {
+            phase = Phase::Finishing {
+                until: now + DRAIN_TIMEOUT,
             };
-            sent_tally.merge(tally);
-            broken = false;
-            joined = true;
-            let idle = {
-                let s = lock(&shared);
-                s.pending.is_empty() && s.retries.is_empty()
-            };
-            if !failed && (!sending || idle) {
+        }
+        if let Phase::Finishing { until } = phase {
+            if idle(&shared) || now >= until {
                 break;
             }
-            // Nothing is given up for a lost stream before its deadline.
-            let give_up_at = now + plan.retry.deadline();
-            connection = context.reopen(&mut sent_tally, give_up_at).await?;
-            joined = false;
-            sending = true;
-            lock(&shared).draining = false;
-            continue;
         }
-        if sending && lock(&shared).draining {
-            // Closing our side lets the ingress finish the stream once it
-            // has answered everything it read.
-            sending = false;
-            let (closed, _) = tokio::sync::mpsc::channel(1);
-            drop(std::mem::replace(&mut connection.tx, closed));
-            drain_until = Some(now + DRAIN_TIMEOUT);
+        if connection.tx.is_some() && lock(&shared).draining {
+            // Closing our side lets the ingress end the stream once it has
+            // answered everything it read; then a new stream is opened.
+            connection.tx = None;
             tracing::info!("ingress is draining: no more sends on this stream");
         }
-        if !sending {
-            let idle = lock(&shared).pending.is_empty();
-            if idle || drain_until.is_some_and(|d| now >= d) {
-                break;
+        let step = match connection.tx.clone() {
+            Some(tx) if sender.has_work(now, phase, &shared) => {
+                sender
+                    .send_next(
+                        &tx,
+                        &shared,
+                        &window,
+                        &mut generator,
+                        &mut tally,
+                        &progress,
+                        &stop,
+                        &mut connection.receiver,
+                        phase,
+                    )
+                    .await
             }
-            tokio::time::sleep(tick).await;
-            continue;
-        }
-        let sender = &connection.tx;
-        if drain_until.is_none()
-            && (stop.is_fired()
-                || plan.deadline.is_some_and(|d| now >= d)
-                || plan.count.is_some_and(|c| generated >= c))
-        {
-            drain_until = Some(now + DRAIN_TIMEOUT);
-        }
-        if let Some(until) = drain_until {
-            let idle = {
-                let s = lock(&shared);
-                s.pending.is_empty() && s.retries.is_empty()
-            };
-            if idle || now >= until {
-                break;
-            }
-        }
-        // Retries first: they are older than anything not yet generated.
-        let due = {
-            let mut guard = lock(&shared);
-            let StreamShared {
-                retries, budget, ..
-            } = &mut *guard;
-            for item in retries.take_expired(now, plan.retry.deadline()) {
-                give_up(&mut sent_tally, item, now);
-            }
-            retries.take_due(now, plan.batch_size, budget)
-        };
-        if !due.is_empty() {
-            window.acquire().await;
-            request_id += 1;
-            if !send(sender, &shared, request_id, due).await {
-                broken = true;
-            }
-            continue;
-        }
-        if drain_until.is_some() {
-            tokio::time::sleep(tick).await;
-            continue;
-        }
-        let remaining = plan.count.map_or(u64::MAX, |c| c.saturating_sub(generated));
-        // How many are due now, and when each was meant to go.
-        let (count, interval) = match plan.rate {
-            Some(rate) => {
-                let should = (start.elapsed().as_secs_f64() * rate) as u64;
-                (
-                    should.saturating_sub(generated).min(remaining),
-                    Some(Duration::from_secs_f64(1.0 / rate)),
-                )
-            }
-            None => ((plan.batch_size as u64).min(remaining), None),
-        };
-        if count == 0 {
-            tokio::time::sleep(tick).await;
-            continue;
-        }
-        let n = count.min(plan.batch_size as u64) as usize;
-        window.acquire().await;
-        let now_ms = unix_ms();
-        let sent_at = Instant::now();
-        let mut batch = Vec::with_capacity(n);
-        {
-            let mut s = lock(&shared);
-            for txn in s.screened.drain(..) {
-                generator.screened(txn);
-            }
-            for i in 0..n {
-                let Planned { txn, label } = generator.next(now_ms);
-                let intended = match interval {
-                    Some(iv) => start + iv.mul_f64((generated + i as u64) as f64),
-                    None => sent_at,
-                };
-                sent_tally.sent(label);
-                let item = InFlight {
-                    txn,
-                    label,
-                    intended,
-                    first_sent: sent_at,
-                    attempt: 0,
-                    seq: generated + i as u64,
-                    last_error: None,
-                    starved: false,
-                    lost: false,
-                };
-                // An account with transactions waiting to be resent keeps
-                // its order: the new one queues behind them.
-                if s.retries.holds(&item.txn.account_id) {
-                    s.retries.push(sent_at, item);
-                } else {
-                    batch.push(item);
+            _ => {
+                let wake = sender.next_wake(phase, connection.tx.is_some(), &shared);
+                tokio::select! {
+                    ended = &mut connection.receiver => Some(ended),
+                    () = context.events.notified() => None,
+                    () = stop.wait(), if phase == Phase::Sending => None,
+                    () = sleep_until_opt(wake) => None,
                 }
             }
-            s.budget.earn(batch.len());
-        }
-        generated += n as u64;
-        progress.sent.fetch_add(n as u64, Ordering::Relaxed);
-        if batch.is_empty() {
-            window.release(false);
+        };
+        let Some(ended) = step else {
             continue;
+        };
+        // The stream ended (its receiver is joined).
+        let (answered, failed) = ended.unwrap_or_else(|_| (Tally::new(), true));
+        tally.merge(answered);
+        let finished = matches!(phase, Phase::Finishing { .. }) && idle(&shared);
+        match stream_ended(finished, failed) {
+            Step::Done => return Ok(tally),
+            Step::Continue => {}
         }
-        request_id += 1;
-        if !send(sender, &shared, request_id, batch).await {
-            broken = true;
-        }
+        context.requeue_unanswered(&mut tally);
+        let give_up_at = Instant::now() + plan.retry.deadline();
+        connection = match context.connect(give_up_at, &stop, &mut rng).await {
+            Ok(connection) => connection,
+            Err(why) => {
+                tracing::warn!(%why, "txgen stream ends early");
+                give_up_all(&shared, &mut tally);
+                tally.ended_early(why);
+                return Ok(tally);
+            }
+        };
     }
     let Connection { tx, receiver } = connection;
     drop(tx);
-    if !joined {
-        let answered = match tokio::time::timeout(Duration::from_secs(5), receiver).await {
-            Ok(Ok((tally, _))) => tally,
-            _ => Tally::new(),
-        };
-        sent_tally.merge(answered);
+    // The ingress ends the stream once our side is closed and it has
+    // answered what it read.
+    match tokio::time::timeout(Duration::from_secs(5), receiver).await {
+        Ok(Ok((answered, _))) => tally.merge(answered),
+        _ => tracing::warn!("the last answers of a stream did not arrive in time"),
     }
-    Ok(sent_tally)
+    give_up_all(&shared, &mut tally);
+    Ok(tally)
+}
+
+/// Whether a stream that ended ends the run: it does when the run was
+/// finishing and nothing is outstanding; otherwise (the stream failed, or
+/// a draining ingress ended it with work left) a new one is opened.
+fn stream_ended(finished: bool, failed: bool) -> Step {
+    if finished {
+        return Step::Done;
+    }
+    if failed {
+        tracing::warn!("Screen stream lost; reconnecting");
+    } else {
+        tracing::info!("Screen stream ended by the ingress; reconnecting");
+    }
+    Step::Continue
+}
+
+/// Nothing sent is waiting for an answer or a resend.
+fn idle(shared: &Shared) -> bool {
+    let s = lock(shared);
+    s.pending.is_empty() && s.retries.is_empty()
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tallies everything still pending or waiting for a resend as given up
+/// (the run ended before it was answered).
+fn give_up_all(shared: &Shared, tally: &mut Tally) {
+    let now = Instant::now();
+    let mut guard = lock(shared);
+    let StreamShared {
+        pending, retries, ..
+    } = &mut *guard;
+    let far = Duration::ZERO;
+    for item in pending
+        .drain()
+        .flat_map(|(_, items)| items)
+        .chain(retries.take_expired(now, far))
+    {
+        give_up(tally, item, now);
+    }
+}
+
+/// The sending side of one stream: the schedule and the ids it has used.
+struct Sender<'a> {
+    plan: &'a StreamPlan,
+    start: Instant,
+    generated: u64,
+    request_id: u64,
+}
+
+impl Sender<'_> {
+    /// Stopped, or the duration or count reached.
+    fn run_over(&self, now: Instant, stop: &Shutdown) -> bool {
+        stop.is_fired()
+            || self.plan.deadline.is_some_and(|d| now >= d)
+            || self.plan.count.is_some_and(|c| self.generated >= c)
+    }
+
+    /// New transactions due now (at most a batch).
+    fn new_due(&self, now: Instant) -> u64 {
+        let remaining = self
+            .plan
+            .count
+            .map_or(u64::MAX, |c| c.saturating_sub(self.generated));
+        let due = match self.plan.rate {
+            Some(rate) => {
+                let should =
+                    (now.saturating_duration_since(self.start).as_secs_f64() * rate) as u64;
+                should.saturating_sub(self.generated)
+            }
+            None => self.plan.batch_size as u64,
+        };
+        due.min(remaining).min(self.plan.batch_size as u64)
+    }
+
+    fn has_work(&self, now: Instant, phase: Phase, shared: &Shared) -> bool {
+        let retry_due = lock(shared).retries.next_due().is_some_and(|d| d <= now);
+        retry_due || (phase == Phase::Sending && self.new_due(now) > 0)
+    }
+
+    /// When something next becomes due: the next scheduled transaction, the
+    /// next retry, the end of the run or of finishing.
+    fn next_wake(&self, phase: Phase, can_send: bool, shared: &Shared) -> Option<Instant> {
+        let retry = can_send.then(|| lock(shared).retries.next_due()).flatten();
+        let phase_end = match phase {
+            Phase::Sending => self.plan.deadline,
+            Phase::Finishing { until } => Some(until),
+        };
+        let next_new = match (phase, self.plan.rate) {
+            (Phase::Sending, Some(rate)) if can_send => {
+                Some(self.start + Duration::from_secs_f64((self.generated + 1) as f64 / rate))
+            }
+            _ => None,
+        };
+        [retry, phase_end, next_new].into_iter().flatten().min()
+    }
+
+    /// Waits for room in the window (or the stream ending, or `stop`), then
+    /// sends due retries, else the new transactions due. `Some` when the
+    /// stream ended meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_next(
+        &mut self,
+        tx: &tokio::sync::mpsc::Sender<ScreenRequest>,
+        shared: &Shared,
+        window: &Window,
+        generator: &mut Generator,
+        tally: &mut Tally,
+        progress: &TxgenProgress,
+        stop: &Shutdown,
+        receiver: &mut tokio::task::JoinHandle<(Tally, bool)>,
+        phase: Phase,
+    ) -> Option<Result<(Tally, bool), tokio::task::JoinError>> {
+        tokio::select! {
+            () = window.acquire() => {}
+            ended = &mut *receiver => return Some(ended),
+            () = stop.wait(), if phase == Phase::Sending => return None,
+        }
+        let now = Instant::now();
+        // Retries first: they are older than anything not yet generated.
+        let due = {
+            let mut guard = lock(shared);
+            let StreamShared {
+                retries, budget, ..
+            } = &mut *guard;
+            for item in retries.take_expired(now, self.plan.retry.deadline()) {
+                give_up(tally, item, now);
+            }
+            retries.take_due(now, self.plan.batch_size, budget)
+        };
+        let batch = if due.is_empty() && phase == Phase::Sending {
+            self.generate(now, shared, generator, tally, progress)
+        } else {
+            due
+        };
+        if batch.is_empty() {
+            window.give_back();
+            return None;
+        }
+        self.request_id += 1;
+        // A send that finds the stream gone leaves its batch pending: the
+        // receiver's end is noticed next and the batch is resent.
+        let _ = send(tx, shared, self.request_id, batch).await;
+        None
+    }
+
+    /// The new transactions due now, stamped with the time each was meant
+    /// to go (open loop) or now (closed loop).
+    fn generate(
+        &mut self,
+        now: Instant,
+        shared: &Shared,
+        generator: &mut Generator,
+        tally: &mut Tally,
+        progress: &TxgenProgress,
+    ) -> Vec<InFlight> {
+        let n = self.new_due(now) as usize;
+        let interval = self
+            .plan
+            .rate
+            .map(|rate| Duration::from_secs_f64(1.0 / rate));
+        let now_ms = unix_ms();
+        let mut batch = Vec::with_capacity(n);
+        let mut s = lock(shared);
+        for txn in s.screened.drain(..) {
+            generator.screened(txn);
+        }
+        for i in 0..n {
+            let Planned { txn, label } = generator.next(now_ms);
+            let seq = self.generated + i as u64;
+            let intended = match interval {
+                Some(iv) => self.start + iv.mul_f64(seq as f64),
+                None => now,
+            };
+            tally.sent(label);
+            let item = InFlight {
+                txn,
+                label,
+                intended,
+                first_sent: now,
+                attempt: 0,
+                seq,
+                last_error: None,
+                starved: false,
+                lost: false,
+            };
+            // An account with transactions waiting to be resent keeps its
+            // order: the new one queues behind them.
+            if s.retries.holds(&item.txn.account_id) {
+                s.retries.push(now, item);
+            } else {
+                batch.push(item);
+            }
+        }
+        s.budget.earn(batch.len());
+        self.generated += n as u64;
+        progress.sent.fetch_add(n as u64, Ordering::Relaxed);
+        batch
+    }
 }
 
 /// Registers `items` as pending under `request_id` and sends them; false
@@ -490,6 +672,7 @@ async fn receive(
     window: Arc<Window>,
     retry: RetryConfig,
     progress: Arc<TxgenProgress>,
+    events: Arc<Notify>,
 ) -> (Tally, bool) {
     let mut tally = Tally::new();
     while let Some(item) = responses.next().await {
@@ -502,6 +685,7 @@ async fn receive(
         };
         if response.draining {
             lock(&shared).draining = true;
+            events.notify_one();
             continue;
         }
         let now = Instant::now();
@@ -550,6 +734,7 @@ async fn receive(
         }
         progress.answered.fetch_add(finals, Ordering::Relaxed);
         window.release(overloaded);
+        events.notify_one();
     }
     (tally, false)
 }
@@ -622,6 +807,16 @@ impl Window {
             }
             notified.await;
         }
+    }
+
+    /// Returns a slot taken for a batch that was never answered (its stream
+    /// ended) or never sent, without counting it as an answer.
+    fn give_back(&self) {
+        {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+        self.changed.notify_waiters();
     }
 
     /// A batch was answered; `overloaded` when any of it was refused.

@@ -1,6 +1,7 @@
 //! Chaos experiments end to end: every shipped experiment holds against a
-//! correct system started for it (`txmesh chaos run --target up`'s code
-//! path, over real mTLS on 127.0.0.1); a deliberately broken system fails
+//! correct system started for it (`txmesh chaos run --target up`, the real
+//! binary with the shipped defaults, over real mTLS on 127.0.0.1; one test
+//! each, so one failure hides none of the others); a deliberately broken system fails
 //! with the probe that caught it named in the journal; and a fault whose
 //! controller is killed mid-experiment (no rollback runs) still ends by
 //! its lease.
@@ -39,79 +40,112 @@ async fn run(config: txmesh::config::TxmeshConfig, name: &str, dir: &Path) -> ch
         .expect("the experiment runs")
 }
 
-/// Injected panics print nothing (printing, and under RUST_BACKTRACE
-/// capturing, a backtrace per panic in a debug build would be the test's
-/// own latency, not the system's); others still do.
-fn quiet_injected_panics() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let msg = info.payload().downcast_ref::<&str>().copied().unwrap_or("");
-        if !msg.starts_with("injected fault") {
-            default_hook(info);
-        }
-    }));
+/// `txmesh chaos run --target up FILE`, exactly as the README has an SRE
+/// run it: the real binary, the shipped defaults (no txmesh.toml in its
+/// working directory), its own state directory. Returns the journal it
+/// wrote and the exit status.
+async fn run_shipped(name: &str) -> (serde_json::Value, std::process::ExitStatus) {
+    let _serial = SERIAL.lock().await;
+    // A fresh state directory each: the CA rotation must not leak.
+    let dir = TempDir::new(&format!("chaos-{name}"));
+    let journal = dir.0.join(format!("{name}.json"));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_txmesh"))
+        .current_dir(&dir.0)
+        .args(["chaos", "run", "--target", "up", "--seed", "7", "--journal"])
+        .arg(&journal)
+        .arg(experiment(name))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("txmesh runs");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&journal).unwrap_or_else(|e| {
+            panic!(
+                "{name}: no journal ({e}); stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }))
+        .expect("journal is JSON");
+    (written, out.status)
+}
+
+/// Runs the shipped experiment `name` and checks that it held and that
+/// its faults did something, through `effect` on the journal.
+async fn shipped_experiment_holds(name: &str, effect: impl FnOnce(&serde_json::Value)) {
+    let (journal, status) = run_shipped(name).await;
+    assert_eq!(
+        journal["status"], "completed",
+        "{name}: failed probes {}, method {}",
+        journal["failed_probes"], journal["method"]
+    );
+    assert!(status.success(), "{name}: exit status {status}");
+    // The evidence names the seed that replays it.
+    assert_eq!(journal["seed"], 7);
+    effect(&journal);
+}
+
+fn observed(journal: &serde_json::Value, prefix: &str) -> f64 {
+    journal["observed"]
+        .as_object()
+        .expect("observed")
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .filter_map(|(_, v)| v.as_f64())
+        .sum()
 }
 
 #[actix_rt::test]
-async fn every_shipped_experiment_holds_against_a_correct_system() {
-    let _serial = SERIAL.lock().await;
-    quiet_injected_panics();
-    for name in [
-        "dashboard-outage",
-        "actor-crash-storm",
-        "slow-dashboard-link",
-        "ingress-stream-resets",
-        "cert-rotation-under-load",
-    ] {
-        // A fresh state directory each: the CA rotation must not leak.
-        let dir = TempDir::new(&format!("chaos-{name}"));
-        let run = run(test_config(&dir.0), name, &dir.0).await;
-        let journal = &run.journal;
-        println!("{}", journal.summary());
-        assert_eq!(
-            journal.status,
-            RunStatus::Completed,
-            "{name}: failed probes {:?}, method {:?}",
-            journal.failed_probes,
-            journal.method
+async fn shipped_dashboard_outage_holds() {
+    shipped_experiment_holds("dashboard-outage", |j| {
+        assert!(observed(j, "ingress.txmesh_publisher_breaker_transitions_total") >= 2.0)
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn shipped_actor_crash_storm_holds() {
+    shipped_experiment_holds("actor-crash-storm", |j| {
+        assert!(
+            observed(j, "ingress.txmesh_account_restarts_total") >= 1.0,
+            "{}",
+            j["observed"]
         );
-        // The evidence is on disk and names the seed that replays it.
-        let written: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&run.journal_path).expect("journal written"))
-                .expect("journal is JSON");
-        assert_eq!(written["status"], "completed");
-        assert_eq!(written["seed"], 7);
-        // The faults did something: each experiment shows its effect.
-        let observed = |key: &str| journal.observed.get(key).copied().unwrap_or(0.0);
-        let load = journal.load.as_ref().expect("a load ran");
-        match name {
-            "dashboard-outage" => {
-                assert!(observed("ingress.txmesh_publisher_breaker_transitions_total") >= 2.0)
-            }
-            "actor-crash-storm" => {
-                let restarts: f64 = journal
-                    .observed
-                    .iter()
-                    .filter(|(k, _)| k.starts_with("ingress.txmesh_account_restarts_total"))
-                    .map(|(_, v)| v)
-                    .sum();
-                assert!(restarts >= 1.0, "{:?}", journal.observed);
-                assert!(load["retries"].as_u64() > Some(0), "panics were retried");
-            }
-            "slow-dashboard-link" => {
-                assert!(observed("wire.ingress_dashboard.delayed_chunks") > 0.0)
-            }
-            "ingress-stream-resets" => {
-                assert!(load["reconnects"].as_u64() > Some(0), "streams were reset");
-                assert!(observed("wire.txgen_ingress.resets") > 0.0);
-            }
-            "cert-rotation-under-load" => {
-                assert!(observed("ingress.txmesh_cert_reloads_total{result=refused}") > 0.0);
-                assert!(observed("ingress.txmesh_cert_reloads_total{result=swapped}") >= 2.0);
-            }
-            _ => unreachable!(),
-        }
-    }
+        assert!(
+            j["load"]["retries"].as_u64() > Some(0),
+            "panics were retried"
+        );
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn shipped_slow_dashboard_link_holds() {
+    shipped_experiment_holds("slow-dashboard-link", |j| {
+        assert!(observed(j, "wire.ingress_dashboard.delayed_chunks") > 0.0)
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn shipped_ingress_stream_resets_holds() {
+    shipped_experiment_holds("ingress-stream-resets", |j| {
+        assert!(
+            j["load"]["reconnects"].as_u64() > Some(0),
+            "streams were reset"
+        );
+        assert!(observed(j, "wire.txgen_ingress.resets") > 0.0);
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn shipped_cert_rotation_under_load_holds() {
+    shipped_experiment_holds("cert-rotation-under-load", |j| {
+        assert!(observed(j, "ingress.txmesh_cert_reloads_total{result=refused}") > 0.0);
+        assert!(observed(j, "ingress.txmesh_cert_reloads_total{result=swapped}") >= 2.0);
+    })
+    .await;
 }
 
 #[actix_rt::test]

@@ -30,6 +30,8 @@ pub struct Tally {
     pub screened_twice: u64,
     pub reconnects: u64,
     pub recovered_by_replay: u64,
+    /// Why a stream stopped before the run's duration or count, if one did.
+    pub ended_early: Option<String>,
 }
 
 /// Sent and detected cases of one pattern.
@@ -85,6 +87,10 @@ pub struct TxgenReport {
     /// Transactions resent after their stream failed and answered with
     /// their original (replayed) verdict: screened once, answered twice.
     pub recovered_by_replay: u64,
+    /// Why the run stopped before its duration or count (a stream could not
+    /// be opened again within the retry deadline, say); `None` when it ran
+    /// its course. A run that ended early exits non-zero.
+    pub ended_early: Option<String>,
 }
 
 impl Default for Tally {
@@ -112,6 +118,7 @@ impl Tally {
             screened_twice: 0,
             reconnects: 0,
             recovered_by_replay: 0,
+            ended_early: None,
             // 1 us .. 1 h at 3 significant digits; bounds are constants.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits is valid")),
@@ -147,6 +154,11 @@ impl Tally {
     }
 
     /// A stream failed and was opened again.
+    /// The stream stopped before the run was over, for `why`.
+    pub fn ended_early(&mut self, why: String) {
+        self.ended_early.get_or_insert(why);
+    }
+
     pub fn reconnected(&mut self) {
         self.reconnects += 1;
     }
@@ -226,6 +238,9 @@ impl Tally {
         self.screened_twice += other.screened_twice;
         self.reconnects += other.reconnects;
         self.recovered_by_replay += other.recovered_by_replay;
+        if let Some(why) = other.ended_early {
+            self.ended_early(why);
+        }
         for (k, v) in other.gave_up {
             *self.gave_up.entry(k).or_default() += v;
         }
@@ -260,14 +275,25 @@ impl Tally {
             screened_twice: self.screened_twice,
             reconnects: self.reconnects,
             recovered_by_replay: self.recovered_by_replay,
+            ended_early: self.ended_early,
         }
     }
 }
 
 impl TxgenReport {
+    /// Whether the run did all it was asked: every transaction answered and
+    /// no stream stopped early.
+    pub fn complete(&self) -> bool {
+        self.unanswered == 0 && self.ended_early.is_none()
+    }
+
     /// The readable summary printed without `--report json`.
     pub fn summary(&self) -> String {
-        let mut out = format!(
+        let mut out = String::new();
+        if let Some(why) = &self.ended_early {
+            out += &format!("ENDED EARLY: {why}\n");
+        }
+        out += &format!(
             "sent {} answered {} errors {} unanswered {} in {:.1} s: {:.0} tx/s\n",
             self.sent,
             self.answered,

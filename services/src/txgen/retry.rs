@@ -11,7 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rand::{Rng, RngExt};
+use rand::Rng;
+use txmesh_actors::backoff::BackoffConfig;
 use txmesh_proto::v1::{Transaction, TxnError};
 
 use super::patterns::Label;
@@ -71,13 +72,15 @@ pub struct RetryQueues {
 }
 
 impl RetryConfig {
-    /// The cap of retry `attempt` (0 = first retry).
-    fn cap(&self, attempt: u32) -> Duration {
-        let exp = self
-            .multiplier
-            .powi(i32::try_from(attempt).unwrap_or(i32::MAX));
-        let ms = (self.initial_backoff_ms as f64 * exp).min(self.max_backoff_ms as f64);
-        Duration::from_secs_f64(ms / 1000.0)
+    /// The retry backoff: full jitter under caps growing from
+    /// `initial_backoff_ms` by `multiplier` to `max_backoff_ms`.
+    pub fn backoff(&self) -> BackoffConfig {
+        BackoffConfig {
+            initial: Duration::from_millis(self.initial_backoff_ms),
+            max: Duration::from_millis(self.max_backoff_ms),
+            multiplier: self.multiplier,
+            jitter: 1.0,
+        }
     }
 
     /// Decides the fate of a transaction answered with `error` after
@@ -92,8 +95,8 @@ impl RetryConfig {
         if !error.retryable {
             return Decision::GiveUp(GiveUp::NotRetryable);
         }
-        let cap = self.cap(attempt);
-        let jitter = cap.mul_f64(rng.random_range(0.0..=1.0));
+        let backoff = self.backoff();
+        let jitter = backoff.jittered(backoff.cap(attempt), rng);
         let delay = Duration::from_millis(u64::from(error.retry_after_ms)) + jitter;
         if since_first + delay > self.deadline() {
             return Decision::GiveUp(GiveUp::Deadline);
@@ -147,6 +150,14 @@ impl RetryQueues {
     /// behind them.
     pub fn holds(&self, account: &str) -> bool {
         !self.accounts.is_empty() && self.accounts.contains_key(account)
+    }
+
+    /// When the earliest account's oldest transaction becomes due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.accounts
+            .values()
+            .filter_map(|q| q.front().map(|(due, _)| *due))
+            .min()
     }
 
     /// Queues `item` to go at `due`, in its account's original order.
@@ -253,7 +264,7 @@ mod tests {
             for _ in 0..50 {
                 match config.decide(&error(true, 50), attempt, Duration::ZERO, &mut rng) {
                     Decision::RetryAfter(d) => {
-                        let cap = config.cap(attempt);
+                        let cap = config.backoff().cap(attempt);
                         assert!(
                             d >= Duration::from_millis(50) && d <= Duration::from_millis(50) + cap
                         );
@@ -263,9 +274,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(config.cap(0), Duration::from_millis(20));
-        assert_eq!(config.cap(3), Duration::from_millis(160));
-        assert_eq!(config.cap(11), Duration::from_millis(1_000));
+        assert_eq!(config.backoff().cap(0), Duration::from_millis(20));
+        assert_eq!(config.backoff().cap(3), Duration::from_millis(160));
+        assert_eq!(config.backoff().cap(11), Duration::from_millis(1_000));
         // Jitter spreads retries: not all at the floor.
         assert!(seen.iter().any(|d| *d > Duration::from_millis(60)));
     }
