@@ -11,7 +11,21 @@ accounts=${3:-100000}
 bin=target/release/txmesh
 cargo build --release --quiet
 state=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$state"' EXIT
+# Stop the services and wait for them (the dashboard saves its totals into
+# the state directory as it stops) before the directory is removed; the
+# script's exit status is txgen's.
+cleanup() {
+  local rc=$?
+  local pids
+  pids=$(jobs -p)
+  if [ -n "$pids" ]; then
+    kill -TERM $pids 2>/dev/null || true
+    wait $pids 2>/dev/null || true
+  fi
+  rm -rf "$state"
+  exit "$rc"
+}
+trap cleanup EXIT
 export TXMESH__STATE_DIR="$state" TXMESH__INGRESS__LISTEN=127.0.0.1:17443 \
   TXMESH__INGRESS__METRICS_LISTEN=127.0.0.1:19443 \
   TXMESH__INGRESS__DASHBOARD_ADDR=127.0.0.1:17444 TXMESH__DASHBOARD__GRPC_LISTEN=127.0.0.1:17444 \

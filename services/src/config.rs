@@ -292,6 +292,34 @@ impl RetryConfig {
     }
 }
 
+/// Parses a duration as people write it: `500ms`, `10s`, `2m`, `1h`; a bare
+/// number is seconds.
+///
+/// # Errors
+/// A message naming what was not understood.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with an optional unit (ms, s, m, h)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" | "secs" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" | "mins" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
 impl TxmeshConfig {
     /// Layers defaults, `file` (or `./txmesh.toml` when present), the
     /// `TXMESH__` environment and `overrides` (`("section.key", value)`),
@@ -467,6 +495,18 @@ impl TxmeshConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_people_write_them() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
 
     #[test]
     fn layers_file_env_and_overrides_and_names_bad_keys() {

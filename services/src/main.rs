@@ -148,9 +148,10 @@ struct LoadArgs {
     /// Transactions per second, or `max`.
     #[arg(long)]
     rate: Option<String>,
-    /// Stop after this many seconds.
-    #[arg(long)]
-    duration: Option<u64>,
+    /// Stop after this long: `30`, `30s`, `2m`, `1h` (a bare number is
+    /// seconds; whole seconds only).
+    #[arg(long, value_parser = txmesh::config::parse_duration)]
+    duration: Option<Duration>,
     /// Stop after this many transactions.
     #[arg(long)]
     count: Option<u64>,
@@ -309,6 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut config = TxmeshConfig::load(cli.config.as_deref(), &overrides)?;
             config.offset_ports(args.port_offset);
             let json = args.load.report == ReportFormat::Json;
+            let report_dir = config.state_dir.clone();
             let options = up::UpOptions {
                 report_json: json,
                 summary_every: Duration::from_secs(5),
@@ -319,8 +321,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", report.txgen.summary());
                 println!(
-                    "dashboard totals: {} verdicts (ingress answered {}), publisher drained: {}",
-                    report.dashboard.verdicts, report.ingress_verdicts, report.publisher_drained
+                    "this run: ingress answered {} verdicts, dashboard applied {}, publisher drained: {}",
+                    report.ingress_verdicts, report.dashboard_this_run, report.publisher_drained
+                );
+                println!(
+                    "dashboard totals (kept across runs in {}): {} verdicts",
+                    report_dir.display(),
+                    report.dashboard.verdicts
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -609,7 +616,10 @@ fn load_overrides(load: &LoadArgs, overrides: &mut Vec<(String, String)>) -> any
         overrides.push(("txgen.rate".into(), rate));
     }
     if let Some(d) = load.duration {
-        overrides.push(("txgen.duration_secs".into(), d.to_string()));
+        if d.subsec_nanos() != 0 || d.is_zero() {
+            anyhow::bail!("--duration {d:?}: the run lasts a whole number of seconds (at least 1)");
+        }
+        overrides.push(("txgen.duration_secs".into(), d.as_secs().to_string()));
     }
     if let Some(c) = load.count {
         overrides.push(("txgen.count".into(), c.to_string()));

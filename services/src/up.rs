@@ -36,7 +36,11 @@ pub struct UpOptions {
 pub struct UpReport {
     #[serde(flatten)]
     pub txgen: TxgenReport,
+    /// The dashboard's totals, kept across runs in the state directory.
     pub dashboard: Totals,
+    /// Verdicts the dashboard applied during this run (compare with
+    /// `ingress_verdicts`).
+    pub dashboard_this_run: u64,
     pub ingress_verdicts: u64,
     pub publisher_drained: bool,
 }
@@ -71,6 +75,9 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
         }
     };
     let dashboard = dashboard::start(&config).await?;
+    // The dashboard's totals persist across runs in the state directory:
+    // this run's share is the increase from here.
+    let dashboard_before = dashboard.snapshot().await?.totals.verdicts;
     let ingress = ingress::start(&config).await?;
     let layout = StateLayout::new(&config.state_dir);
     let listeners = write_listeners(&config, &ingress, &dashboard)?;
@@ -154,6 +161,7 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     dashboard.stop().await;
     Ok(UpReport {
         txgen: txgen_report,
+        dashboard_this_run: totals.verdicts.saturating_sub(dashboard_before),
         dashboard: totals,
         ingress_verdicts,
         publisher_drained,

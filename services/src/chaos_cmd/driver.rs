@@ -157,10 +157,16 @@ impl SystemDriver {
     }
 }
 
-/// The body of an HTTP/1.1 200 response (plain or chunked).
+/// The body of an HTTP/1.1 200 response (plain or chunked). Chunks are cut
+/// by byte counts, so the body is put together as bytes and decoded once at
+/// the end: a character split across two chunks stays whole.
 fn http_body(raw: &[u8]) -> Result<String, String> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("truncated response")?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("truncated response")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let body = &raw[split + 4..];
     let status = head.lines().next().unwrap_or_default();
     if !status.contains(" 200 ") {
         return Err(format!("answered {status:?}"));
@@ -169,19 +175,25 @@ fn http_body(raw: &[u8]) -> Result<String, String> {
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Ok(body.to_owned());
+        return Ok(String::from_utf8_lossy(body).into_owned());
     }
-    let mut out = String::new();
+    let mut out = Vec::new();
     let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).map_err(|_| "bad chunk size")?;
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .ok_or("bad chunk size")?;
+        let after = &rest[eol + 2..];
         if size == 0 || after.len() < size {
             break;
         }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
+        out.extend_from_slice(&after[..size]);
+        rest = after[size..]
+            .strip_prefix(b"\r\n")
+            .unwrap_or(&after[size..]);
     }
-    Ok(out)
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The figures of a txgen report that probes check.
@@ -391,5 +403,20 @@ impl Driver for SystemDriver {
         Ok(format!(
             "wrote an expired certificate for {identity}; it must keep presenting its last good one"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::http_body;
+
+    #[test]
+    fn a_character_split_across_chunks_stays_whole() {
+        // "é" is two bytes, one in each chunk.
+        let raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\na\xc3\r\n2\r\n\xa9b\r\n0\r\n\r\n";
+        assert_eq!(http_body(raw).as_deref(), Ok("a\u{e9}b"));
+        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nx\xc3\xa9";
+        assert_eq!(http_body(plain).as_deref(), Ok("x\u{e9}"));
+        assert!(http_body(b"HTTP/1.1 403 Forbidden\r\n\r\n").is_err());
     }
 }
