@@ -101,12 +101,7 @@ async fn malformed_transactions_are_answered_and_the_stream_goes_on_and_replays_
     let dir = TempDir::new("malformed");
     let mut config = test_config(&dir.0);
     let (dash, ing) = start_system(&mut config).await;
-    let channel = txmesh::net::mtls_channel(
-        ing.local_addr,
-        &material(&config, "txgen"),
-        &spiffe(&config, "ingress"),
-    )
-    .expect("channel");
+    let channel = channel_as(&config, "txgen", "ingress", ing.local_addr);
     let mut client = IngressClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut responses = client

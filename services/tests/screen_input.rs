@@ -94,12 +94,7 @@ async fn an_unreadable_request_ends_the_stream_with_a_status_after_answering_the
     let dir = TempDir::new("screen-input");
     let mut config = test_config(&dir.0);
     let (dash, ing) = start_system(&mut config).await;
-    let channel = txmesh::net::mtls_channel(
-        ing.local_addr,
-        &material(&config, "txgen"),
-        &spiffe(&config, "ingress"),
-    )
-    .expect("channel");
+    let channel = channel_as(&config, "txgen", "ingress", ing.local_addr);
     let limit = config.ingress.max_message_bytes as u32;
 
     // Each bad request sits between a valid one (answered) and another

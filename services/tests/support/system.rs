@@ -99,6 +99,17 @@ pub fn spawn_txgen(
     })
 }
 
+/// A gRPC channel over mTLS to `server` at `addr`, as `identity`.
+pub fn channel_as(
+    config: &TxmeshConfig,
+    identity: &str,
+    server: &str,
+    addr: SocketAddr,
+) -> tonic::transport::Channel {
+    txmesh::net::mtls_channel(addr, &material(config, identity), &spiffe(config, server))
+        .expect("channel")
+}
+
 pub fn material(config: &TxmeshConfig, name: &str) -> CertStore {
     CertStore::open(&config.identity_dir(name), &config.trust_domain).expect("identity loads")
 }
