@@ -203,13 +203,6 @@ enum Phase {
     Finishing { until: Instant },
 }
 
-/// What a stream's loop does after an event.
-enum Step {
-    Continue,
-    /// The run is done and the receiver has been joined.
-    Done,
-}
-
 impl StreamContext {
     /// Opens a Screen stream and starts reading its answers.
     async fn open(&mut self) -> Result<Connection, tonic::Status> {
@@ -364,6 +357,7 @@ async fn run_stream(
                 until: now + DRAIN_TIMEOUT,
             };
         }
+        expire_retries(&shared, &mut tally, now, plan.retry.deadline());
         if let Phase::Finishing { until } = phase {
             if idle(&shared) || now >= until {
                 break;
@@ -375,11 +369,11 @@ async fn run_stream(
             connection.tx = None;
             tracing::info!("ingress is draining: no more sends on this stream");
         }
-        let step = match connection.tx.clone() {
+        let step = match &connection.tx {
             Some(tx) if sender.has_work(now, phase, &shared) => {
                 sender
                     .send_next(
-                        &tx,
+                        tx,
                         &shared,
                         &window,
                         &mut generator,
@@ -392,7 +386,12 @@ async fn run_stream(
                     .await
             }
             _ => {
-                let wake = sender.next_wake(phase, connection.tx.is_some(), &shared);
+                let wake = sender.next_wake(
+                    phase,
+                    connection.tx.is_some(),
+                    &shared,
+                    plan.retry.deadline(),
+                );
                 tokio::select! {
                     ended = &mut connection.receiver => Some(ended),
                     () = context.events.notified() => None,
@@ -407,10 +406,16 @@ async fn run_stream(
         // The stream ended (its receiver is joined).
         let (answered, failed) = ended.unwrap_or_else(|_| (Tally::new(), true));
         tally.merge(answered);
-        let finished = matches!(phase, Phase::Finishing { .. }) && idle(&shared);
-        match stream_ended(finished, failed) {
-            Step::Done => return Ok(tally),
-            Step::Continue => {}
+        // It ends the run when the run was finishing and nothing is
+        // outstanding; otherwise (it failed, or a draining ingress ended it
+        // with work left) a new one is opened.
+        if matches!(phase, Phase::Finishing { .. }) && idle(&shared) {
+            return Ok(tally);
+        }
+        if failed {
+            tracing::warn!("Screen stream lost; reconnecting");
+        } else {
+            tracing::info!("Screen stream ended by the ingress; reconnecting");
         }
         context.requeue_unanswered(&mut tally);
         let give_up_at = Instant::now() + plan.retry.deadline();
@@ -418,7 +423,6 @@ async fn run_stream(
             Ok(connection) => connection,
             Err(why) => {
                 tracing::warn!(%why, "txgen stream ends early");
-                give_up_all(&shared, &mut tally);
                 tally.ended_early(why);
                 return Ok(tally);
             }
@@ -432,23 +436,7 @@ async fn run_stream(
         Ok(Ok((answered, _))) => tally.merge(answered),
         _ => tracing::warn!("the last answers of a stream did not arrive in time"),
     }
-    give_up_all(&shared, &mut tally);
     Ok(tally)
-}
-
-/// Whether a stream that ended ends the run: it does when the run was
-/// finishing and nothing is outstanding; otherwise (the stream failed, or
-/// a draining ingress ended it with work left) a new one is opened.
-fn stream_ended(finished: bool, failed: bool) -> Step {
-    if finished {
-        return Step::Done;
-    }
-    if failed {
-        tracing::warn!("Screen stream lost; reconnecting");
-    } else {
-        tracing::info!("Screen stream ended by the ingress; reconnecting");
-    }
-    Step::Continue
 }
 
 /// Nothing sent is waiting for an answer or a resend.
@@ -465,20 +453,10 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Tallies everything still pending or waiting for a resend as given up
-/// (the run ended before it was answered).
-fn give_up_all(shared: &Shared, tally: &mut Tally) {
-    let now = Instant::now();
-    let mut guard = lock(shared);
-    let StreamShared {
-        pending, retries, ..
-    } = &mut *guard;
-    let far = Duration::ZERO;
-    for item in pending
-        .drain()
-        .flat_map(|(_, items)| items)
-        .chain(retries.take_expired(now, far))
-    {
+/// Gives up (and tallies) the transactions waiting for a resend past the
+/// retry `deadline` after their first send.
+fn expire_retries(shared: &Shared, tally: &mut Tally, now: Instant, deadline: Duration) {
+    for item in lock(shared).retries.take_expired(now, deadline) {
         give_up(tally, item, now);
     }
 }
@@ -522,9 +500,22 @@ impl Sender<'_> {
     }
 
     /// When something next becomes due: the next scheduled transaction, the
-    /// next retry, the end of the run or of finishing.
-    fn next_wake(&self, phase: Phase, can_send: bool, shared: &Shared) -> Option<Instant> {
-        let retry = can_send.then(|| lock(shared).retries.next_due()).flatten();
+    /// next retry (or, for one waiting for a budget token, its expiry), the
+    /// end of the run or of finishing.
+    fn next_wake(
+        &self,
+        phase: Phase,
+        can_send: bool,
+        shared: &Shared,
+        deadline: Duration,
+    ) -> Option<Instant> {
+        let (retry, expiry) = {
+            let s = lock(shared);
+            (
+                can_send.then(|| s.retries.next_due()).flatten(),
+                s.retries.next_expiry(deadline),
+            )
+        };
         let phase_end = match phase {
             Phase::Sending => self.plan.deadline,
             Phase::Finishing { until } => Some(until),
@@ -535,7 +526,10 @@ impl Sender<'_> {
             }
             _ => None,
         };
-        [retry, phase_end, next_new].into_iter().flatten().min()
+        [retry, expiry, phase_end, next_new]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Waits for room in the window (or the stream ending, or `stop`), then
@@ -566,9 +560,6 @@ impl Sender<'_> {
             let StreamShared {
                 retries, budget, ..
             } = &mut *guard;
-            for item in retries.take_expired(now, self.plan.retry.deadline()) {
-                give_up(tally, item, now);
-            }
             retries.take_due(now, self.plan.batch_size, budget)
         };
         let batch = if due.is_empty() && phase == Phase::Sending {
@@ -581,9 +572,7 @@ impl Sender<'_> {
             return None;
         }
         self.request_id += 1;
-        // A send that finds the stream gone leaves its batch pending: the
-        // receiver's end is noticed next and the batch is resent.
-        let _ = send(tx, shared, self.request_id, batch).await;
+        send(tx, shared, self.request_id, batch).await;
         None
     }
 
@@ -642,26 +631,27 @@ impl Sender<'_> {
     }
 }
 
-/// Registers `items` as pending under `request_id` and sends them; false
-/// when the stream is gone.
+/// Registers `items` as pending under `request_id` and sends them.
 async fn send(
     tx: &tokio::sync::mpsc::Sender<ScreenRequest>,
     shared: &Shared,
     request_id: u64,
     items: Vec<InFlight>,
-) -> bool {
+) {
     let transactions = items.iter().map(|i| i.txn.clone()).collect();
     // The root of the request's trace, when this request is sampled.
     let span = tracing::info_span!("txgen.screen_request", request_id, size = items.len());
     let traceparent = crate::telemetry::traceparent(&span);
     lock(shared).pending.insert(request_id, items);
-    tx.send(ScreenRequest {
-        transactions,
-        request_id,
-        traceparent,
-    })
-    .await
-    .is_ok()
+    // A send that finds the stream gone leaves its batch pending: the
+    // receiver's end is noticed next and the batch is resent.
+    let _ = tx
+        .send(ScreenRequest {
+            transactions,
+            request_id,
+            traceparent,
+        })
+        .await;
 }
 
 /// Reads the answers of one stream: verdicts and final errors are tallied,

@@ -152,11 +152,24 @@ impl RetryQueues {
         !self.accounts.is_empty() && self.accounts.contains_key(account)
     }
 
-    /// When the earliest account's oldest transaction becomes due.
+    /// When the earliest account's oldest transaction becomes due. One that
+    /// already waits for a budget token is not due again until tokens are
+    /// earned (by the next first send), so it is left out.
     pub fn next_due(&self) -> Option<Instant> {
         self.accounts
             .values()
-            .filter_map(|q| q.front().map(|(due, _)| *due))
+            .filter_map(|q| q.front().filter(|(_, item)| !item.starved))
+            .map(|(due, _)| *due)
+            .min()
+    }
+
+    /// When the first waiting transaction passes `deadline` after its first
+    /// send.
+    pub fn next_expiry(&self, deadline: Duration) -> Option<Instant> {
+        self.accounts
+            .values()
+            .flatten()
+            .map(|(_, item)| item.first_sent + deadline)
             .min()
     }
 
