@@ -1,6 +1,8 @@
 //! Configuration of the screening pipeline. Plain serde structs with
 //! compiled defaults; `validate` names the first bad key.
 
+pub mod duration;
+
 use std::{collections::BTreeMap, time::Duration};
 
 use serde::{Deserialize, Serialize};
@@ -29,19 +31,23 @@ pub struct ShardsConfig {
     /// Mailbox capacity of an account actor, in transactions.
     pub account_mailbox: usize,
     /// Retry delay suggested to callers when a mailbox is full.
+    #[serde(deserialize_with = "duration::millis")]
     pub overload_retry_after_ms: u32,
     /// Largest request batch accepted; larger ones are answered with
     /// INVALID_REQUEST per transaction.
     pub max_batch: usize,
     /// An account actor idle this long hands its state back to its shard
     /// and stops; its next transaction starts it again with that state.
+    #[serde(deserialize_with = "duration::secs")]
     pub passivate_after_secs: u64,
     /// How often each shard looks for idle accounts, milliseconds.
+    #[serde(deserialize_with = "duration::millis")]
     pub passivation_sweep_ms: u64,
     /// After a transaction of an account is refused for overload, later
     /// transactions of that account are refused too until the refused one
     /// is retried (so retries cannot reorder an account), or until this
     /// many milliseconds pass without that retry.
+    #[serde(deserialize_with = "duration::millis")]
     pub order_hold_ms: u64,
 }
 
@@ -52,9 +58,11 @@ pub struct SupervisionConfig {
     /// At most this many restarts of one account within
     /// `restart_window_secs`; one more quarantines it.
     pub max_restarts: u32,
+    #[serde(deserialize_with = "duration::secs")]
     pub restart_window_secs: u64,
     /// How long a quarantine lasts: the account's transactions are REJECTED
     /// with ACCOUNT_QUARANTINED meanwhile. It ends on its own.
+    #[serde(deserialize_with = "duration::secs")]
     pub quarantine_secs: u64,
     /// A transaction that crashed the actor this many times is a poison
     /// message: answered with a POISON error and recorded for operators.
@@ -68,6 +76,7 @@ pub struct WindowConfig {
     /// Most transactions kept per account.
     pub max_entries: usize,
     /// Oldest transaction kept, relative to the newest one, in seconds.
+    #[serde(deserialize_with = "duration::secs")]
     pub max_age_secs: u64,
 }
 
@@ -83,6 +92,7 @@ pub struct RulesConfig {
     /// VELOCITY fires when more than this many transactions (this one
     /// included) fall within `velocity_window_secs`.
     pub velocity_max: usize,
+    #[serde(deserialize_with = "duration::secs")]
     pub velocity_window_secs: u64,
     /// AMOUNT_ANOMALY needs at least this many earlier transactions in the
     /// same currency...
@@ -92,6 +102,7 @@ pub struct RulesConfig {
     pub anomaly_factor_percent: u32,
     /// A timestamp more than this far ahead of the ingress's clock is
     /// INVALID_TIMESTAMP.
+    #[serde(deserialize_with = "duration::secs")]
     pub max_future_skew_secs: u64,
     /// NEW_COUNTRY fires for a country absent from the account's window,
     /// once the window holds at least this many transactions.
@@ -104,6 +115,7 @@ pub struct RulesConfig {
     /// each fall in [`structuring_lower_percent`, 100) % of that currency's
     /// HIGH_AMOUNT threshold: amounts kept just under the reporting line.
     pub structuring_min_count: usize,
+    #[serde(deserialize_with = "duration::secs")]
     pub structuring_window_secs: u64,
     pub structuring_lower_percent: u32,
     /// A verdict is FLAGGED when its risk score reaches this (and REJECTED
@@ -125,21 +137,27 @@ pub struct PublisherConfig {
     /// Most batches sent and not yet acknowledged.
     pub max_in_flight: usize,
     /// How often the outbox is drained into batches, milliseconds.
+    #[serde(deserialize_with = "duration::millis")]
     pub flush_interval_ms: u64,
     /// A batch not acknowledged within this time fails the stream.
+    #[serde(deserialize_with = "duration::millis")]
     pub ack_timeout_ms: u64,
     /// Backoff between reconnect attempts ([`crate::backoff`]): caps from
     /// initial, times multiplier, up to max; `backoff_jitter` is the share
     /// of each cap that is random (1 = full jitter).
+    #[serde(deserialize_with = "duration::millis")]
     pub backoff_initial_ms: u64,
+    #[serde(deserialize_with = "duration::millis")]
     pub backoff_max_ms: u64,
     pub backoff_multiplier: f64,
     pub backoff_jitter: f64,
     /// Consecutive failures that open the breaker.
     pub breaker_failure_threshold: u32,
     /// How long the breaker stays open before a half-open probe.
+    #[serde(deserialize_with = "duration::millis")]
     pub breaker_open_ms: u64,
     /// Longest open period (it doubles on every failed probe).
+    #[serde(deserialize_with = "duration::millis")]
     pub breaker_open_max_ms: u64,
 }
 
@@ -239,10 +257,57 @@ impl Default for PublisherConfig {
     }
 }
 
-fn bad(key: &str, reason: impl Into<String>) -> ActorError {
-    ActorError::Config {
-        key: key.to_owned(),
-        reason: reason.into(),
+/// Every bad value found in one pass over a configuration, so that a user
+/// fixes them all at once instead of one per start.
+#[derive(Debug, Default)]
+pub struct Problems {
+    prefix: String,
+    found: Vec<(String, String)>,
+}
+
+impl Problems {
+    /// Records `key` (relative to the current section) as bad when `bad`.
+    pub fn bad_if(&mut self, bad: bool, key: &str, reason: impl Into<String>) {
+        if bad {
+            self.found
+                .push((format!("{}{key}", self.prefix), reason.into()));
+        }
+    }
+
+    /// Runs `check` with keys relative to `section` (`"actors."`).
+    pub fn within(&mut self, section: &str, check: impl FnOnce(&mut Self)) {
+        let outer = std::mem::take(&mut self.prefix);
+        self.prefix = format!("{outer}{section}");
+        check(self);
+        self.prefix = outer;
+    }
+
+    /// The bad keys and why, in the order found.
+    pub fn found(&self) -> &[(String, String)] {
+        &self.found
+    }
+
+    /// `Ok` when nothing was found; otherwise one error naming every key.
+    ///
+    /// # Errors
+    /// [`ActorError::Config`] listing every bad key and its reason.
+    pub fn into_result(self) -> Result<(), ActorError> {
+        if self.found.is_empty() {
+            return Ok(());
+        }
+        let key = self
+            .found
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let reason = self
+            .found
+            .iter()
+            .map(|(k, r)| format!("{k} {r}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(ActorError::Config { key, reason })
     }
 }
 
@@ -251,42 +316,65 @@ impl ActorsConfig {
     /// relative to this config's place in the service config).
     ///
     /// # Errors
-    /// [`ActorError::Config`] for the first bad value.
+    /// [`ActorError::Config`] naming every bad value.
     pub fn validate(&self) -> Result<(), ActorError> {
+        let mut problems = Problems::default();
+        self.check(&mut problems);
+        problems.into_result()
+    }
+
+    /// Records every bad value in `p`.
+    pub fn check(&self, p: &mut Problems) {
         let s = &self.shards;
-        if s.shard_mailbox == 0 {
-            return Err(bad("shards.shard_mailbox", "must be at least 1"));
-        }
-        if s.account_mailbox == 0 {
-            return Err(bad("shards.account_mailbox", "must be at least 1"));
-        }
-        if s.max_batch == 0 {
-            return Err(bad("shards.max_batch", "must be at least 1"));
-        }
-        if s.passivate_after_secs == 0 {
-            return Err(bad("shards.passivate_after_secs", "must be at least 1"));
-        }
-        if s.passivation_sweep_ms == 0 {
-            return Err(bad("shards.passivation_sweep_ms", "must be at least 1"));
-        }
+        p.bad_if(
+            s.shard_mailbox == 0,
+            "shards.shard_mailbox",
+            "must be at least 1",
+        );
+        p.bad_if(
+            s.account_mailbox == 0,
+            "shards.account_mailbox",
+            "must be at least 1",
+        );
+        p.bad_if(s.max_batch == 0, "shards.max_batch", "must be at least 1");
+        p.bad_if(
+            s.passivate_after_secs == 0,
+            "shards.passivate_after_secs",
+            "must be at least 1",
+        );
+        p.bad_if(
+            s.passivation_sweep_ms == 0,
+            "shards.passivation_sweep_ms",
+            "must be at least 1",
+        );
         let v = &self.supervision;
-        if v.restart_window_secs == 0 {
-            return Err(bad("supervision.restart_window_secs", "must be at least 1"));
-        }
-        if v.quarantine_secs == 0 {
-            return Err(bad("supervision.quarantine_secs", "must be at least 1"));
-        }
-        if v.poison_attempts == 0 {
-            return Err(bad("supervision.poison_attempts", "must be at least 1"));
-        }
-        if self.window.max_entries == 0 {
-            return Err(bad("window.max_entries", "must be at least 1"));
-        }
-        if self.window.max_age_secs == 0 {
-            return Err(bad("window.max_age_secs", "must be at least 1"));
-        }
-        self.rules.validate()?;
-        self.publisher.validate()
+        p.bad_if(
+            v.restart_window_secs == 0,
+            "supervision.restart_window_secs",
+            "must be at least 1",
+        );
+        p.bad_if(
+            v.quarantine_secs == 0,
+            "supervision.quarantine_secs",
+            "must be at least 1",
+        );
+        p.bad_if(
+            v.poison_attempts == 0,
+            "supervision.poison_attempts",
+            "must be at least 1",
+        );
+        p.bad_if(
+            self.window.max_entries == 0,
+            "window.max_entries",
+            "must be at least 1",
+        );
+        p.bad_if(
+            self.window.max_age_secs == 0,
+            "window.max_age_secs",
+            "must be at least 1",
+        );
+        self.rules.check(p);
+        self.publisher.check(p);
     }
 
     /// The number of shards to start: `shards.count`, or one per core.
@@ -300,57 +388,66 @@ impl ActorsConfig {
 }
 
 impl RulesConfig {
-    fn validate(&self) -> Result<(), ActorError> {
+    fn check(&self, p: &mut Problems) {
         for (code, amount) in &self.high_amount {
-            if !currency::is_known(code) {
-                return Err(bad(
-                    &format!("rules.high_amount.{code}"),
-                    "not an ISO 4217 currency code",
-                ));
-            }
-            if *amount <= 0 {
-                return Err(bad(
-                    &format!("rules.high_amount.{code}"),
-                    "must be positive",
-                ));
-            }
+            p.bad_if(
+                !currency::is_known(code),
+                &format!("rules.high_amount.{code}"),
+                "not an ISO 4217 currency code",
+            );
+            p.bad_if(
+                *amount <= 0,
+                &format!("rules.high_amount.{code}"),
+                "must be positive",
+            );
         }
-        if self.high_amount_default_major <= 0 {
-            return Err(bad("rules.high_amount_default_major", "must be positive"));
-        }
-        if self.velocity_max == 0 {
-            return Err(bad("rules.velocity_max", "must be at least 1"));
-        }
-        if self.velocity_window_secs == 0 {
-            return Err(bad("rules.velocity_window_secs", "must be at least 1"));
-        }
-        if self.anomaly_factor_percent <= 100 {
-            return Err(bad("rules.anomaly_factor_percent", "must be above 100"));
-        }
-        if self.structuring_min_count < 2 {
-            return Err(bad("rules.structuring_min_count", "must be at least 2"));
-        }
-        if self.structuring_window_secs == 0 {
-            return Err(bad("rules.structuring_window_secs", "must be at least 1"));
-        }
-        if !(1..100).contains(&self.structuring_lower_percent) {
-            return Err(bad(
-                "rules.structuring_lower_percent",
-                "must be between 1 and 99",
-            ));
-        }
-        if !(1..=100).contains(&self.flag_risk_score) {
-            return Err(bad("rules.flag_risk_score", "must be between 1 and 100"));
-        }
+        p.bad_if(
+            self.high_amount_default_major <= 0,
+            "rules.high_amount_default_major",
+            "must be positive",
+        );
+        p.bad_if(
+            self.velocity_max == 0,
+            "rules.velocity_max",
+            "must be at least 1",
+        );
+        p.bad_if(
+            self.velocity_window_secs == 0,
+            "rules.velocity_window_secs",
+            "must be at least 1",
+        );
+        p.bad_if(
+            self.anomaly_factor_percent <= 100,
+            "rules.anomaly_factor_percent",
+            "must be above 100",
+        );
+        p.bad_if(
+            self.structuring_min_count < 2,
+            "rules.structuring_min_count",
+            "must be at least 2",
+        );
+        p.bad_if(
+            self.structuring_window_secs == 0,
+            "rules.structuring_window_secs",
+            "must be at least 1",
+        );
+        p.bad_if(
+            !(1..100).contains(&self.structuring_lower_percent),
+            "rules.structuring_lower_percent",
+            "must be between 1 and 99",
+        );
+        p.bad_if(
+            !(1..=100).contains(&self.flag_risk_score),
+            "rules.flag_risk_score",
+            "must be between 1 and 100",
+        );
         for reason in self.risk_weights.keys() {
-            if txmesh_proto::v1::Reason::from_str_name(&format!("REASON_{reason}")).is_none() {
-                return Err(bad(
-                    &format!("rules.risk_weights.{reason}"),
-                    "unknown reason",
-                ));
-            }
+            p.bad_if(
+                txmesh_proto::v1::Reason::from_str_name(&format!("REASON_{reason}")).is_none(),
+                &format!("rules.risk_weights.{reason}"),
+                "unknown reason",
+            );
         }
-        Ok(())
     }
 
     /// The HIGH_AMOUNT threshold of `currency`, in its minor units.
@@ -375,8 +472,8 @@ impl PublisherConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), ActorError> {
-        self.backoff().validate().map_err(|e| {
+    fn check(&self, p: &mut Problems) {
+        if let Err(e) = self.backoff().validate() {
             use crate::backoff::BackoffError as E;
             let key = match e {
                 E::ZeroInitial => "publisher.backoff_initial_ms",
@@ -384,8 +481,8 @@ impl PublisherConfig {
                 E::Multiplier(_) => "publisher.backoff_multiplier",
                 E::Jitter(_) => "publisher.backoff_jitter",
             };
-            bad(key, e.to_string())
-        })?;
+            p.bad_if(true, key, e.to_string());
+        }
         let checks: [(&str, bool, &str); 8] = [
             (
                 "publisher.outbox_capacity",
@@ -429,23 +526,18 @@ impl PublisherConfig {
             ),
         ];
         for (key, ok, reason) in checks {
-            if !ok {
-                return Err(bad(key, reason));
-            }
+            p.bad_if(!ok, key, reason);
         }
-        if self.backoff_max_ms < self.backoff_initial_ms {
-            return Err(bad(
-                "publisher.backoff_max_ms",
-                "must be at least backoff_initial_ms",
-            ));
-        }
-        if self.breaker_open_max_ms < self.breaker_open_ms {
-            return Err(bad(
-                "publisher.breaker_open_max_ms",
-                "must be at least breaker_open_ms",
-            ));
-        }
-        Ok(())
+        p.bad_if(
+            self.backoff_max_ms < self.backoff_initial_ms,
+            "publisher.backoff_max_ms",
+            "must be at least backoff_initial_ms",
+        );
+        p.bad_if(
+            self.breaker_open_max_ms < self.breaker_open_ms,
+            "publisher.breaker_open_max_ms",
+            "must be at least breaker_open_ms",
+        );
     }
 
     /// `flush_interval_ms` as a duration.

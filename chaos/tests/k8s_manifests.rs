@@ -13,7 +13,7 @@ fn chaos_mesh_manifests_match_their_schemas() {
     let output = match Command::new("python3").arg(&script).output() {
         Ok(output) => output,
         Err(e) if !required => {
-            eprintln!("skipped: python3 is not available ({e})");
+            skipped(&format!("python3 is not available ({e})"));
             return;
         }
         Err(e) => panic!("python3 is required: {e}"),
@@ -21,9 +21,19 @@ fn chaos_mesh_manifests_match_their_schemas() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !required && stderr.contains("ModuleNotFoundError") {
-        eprintln!("skipped: {stderr}");
+        skipped(&stderr);
         return;
     }
     assert!(output.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains(" valid, 0 invalid"), "{stdout}");
+}
+
+/// Says so past the test harness's capture: a skip is seen in every run.
+fn skipped(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: Chaos Mesh manifests not validated: {why} \
+         (TXMESH_REQUIRE_K8S_VALIDATE=1 makes this a failure, as in CI)"
+    );
 }

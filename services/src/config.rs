@@ -3,13 +3,10 @@
 //! command-line overrides. The result is validated; a bad value fails at
 //! start with a message naming its key.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
-use txmesh_actors::ActorsConfig;
+use txmesh_actors::{config::Problems, ActorsConfig};
 use txmesh_certs::{AuthzPolicy, Service};
 
 use crate::error::ServiceError;
@@ -34,6 +31,7 @@ pub struct TxmeshConfig {
     pub tls: TlsConfig,
     /// On SIGTERM or Ctrl-C, how long a service may take to drain (answer
     /// what it has, flush the publisher) before it exits anyway.
+    #[serde(deserialize_with = "txmesh_actors::config::duration::secs")]
     pub shutdown_grace_secs: u64,
 }
 
@@ -43,6 +41,7 @@ pub struct TxmeshConfig {
 pub struct TlsConfig {
     /// How often `tls.crt`, `tls.key` and `ca.crt` are read again; valid new
     /// material is used by new connections at once.
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub reload_interval_ms: u64,
 }
 
@@ -79,6 +78,7 @@ pub struct IngressConfig {
     /// spare). A larger one ends its stream with RESOURCE_EXHAUSTED.
     pub max_message_bytes: usize,
     /// TLS handshakes that take longer are dropped, milliseconds.
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub handshake_timeout_ms: u64,
 }
 
@@ -91,10 +91,12 @@ pub struct DashboardConfig {
     pub https_listen: SocketAddr,
     pub identity: String,
     /// How often browsers get an update, milliseconds.
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub push_interval_ms: u64,
     /// Flagged transactions kept for the alert list.
     pub recent_alerts: usize,
     /// Seconds of per-second throughput kept.
+    #[serde(deserialize_with = "txmesh_actors::config::duration::secs")]
     pub throughput_window_secs: usize,
     /// Messages queued per browser before updates to it are dropped.
     pub session_queue: usize,
@@ -105,6 +107,7 @@ pub struct DashboardConfig {
     /// Totals saved here on shutdown and reloaded at start (relative to
     /// `state_dir`); empty disables.
     pub state_file: String,
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub handshake_timeout_ms: u64,
 }
 
@@ -117,6 +120,7 @@ pub struct TxgenConfig {
     /// Transactions per second; 0 means as fast as the ingress answers.
     pub rate: u64,
     /// Run time in seconds (0: until `count` or forever).
+    #[serde(deserialize_with = "txmesh_actors::config::duration::secs")]
     pub duration_secs: u64,
     /// Stop after this many transactions (0: no limit).
     pub count: u64,
@@ -145,11 +149,14 @@ pub struct RetryConfig {
     /// Backoff cap of the first retry, milliseconds; each retry multiplies
     /// it by `multiplier`, up to `max_backoff_ms`. The delay is the server's
     /// `retry_after_ms` plus a uniform draw in [0, cap].
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub initial_backoff_ms: u64,
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub max_backoff_ms: u64,
     pub multiplier: f64,
     /// A transaction not answered with a verdict this long after its first
     /// send is given up (counted, never silently dropped).
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub deadline_ms: u64,
     /// Retries earn `budget_ratio` tokens per first send (0.2 = at most 20 %
     /// extra load) on top of `budget_reserve` tokens; a retry spends one.
@@ -263,96 +270,102 @@ impl Default for AuthzConfig {
 }
 
 impl RetryConfig {
-    fn validate(&self) -> Result<(), ServiceError> {
-        if self.initial_backoff_ms == 0 {
-            return Err(ServiceError::config(
-                "txgen.retry.initial_backoff_ms",
-                "must be at least 1",
-            ));
-        }
-        if self.max_backoff_ms < self.initial_backoff_ms {
-            return Err(ServiceError::config(
-                "txgen.retry.max_backoff_ms",
-                "must be at least initial_backoff_ms",
-            ));
-        }
-        if self.multiplier.is_nan() || self.multiplier < 1.0 {
-            return Err(ServiceError::config(
-                "txgen.retry.multiplier",
-                "must be at least 1.0",
-            ));
-        }
-        if !(0.0..=10.0).contains(&self.budget_ratio) {
-            return Err(ServiceError::config(
-                "txgen.retry.budget_ratio",
-                "must be between 0 and 10",
-            ));
-        }
-        Ok(())
+    fn check(&self, p: &mut Problems) {
+        p.bad_if(
+            self.initial_backoff_ms == 0,
+            "txgen.retry.initial_backoff_ms",
+            "must be at least 1",
+        );
+        p.bad_if(
+            self.max_backoff_ms < self.initial_backoff_ms,
+            "txgen.retry.max_backoff_ms",
+            "must be at least initial_backoff_ms",
+        );
+        p.bad_if(
+            self.multiplier.is_nan() || self.multiplier < 1.0,
+            "txgen.retry.multiplier",
+            "must be at least 1.0",
+        );
+        p.bad_if(
+            !(0.0..=10.0).contains(&self.budget_ratio),
+            "txgen.retry.budget_ratio",
+            "must be between 0 and 10",
+        );
     }
 }
 
-/// Parses a duration as people write it: `500ms`, `10s`, `2m`, `1h`; a bare
-/// number is seconds.
-///
-/// # Errors
-/// A message naming what was not understood.
-pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number with an optional unit (ms, s, m, h)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" | "sec" | "secs" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" | "mins" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
-            ))
-        }
-    };
-    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+pub use txmesh_actors::config::duration::parse_duration;
+
+/// Where the configuration comes from, besides the compiled defaults. The
+/// caller (`main`) gathers these; the loader reads nothing on its own, so a
+/// test's configuration does not depend on the shell it runs in.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// The configuration file.
+    pub file: ConfigFile,
+    /// The process environment; only `TXMESH__SECTION__KEY` variables are
+    /// read (`TXMESH__TXGEN__RATE=500` sets `txgen.rate`).
+    pub env: HashMap<String, String>,
+    /// `("section.key", value)` pairs from the command line, last wins.
+    pub overrides: Vec<(String, String)>,
 }
 
+/// Which configuration file to read.
+#[derive(Debug, Clone, Default)]
+pub enum ConfigFile {
+    /// None.
+    #[default]
+    None,
+    /// This file, if it exists (`./txmesh.toml`).
+    IfPresent(PathBuf),
+    /// This file, which must exist (`--config`).
+    Required(PathBuf),
+}
+
+const ENV_PREFIX: &str = "TXMESH";
+
 impl TxmeshConfig {
-    /// Layers defaults, `file` (or `./txmesh.toml` when present), the
-    /// `TXMESH__` environment and `overrides` (`("section.key", value)`),
-    /// then validates.
+    /// Layers defaults < file < `TXMESH__` environment < overrides, then
+    /// validates.
     ///
     /// # Errors
-    /// [`ServiceError::Config`] naming the key or file at fault.
-    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Self, ServiceError> {
+    /// [`ServiceError::Config`] naming the key or file at fault; every bad
+    /// value found by validation is named at once.
+    pub fn load(sources: &ConfigSources) -> Result<Self, ServiceError> {
         let defaults = config::Config::try_from(&Self::default())
             .map_err(|e| ServiceError::config("defaults", e.to_string()))?;
         let mut builder = config::Config::builder().add_source(defaults);
-        match file {
-            Some(path) => {
+        match &sources.file {
+            ConfigFile::None => {}
+            ConfigFile::IfPresent(path) => {
+                if path.exists() {
+                    builder = builder.add_source(config::File::from(path.as_path()));
+                }
+            }
+            ConfigFile::Required(path) => {
                 if !path.exists() {
                     return Err(ServiceError::config(
                         "--config",
                         format!("{} does not exist", path.display()),
                     ));
                 }
-                builder = builder.add_source(config::File::from(path));
-            }
-            None => {
-                builder =
-                    builder.add_source(config::File::with_name("txmesh.toml").required(false));
+                builder = builder.add_source(config::File::from(path.as_path()));
             }
         }
+        let env: config::Map<String, String> = sources
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         builder = builder.add_source(
-            config::Environment::with_prefix("TXMESH")
+            config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(env)),
         );
-        for (key, value) in overrides {
+        for (key, value) in &sources.overrides {
             builder = builder
                 .set_override(key.as_str(), value.as_str())
                 .map_err(|e| ServiceError::config(key, e.to_string()))?;
@@ -370,72 +383,66 @@ impl TxmeshConfig {
     /// Checks values the types cannot.
     ///
     /// # Errors
-    /// [`ServiceError::Config`] naming the first bad key.
+    /// [`ServiceError::Config`] naming every bad key at once.
     pub fn validate(&self) -> Result<(), ServiceError> {
-        self.actors
-            .validate()
-            .map_err(|e| ServiceError::config("actors", e.to_string()))?;
-        self.policy()?;
+        let mut p = Problems::default();
+        p.within("actors.", |p| self.actors.check(p));
+        for (service, key, names) in self.authz_lists() {
+            if let Err(e) = AuthzPolicy::deny_all().allow(service, &self.trust_domain, names) {
+                p.bad_if(true, key, e.to_string());
+            }
+        }
         let t = &self.txgen;
-        if !(0.0..=1.0).contains(&t.inject_ratio) {
-            return Err(ServiceError::config(
-                "txgen.inject_ratio",
-                "must be between 0 and 1",
-            ));
-        }
-        if t.accounts == 0 {
-            return Err(ServiceError::config("txgen.accounts", "must be at least 1"));
-        }
-        if t.batch_size == 0 || t.batch_size > self.actors.shards.max_batch {
-            return Err(ServiceError::config(
-                "txgen.batch_size",
-                format!(
-                    "must be between 1 and actors.shards.max_batch ({})",
-                    self.actors.shards.max_batch
-                ),
-            ));
-        }
-        if t.streams == 0 {
-            return Err(ServiceError::config("txgen.streams", "must be at least 1"));
-        }
-        if t.max_in_flight == 0 {
-            return Err(ServiceError::config(
-                "txgen.max_in_flight",
-                "must be at least 1",
-            ));
-        }
-        t.retry.validate()?;
-        if self.tls.reload_interval_ms == 0 {
-            return Err(ServiceError::config(
-                "tls.reload_interval_ms",
-                "must be at least 1",
-            ));
-        }
-        if self.ingress.max_in_flight_batches == 0 {
-            return Err(ServiceError::config(
-                "ingress.max_in_flight_batches",
-                "must be at least 1",
-            ));
-        }
-        if self.ingress.max_message_bytes < 1024 {
-            return Err(ServiceError::config(
-                "ingress.max_message_bytes",
-                "must be at least 1024",
-            ));
-        }
-        if self.dashboard.push_interval_ms == 0 {
-            return Err(ServiceError::config(
-                "dashboard.push_interval_ms",
-                "must be at least 1",
-            ));
-        }
-        if self.dashboard.session_queue == 0 {
-            return Err(ServiceError::config(
-                "dashboard.session_queue",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        p.bad_if(
+            !(0.0..=1.0).contains(&t.inject_ratio),
+            "txgen.inject_ratio",
+            "must be between 0 and 1",
+        );
+        p.bad_if(t.accounts == 0, "txgen.accounts", "must be at least 1");
+        p.bad_if(
+            t.batch_size == 0 || t.batch_size > self.actors.shards.max_batch,
+            "txgen.batch_size",
+            format!(
+                "must be between 1 and actors.shards.max_batch ({})",
+                self.actors.shards.max_batch
+            ),
+        );
+        p.bad_if(t.streams == 0, "txgen.streams", "must be at least 1");
+        p.bad_if(
+            t.max_in_flight == 0,
+            "txgen.max_in_flight",
+            "must be at least 1",
+        );
+        t.retry.check(&mut p);
+        p.bad_if(
+            self.tls.reload_interval_ms == 0,
+            "tls.reload_interval_ms",
+            "must be at least 1",
+        );
+        p.bad_if(
+            self.ingress.max_in_flight_batches == 0,
+            "ingress.max_in_flight_batches",
+            "must be at least 1",
+        );
+        p.bad_if(
+            self.ingress.max_message_bytes < 1024,
+            "ingress.max_message_bytes",
+            "must be at least 1024",
+        );
+        p.bad_if(
+            self.dashboard.push_interval_ms == 0,
+            "dashboard.push_interval_ms",
+            "must be at least 1",
+        );
+        p.bad_if(
+            self.dashboard.session_queue == 0,
+            "dashboard.session_queue",
+            "must be at least 1",
+        );
+        p.into_result().map_err(|e| match e {
+            txmesh_actors::ActorError::Config { key, reason } => ServiceError::config(key, reason),
+            other => ServiceError::config("configuration", other.to_string()),
+        })
     }
 
     /// The authorization policy built from `authz`.
@@ -444,7 +451,17 @@ impl TxmeshConfig {
     /// [`ServiceError::Config`] naming the list with a bad entry.
     pub fn policy(&self) -> Result<AuthzPolicy, ServiceError> {
         let mut policy = AuthzPolicy::deny_all();
-        let lists = [
+        for (service, key, names) in self.authz_lists() {
+            policy
+                .allow(service, &self.trust_domain, names)
+                .map_err(|e| ServiceError::config(key, e.to_string()))?;
+        }
+        Ok(policy)
+    }
+
+    /// Each `authz` list with the service it opens and its key.
+    fn authz_lists(&self) -> [(Service, &'static str, &Vec<String>); 6] {
+        [
             (Service::Screen, "authz.screen", &self.authz.screen),
             (Service::Publish, "authz.publish", &self.authz.publish),
             (
@@ -463,13 +480,7 @@ impl TxmeshConfig {
                 "authz.chaos_list",
                 &self.authz.chaos_list,
             ),
-        ];
-        for (service, key, names) in lists {
-            policy
-                .allow(service, &self.trust_domain, names)
-                .map_err(|e| ServiceError::config(key, e.to_string()))?;
-        }
-        Ok(policy)
+        ]
     }
 
     /// `state_dir/NAME`: one identity's certificate directory.
@@ -496,46 +507,88 @@ impl TxmeshConfig {
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations_read_as_people_write_them() {
-        use std::time::Duration;
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("soon").is_err());
+    fn sources(file: &std::path::Path) -> ConfigSources {
+        ConfigSources {
+            file: ConfigFile::Required(file.to_owned()),
+            ..ConfigSources::default()
+        }
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("txmesh-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("txmesh.toml");
+        std::fs::write(&file, text).expect("write config");
+        file
     }
 
     #[test]
-    fn layers_file_env_and_overrides_and_names_bad_keys() {
-        let dir = std::env::temp_dir().join(format!("txmesh-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let file = dir.join("txmesh.toml");
-        std::fs::write(&file, "[txgen]\nrate = 500\naccounts = 7\n").expect("write config");
-        let config = TxmeshConfig::load(Some(&file), &[("txgen.accounts".into(), "9".into())])
-            .expect("valid config");
+    fn layers_file_env_and_overrides() {
+        let file = temp_file("layers", "[txgen]\nrate = 500\naccounts = 7\nstreams = 3\n");
+        let mut layered = sources(&file);
+        layered.env = HashMap::from([
+            ("TXMESH__TXGEN__ACCOUNTS".to_owned(), "8".to_owned()),
+            ("TXMESH__TXGEN__STREAMS".to_owned(), "5".to_owned()),
+            (
+                "TXMESH__ACTORS__PUBLISHER__FLUSH_INTERVAL_MS".to_owned(),
+                "2s".to_owned(),
+            ),
+            ("OTHER__TXGEN__RATE".to_owned(), "1".to_owned()),
+        ]);
+        layered.overrides = vec![("txgen.accounts".into(), "9".into())];
+        let config = TxmeshConfig::load(&layered).expect("valid config");
         assert_eq!(config.txgen.rate, 500, "file beats defaults");
-        assert_eq!(config.txgen.accounts, 9, "overrides beat the file");
+        assert_eq!(config.txgen.streams, 5, "environment beats the file");
+        assert_eq!(config.txgen.accounts, 9, "overrides beat the environment");
+        assert_eq!(
+            config.actors.publisher.flush_interval_ms, 2000,
+            "a duration with a unit in a *_ms key"
+        );
+        std::fs::remove_dir_all(file.parent().expect("dir")).ok();
+    }
 
-        std::fs::write(&file, "[txgen]\ninject_ratio = 3.0\n").expect("write config");
-        let err = TxmeshConfig::load(Some(&file), &[])
-            .expect_err("bad ratio")
+    #[test]
+    fn a_missing_config_file_is_named_and_an_absent_default_is_not_an_error() {
+        let missing = std::env::temp_dir().join("txmesh-no-such-dir/txmesh.toml");
+        let err = TxmeshConfig::load(&sources(&missing))
+            .expect_err("missing --config")
             .to_string();
-        assert!(err.contains("txgen.inject_ratio"), "{err}");
+        assert!(err.contains("--config"), "{err}");
+        let sources = ConfigSources {
+            file: ConfigFile::IfPresent(missing),
+            ..ConfigSources::default()
+        };
+        TxmeshConfig::load(&sources).expect("absent ./txmesh.toml is fine");
+    }
+
+    #[test]
+    fn every_bad_key_is_named_at_once() {
+        let file = temp_file(
+            "bad",
+            "[txgen]\ninject_ratio = 3.0\naccounts = 0\n[actors.rules.high_amount]\nZZZ = 5\n",
+        );
+        let err = TxmeshConfig::load(&sources(&file))
+            .expect_err("bad values")
+            .to_string();
+        for key in [
+            "txgen.inject_ratio",
+            "txgen.accounts",
+            "actors.rules.high_amount.ZZZ",
+        ] {
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
 
         std::fs::write(&file, "[txgen]\nrate = \"fast\"\n").expect("write config");
-        let err = TxmeshConfig::load(Some(&file), &[])
+        let err = TxmeshConfig::load(&sources(&file))
             .expect_err("bad type")
             .to_string();
         assert!(err.contains("rate"), "{err}");
 
-        std::fs::write(&file, "[actors.rules.high_amount]\nZZZ = 5\n").expect("write config");
-        let err = TxmeshConfig::load(Some(&file), &[])
-            .expect_err("bad currency")
+        std::fs::write(&file, "shutdown_grace_secs = \"1500ms\"\n").expect("write config");
+        let err = TxmeshConfig::load(&sources(&file))
+            .expect_err("not whole seconds")
             .to_string();
-        assert!(err.contains("rules.high_amount.ZZZ"), "{err}");
-        std::fs::remove_dir_all(&dir).ok();
+        assert!(err.contains("shutdown_grace_secs"), "{err}");
+        std::fs::remove_dir_all(file.parent().expect("dir")).ok();
     }
 }

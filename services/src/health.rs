@@ -1,20 +1,11 @@
-//! Readiness over `grpc.health.v1` and `txmesh health`, the mTLS probe
-//! Kubernetes exec probes run (kubelet probes cannot present a client
-//! certificate, and there is no plaintext health port).
+//! Readiness over `grpc.health.v1` (asked by `txmesh health`, the mTLS
+//! probe Kubernetes exec probes run: [`crate::cli::health`]).
 //!
 //! A service reports SERVING (overall, `""`, and under its own gRPC
 //! service name) only once it is ready, and NOT_SERVING from the moment
 //! its shutdown starts.
 
-use std::{net::SocketAddr, time::Duration};
-
-use tonic_health::{
-    pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest},
-    server::HealthReporter,
-};
-use txmesh_certs::{CertStore, SpiffeId};
-
-use crate::{config::TxmeshConfig, error::ServiceError};
+use tonic_health::server::HealthReporter;
 
 /// The readiness of one gRPC server: the overall status and its service.
 #[derive(Clone)]
@@ -46,35 +37,4 @@ impl Readiness {
         self.reporter.set_service_status("", status).await;
         self.reporter.set_service_status(self.service, status).await;
     }
-}
-
-/// Asks `target` for the status of `service` (`""`: overall), over mTLS as
-/// `identity`, expecting the server to be workload `server`.
-///
-/// # Errors
-/// When the certificates cannot be loaded, or the call fails (connection
-/// refused, handshake refused, timeout).
-pub async fn check(
-    config: &TxmeshConfig,
-    target: SocketAddr,
-    identity: &str,
-    server: &str,
-    service: &str,
-    timeout: Duration,
-) -> Result<ServingStatus, ServiceError> {
-    let store = CertStore::open(&config.identity_dir(identity), &config.trust_domain)?;
-    let expected = SpiffeId::for_workload(&config.trust_domain, server)?;
-    let channel = crate::net::mtls_channel(target, &store, &expected)?;
-    let mut client = HealthClient::new(channel);
-    let call = client.check(HealthCheckRequest {
-        service: service.to_owned(),
-    });
-    let response = tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| ServiceError::Connect {
-            target: target.to_string(),
-            reason: format!("no answer within {timeout:?}"),
-        })?
-        .map_err(ServiceError::Status)?;
-    Ok(response.into_inner().status())
 }

@@ -67,6 +67,35 @@ impl Drop for Telemetry {
     }
 }
 
+/// Installs the subscriber as the OpenTelemetry environment conventions
+/// say, reading them from `env` (the process environment, handed over by
+/// `main`): `OTEL_EXPORTER_OTLP_ENDPOINT` turns export on,
+/// `OTEL_TRACES_SAMPLER_ARG` is the share of new traces kept (default
+/// 0.001), `OTEL_SERVICE_NAME` overrides `txmesh-COMMAND`; `RUST_LOG`
+/// filters the logs.
+///
+/// # Errors
+/// When the exporter cannot be built.
+pub fn init_from_env(
+    env: &HashMap<String, String>,
+    command: &str,
+    logs_to: LogTarget,
+) -> Result<Telemetry, ServiceError> {
+    let get = |k: &str| env.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let service =
+        get("OTEL_SERVICE_NAME").map_or_else(|| format!("txmesh-{command}"), str::to_owned);
+    let ratio = get("OTEL_TRACES_SAMPLER_ARG")
+        .and_then(|r| r.parse::<f64>().ok())
+        .map_or(0.001, |r| r.clamp(0.0, 1.0));
+    init(
+        &service,
+        get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ratio,
+        get("RUST_LOG"),
+        logs_to,
+    )
+}
+
 /// Installs the process's tracing subscriber: logs filtered by
 /// `log_filter` (RUST_LOG syntax; default `warn`), and OTLP export to
 /// `otlp_endpoint` when given, sampling `sample_ratio` of new traces.

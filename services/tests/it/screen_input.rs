@@ -3,15 +3,12 @@
 //! bad message), show that a request that cannot be read ends the stream
 //! with a status saying why, after every request before it was answered.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{sync::atomic::Ordering, time::Duration};
 
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use prost::Message;
-use support::*;
 use tower::ServiceExt;
 use txmesh_proto::v1::{ScreenRequest, ScreenResponse, Transaction};
 
@@ -93,7 +90,7 @@ async fn screen_raw(channel: tonic::transport::Channel, body: Vec<u8>) -> Answer
 async fn an_unreadable_request_ends_the_stream_with_a_status_after_answering_the_ones_before() {
     let dir = TempDir::new("screen-input");
     let mut config = test_config(&dir.0);
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let channel = channel_as(&config, "txgen", "ingress", ing.local_addr);
     let limit = config.ingress.max_message_bytes as u32;
 

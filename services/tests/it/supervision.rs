@@ -2,12 +2,9 @@
 //! restarts them with their history, txgen retries the failed transactions,
 //! and every transaction is answered exactly once, over real mTLS.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{sync::Arc, time::Duration};
 
-use support::*;
+use crate::support::*;
 use txmesh_actors::{account::EvaluationHook, RouterOptions};
 use txmesh_proto::v1::Transaction;
 
@@ -44,7 +41,7 @@ async fn injected_panics_leave_every_transaction_answered_exactly_once() {
         hook: Some(hook),
         ..RouterOptions::default()
     };
-    let (dash, ing) = start_system_with(&mut config, options).await;
+    let (dash, ing, _machine) = start_system_with(&mut config, options).await;
 
     let report = run_txgen(&config).await;
     println!("{}", report.summary());

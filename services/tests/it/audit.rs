@@ -2,22 +2,19 @@
 //! against deliberately weakened listeners (a plaintext port, a TLS port
 //! whose client certificate is optional) it fails, naming the check.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{sync::Arc, time::Duration};
 
+use crate::support::*;
 use rustls::{
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
     server::WebPkiClientVerifier,
     RootCertStore, ServerConfig,
 };
-use support::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
 };
-use txmesh::audit::{self, AuditOptions, AuditTarget, ListenerKind, Outcome};
+use txmesh::cli::audit::{self, AuditOptions, AuditTarget, ListenerKind, Outcome};
 
 fn targets(
     ing: &txmesh::ingress::IngressHandle,
@@ -53,7 +50,7 @@ async fn a_correct_system_passes_and_weakened_listeners_fail_by_name() {
     let mut config = test_config(&dir.0);
     config.ingress.handshake_timeout_ms = 1_000;
     config.dashboard.handshake_timeout_ms = 1_000;
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let mut options = AuditOptions::for_config(&config);
     options.pids = vec![std::process::id()];
 

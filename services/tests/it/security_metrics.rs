@@ -2,19 +2,16 @@
 //! reason and certificate expiry, served as Prometheus text on each
 //! service's mTLS HTTPS listener, to prometheus and operator only.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncWriteExt;
 
 #[actix_rt::test]
 async fn security_metrics_count_decisions_refusals_and_expiry() {
     let dir = TempDir::new("secmetrics");
     let mut config = test_config(&dir.0);
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
 
     let (status, body) = scrape(&config, "operator", "ingress", ing.metrics_addr).await;
     assert!(status.contains("200"), "{status}");
@@ -77,14 +74,14 @@ async fn security_metrics_count_decisions_refusals_and_expiry() {
     // The dashboard serves its own; refusals on its HTTPS listener (whose
     // TLS accept is actix-web's) are counted through the verifier: the
     // audit's forged certificates are all refused and counted.
-    let mut options = txmesh::audit::AuditOptions::for_config(&config);
+    let mut options = txmesh::cli::audit::AuditOptions::for_config(&config);
     options.handshake_timeout = Duration::from_secs(5);
-    let https = txmesh::audit::AuditTarget {
+    let https = txmesh::cli::audit::AuditTarget {
         name: "dashboard-https".into(),
         addr: dash.https_addr,
-        kind: txmesh::audit::ListenerKind::DashboardHttps,
+        kind: txmesh::cli::audit::ListenerKind::DashboardHttps,
     };
-    let report = txmesh::audit::run(&[https], &options).await;
+    let report = txmesh::cli::audit::run(&[https], &options).await;
     assert_eq!(report.failed, 0, "{}", report.table());
     let (status, body) = scrape(&config, "operator", "dashboard", dash.https_addr).await;
     assert!(status.contains("200"), "{status}");

@@ -6,9 +6,13 @@
 //! it holds, stops the ingress and then the dashboard.
 
 use std::{
+    path::PathBuf,
+    process::ExitCode,
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
+
+use clap::Args;
 
 use serde::Serialize;
 use txmesh_certs::{CertAuthority, IssueOptions, StateLayout, COMPONENT_IDENTITIES, P12_PASSWORD};
@@ -20,6 +24,55 @@ use crate::{
     ingress, shutdown,
     txgen::{self, TxgenProgress, TxgenReport},
 };
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    load: super::txgen::LoadArgs,
+    /// Move every default port by this much.
+    #[arg(long, default_value_t = 0)]
+    port_offset: u16,
+    /// State directory (certificates, dashboard totals).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+impl UpArgs {
+    pub(super) fn overrides(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut keys = self.load.overrides()?;
+        if let Some(dir) = &self.state_dir {
+            keys.push(("state_dir".into(), dir.display().to_string()));
+        }
+        Ok(keys)
+    }
+}
+
+/// `txmesh up`: runs the system and prints its report.
+pub(super) fn command(args: UpArgs, mut config: TxmeshConfig) -> anyhow::Result<ExitCode> {
+    config.offset_ports(args.port_offset);
+    let json = args.load.report == super::txgen::ReportFormat::Json;
+    let report_dir = config.state_dir.clone();
+    let options = UpOptions {
+        report_json: json,
+        summary_every: Duration::from_secs(5),
+    };
+    let report = crate::runtime::block_on(2, run(config, options))??;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.txgen.summary());
+        println!(
+            "this run: ingress answered {} verdicts, dashboard applied {}, publisher drained: {}",
+            report.ingress_verdicts, report.dashboard_this_run, report.publisher_drained
+        );
+        println!(
+            "dashboard totals (kept across runs in {}): {} verdicts",
+            report_dir.display(),
+            report.dashboard.verdicts
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
 /// How `up` runs.
 #[derive(Debug, Clone, Default)]
@@ -175,7 +228,7 @@ fn write_listeners(
     ingress: &ingress::IngressHandle,
     dashboard: &dashboard::DashboardHandle,
 ) -> Result<std::path::PathBuf, ServiceError> {
-    use crate::audit::{AuditTarget, ListenerFile, ListenerKind};
+    use crate::cli::audit::{AuditTarget, ListenerFile, ListenerKind};
     let file = ListenerFile {
         pid: std::process::id(),
         listeners: vec![
@@ -201,7 +254,7 @@ fn write_listeners(
             },
         ],
     };
-    let path = crate::audit::listener_file(&config.state_dir);
+    let path = crate::cli::audit::listener_file(&config.state_dir);
     let json = serde_json::to_vec_pretty(&file)
         .map_err(|e| ServiceError::config("listeners.json", e.to_string()))?;
     std::fs::write(&path, json)

@@ -4,12 +4,9 @@
 //! check metrics` (a real parser; required when TXMESH_REQUIRE_PROMTOOL is
 //! set, as in CI).
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{io::Write, process::Stdio, time::Duration};
 
-use support::*;
+use crate::support::*;
 
 fn promtool_check(name: &str, exposition: &str) {
     let spawned = std::process::Command::new("promtool")
@@ -25,7 +22,13 @@ fn promtool_check(name: &str, exposition: &str) {
                 std::env::var_os("TXMESH_REQUIRE_PROMTOOL").is_none(),
                 "promtool is required here: {e}"
             );
-            println!("promtool not installed; {name} exposition not linted");
+            // Past the test harness's capture: a skip is seen in every run.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: promtool is not installed; the {name} exposition was not linted \
+                 (TXMESH_REQUIRE_PROMTOOL=1 makes this a failure, as in CI)"
+            );
             return;
         }
     };
@@ -50,7 +53,7 @@ async fn metrics_cover_the_pipeline_and_pass_promtool() {
     let mut config = test_config(&dir.0);
     config.txgen.rate = 0;
     config.txgen.count = 3_000;
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let report = run_txgen(&config).await;
     assert!(ing.wait_drained(Duration::from_secs(10)).await);
 

@@ -14,9 +14,12 @@ use std::{
     collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
+    process::ExitCode,
     time::Duration,
 };
 
+use anyhow::Context as _;
+use clap::Args;
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use txmesh_certs::{check_svid, CertAuthority, Forgery, SpiffeId, SvidUsage};
@@ -24,6 +27,92 @@ use txmesh_proto::v1::{dashboard_client::DashboardClient, ingress_client::Ingres
 
 use crate::{config::TxmeshConfig, error::ServiceError};
 use probe::{ClientSpec, Identity, H2_PREFACE, HTTP_GET};
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// A listener to audit, NAME=HOST:PORT (NAME: ingress, dashboard-grpc, dashboard-https).
+    /// Default: the `up` system of the state directory, else the configured addresses.
+    #[arg(long = "target", value_name = "NAME=ADDR")]
+    targets: Vec<String>,
+    /// The CA key, for the forged certificates that need it (default: the state directory's, if present).
+    #[arg(long)]
+    ca_key: Option<PathBuf>,
+    /// The CA certificate that goes with --ca-key (default: STATE_DIR/ca/tls.crt).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Do not use any CA key (those checks are SKIPPED).
+    #[arg(long)]
+    no_ca_key: bool,
+    /// Processes whose every listening socket must be audited (default: the `up` process).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Fail a server certificate with less than this left.
+    #[arg(long, default_value_t = 8.0)]
+    renewal_window_hours: f64,
+    /// Machine-readable report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `txmesh audit`: exit 1 when any check failed.
+pub(super) fn command(args: &AuditArgs, config: &TxmeshConfig) -> anyhow::Result<ExitCode> {
+    let mut options = AuditOptions::for_config(config);
+    options.renewal_window = Duration::from_secs_f64(args.renewal_window_hours.max(0.0) * 3600.0);
+    if let Some(key) = &args.ca_key {
+        let cert = args
+            .ca_cert
+            .clone()
+            .unwrap_or_else(|| config.state_dir.join("ca").join("tls.crt"));
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        options.ca = Some((read(&cert)?, read(key)?));
+    }
+    if args.no_ca_key {
+        options.ca = None;
+    }
+    let targets = if args.targets.is_empty() {
+        let path = listener_file(&config.state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file: ListenerFile = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if args.pid.is_empty() {
+                    options.pids.push(file.pid);
+                }
+                file.listeners
+            }
+            Err(_) => targets_from_config(config),
+        }
+    } else {
+        args.targets
+            .iter()
+            .map(|t| parse_target(t))
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    options.pids.extend(&args.pid);
+    let report = crate::runtime::block_on(2, async move { run(&targets, &options).await })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(super::exit(report.failed == 0))
+}
+
+/// `NAME=HOST:PORT`.
+fn parse_target(text: &str) -> anyhow::Result<AuditTarget> {
+    let (name, addr) = text
+        .split_once('=')
+        .with_context(|| format!("--target {text}: expected NAME=HOST:PORT"))?;
+    Ok(AuditTarget {
+        name: name.to_owned(),
+        addr: addr
+            .parse()
+            .with_context(|| format!("--target {text}: not HOST:PORT"))?,
+        kind: ListenerKind::from_name(name)?,
+    })
+}
 
 /// What kind of listener a target is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,12 +3,9 @@
 //! live feed or read the API through it. Every response says so in its
 //! headers (CSP, nosniff, no framing).
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
 
@@ -62,7 +59,7 @@ async fn get(
 async fn only_the_dashboards_own_origin_may_open_the_feed_and_every_page_carries_a_csp() {
     let dir = TempDir::new("origin");
     let mut config = test_config(&dir.0);
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let addr = dash.https_addr;
     let own = format!("https://localhost:{}", addr.port());
 

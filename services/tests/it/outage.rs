@@ -2,12 +2,9 @@
 //! publisher's breaker opens and closes again, and afterwards the
 //! dashboard's totals equal the ingress's, nothing lost or counted twice.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use txmesh::dashboard;
 use txmesh_actors::publisher::BreakerState;
 
@@ -17,31 +14,25 @@ async fn dashboard_outage_opens_the_breaker_and_loses_nothing() {
     let mut config = test_config(&dir.0);
     config.txgen.rate = 1_500;
     config.txgen.duration_secs = 8;
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
 
-    let load = spawn_txgen(&config);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (load, progress) = spawn_txgen_watched(&config);
+    answered_at_least(&progress, 1_500).await;
     let grpc_addr = dash.grpc_addr;
     dash.stop().await;
 
-    let mut saw_open = false;
-    for _ in 0..100 {
-        if ing.publisher().breaker == BreakerState::Open {
-            saw_open = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        saw_open,
-        "breaker opens while the dashboard is down: {:?}",
-        ing.publisher()
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        ing.publisher().outbox_depth > 0,
-        "verdicts wait in the outbox"
-    );
+    until(
+        "the breaker opens while the dashboard is down",
+        Duration::from_secs(5),
+        || ing.publisher().breaker == BreakerState::Open,
+    )
+    .await;
+    until(
+        "verdicts wait in the outbox",
+        Duration::from_secs(5),
+        || ing.publisher().outbox_depth > 1_000,
+    )
+    .await;
 
     // The dashboard comes back on the same address with its saved state.
     config.dashboard.grpc_listen = grpc_addr;

@@ -6,21 +6,15 @@
 //! controller is killed mid-experiment (no rollback runs) still ends by
 //! its lease.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use support::*;
-use txmesh::chaos_cmd::{self, ChaosRunOptions};
+use crate::support::*;
+use txmesh::cli::chaos::{self, ChaosRunOptions};
 use txmesh_chaos::experiment::RunStatus;
 use txmesh_proto::v1::{admin_client::AdminClient, ListFaultsRequest};
-
-/// Experiments load the machine: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn experiment(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,14 +22,14 @@ fn experiment(name: &str) -> PathBuf {
         .join(format!("{name}.toml"))
 }
 
-async fn run(config: txmesh::config::TxmeshConfig, name: &str, dir: &Path) -> chaos_cmd::ChaosRun {
+async fn run(config: txmesh::config::TxmeshConfig, name: &str, dir: &Path) -> chaos::ChaosRun {
     let options = ChaosRunOptions {
         file: experiment(name),
         target_up: true,
         journal: Some(dir.join(format!("{name}.json"))),
         seed: Some(7),
     };
-    chaos_cmd::run(config, &options)
+    chaos::run(config, &options)
         .await
         .expect("the experiment runs")
 }
@@ -45,7 +39,8 @@ async fn run(config: txmesh::config::TxmeshConfig, name: &str, dir: &Path) -> ch
 /// working directory), its own state directory. Returns the journal it
 /// wrote and the exit status.
 async fn run_shipped(name: &str) -> (serde_json::Value, std::process::ExitStatus) {
-    let _serial = SERIAL.lock().await;
+    // Experiments hold latency hypotheses: nothing else runs beside them.
+    let _alone = machine_alone().await;
     // A fresh state directory each: the CA rotation must not leak.
     let dir = TempDir::new(&format!("chaos-{name}"));
     let journal = dir.0.join(format!("{name}.json"));
@@ -150,7 +145,8 @@ async fn shipped_cert_rotation_under_load_holds() {
 
 #[actix_rt::test]
 async fn a_broken_system_fails_with_the_probe_that_caught_it() {
-    let _serial = SERIAL.lock().await;
+    // Experiments hold latency hypotheses: nothing else runs beside them.
+    let _alone = machine_alone().await;
     let dir = TempDir::new("chaos-broken");
     let mut config = test_config(&dir.0);
     // Broken on purpose: an outbox too small to hold a dashboard outage,
@@ -180,10 +176,9 @@ async fn a_broken_system_fails_with_the_probe_that_caught_it() {
 
 #[actix_rt::test]
 async fn a_fault_whose_controller_is_killed_ends_by_its_lease() {
-    let _serial = SERIAL.lock().await;
     let dir = TempDir::new("chaos-lease");
     let mut config = test_config(&dir.0);
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let file = dir.0.join("controller-dies.toml");
     std::fs::write(
         &file,
@@ -227,7 +222,7 @@ type = "clear_faults"
             journal: Some(dir.0.join("controller-dies.json")),
             seed: None,
         };
-        actix_rt::spawn(async move { chaos_cmd::run(target, &options).await })
+        actix_rt::spawn(async move { chaos::run(target, &options).await })
     };
     let channel = txmesh::net::mtls_channel(
         ing.local_addr,

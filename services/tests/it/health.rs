@@ -2,14 +2,11 @@
 //! SERVING once ready, NOT_SERVING from the start of shutdown, and a
 //! non-zero exit when the listener is gone.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{process::Command, time::Duration};
 
-use support::*;
+use crate::support::*;
 use tonic_health::pb::health_check_response::ServingStatus;
-use txmesh::health::check;
+use txmesh::cli::health::check;
 
 const WAIT: Duration = Duration::from_secs(3);
 
@@ -38,7 +35,7 @@ fn probe(config: &txmesh::config::TxmeshConfig, target: std::net::SocketAddr) ->
 async fn health_reports_readiness_over_mtls_and_the_probe_exits_accordingly() {
     let dir = TempDir::new("health");
     let mut config = test_config(&dir.0);
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
 
     for (target, server, service) in [
         (ing.local_addr, "ingress", ""),

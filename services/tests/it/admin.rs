@@ -3,12 +3,9 @@
 //! nothing; the fault takes effect in the account actors, a rollback clears
 //! it, and a fault nobody clears expires by its lease.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use txmesh_proto::v1::{
     admin_client::AdminClient, ClearFaultsRequest, FaultSpec, InjectFaultRequest, ListFaultsRequest,
 };
@@ -53,7 +50,7 @@ async fn chaos_injects_operator_lists_and_leases_expire() {
     config.actors.supervision.max_restarts = 1_000;
     config.txgen.rate = 0;
     config.txgen.count = 3_000;
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let addr = ing.local_addr;
 
     // Only the chaos identity may inject.
@@ -157,7 +154,7 @@ async fn an_injected_publisher_failure_opens_the_breaker_and_loses_nothing() {
     let mut config = test_config(&dir.0);
     config.txgen.rate = 1_000;
     config.txgen.count = 2_500;
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let mut chaos = admin(&config, "chaos", ing.local_addr);
     chaos
         .inject_fault(InjectFaultRequest {

@@ -3,13 +3,10 @@
 //! certificates from another CA are refused, and a valid certificate with
 //! the wrong identity gets PERMISSION_DENIED (gRPC) or 403 (HTTPS).
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use crate::support::*;
 use rustls::pki_types::ServerName;
-use support::*;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use txmesh_proto::v1::{
     dashboard_client::DashboardClient, ingress_client::IngressClient, Transaction, VerdictBatch,
@@ -39,7 +36,7 @@ fn sample() -> Transaction {
 async fn every_listener_refuses_plaintext_missing_and_foreign_certificates() {
     let dir = TempDir::new("security");
     let mut config = test_config(&dir.0);
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let listeners: [(&str, SocketAddr, &[u8]); 3] = [
         ("ingress gRPC", ing.local_addr, b"h2"),
         ("dashboard gRPC", dash.grpc_addr, b"h2"),
@@ -114,7 +111,7 @@ async fn every_listener_refuses_plaintext_missing_and_foreign_certificates() {
 async fn valid_certificates_with_the_wrong_identity_are_denied() {
     let dir = TempDir::new("authz");
     let mut config = test_config(&dir.0);
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
 
     // ingress calling Screen: PERMISSION_DENIED. txgen calling it: fine.
     let as_ingress = txmesh::net::mtls_channel(

@@ -15,8 +15,11 @@ mod driver;
 
 use std::{
     path::{Path, PathBuf},
+    process::ExitCode,
     time::Duration,
 };
+
+use clap::{Args, Subcommand};
 
 use txmesh_chaos::{
     experiment::{self, Experiment, Journal},
@@ -25,7 +28,60 @@ use txmesh_chaos::{
 
 pub use driver::{Endpoints, SystemDriver};
 
-use crate::{config::TxmeshConfig, dashboard, error::ServiceError, ingress, up};
+use super::up;
+use crate::{config::TxmeshConfig, dashboard, error::ServiceError, ingress};
+
+#[derive(Subcommand)]
+pub enum ChaosCommand {
+    /// Run an experiment (chaos/experiments/NAME.toml): the steady-state hypothesis is checked
+    /// before, during and after its method; writes a JSON journal; exit 0 only if it held.
+    Run(ChaosRunArgs),
+}
+
+#[derive(Args)]
+pub struct ChaosRunArgs {
+    /// The experiment file.
+    file: PathBuf,
+    /// `up`: start a whole system (with wire proxies) for the run and stop it afterwards.
+    /// Default: the configured, running system.
+    #[arg(long, value_enum)]
+    target: Option<ChaosTarget>,
+    /// Where to write the journal (default: STATE_DIR/chaos/NAME-MILLIS.json).
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// Seed for the load and the wire jitter (default: the file's, else random; always journaled).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print the journal on stdout instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ChaosTarget {
+    Up,
+}
+
+/// `txmesh chaos run`: exit 0 only when the hypothesis held throughout.
+pub(super) fn command(command: ChaosCommand, config: TxmeshConfig) -> anyhow::Result<ExitCode> {
+    let ChaosCommand::Run(args) = command;
+    let options = ChaosRunOptions {
+        file: args.file,
+        target_up: args.target == Some(ChaosTarget::Up),
+        journal: args.journal,
+        seed: args.seed,
+    };
+    let run = crate::runtime::block_on(2, async move { run(config, &options).await })??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&run.journal)?);
+    } else {
+        print!("{}", run.journal.summary());
+        println!("journal: {}", run.journal_path.display());
+    }
+    Ok(super::exit(
+        run.journal.status == experiment::RunStatus::Completed,
+    ))
+}
 
 /// What `txmesh chaos run` was asked.
 #[derive(Debug, Clone)]

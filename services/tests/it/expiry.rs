@@ -2,16 +2,13 @@
 //! verified with: the ingress closes an HTTP/2 connection, and the dashboard
 //! a WebSocket session, at the certificate's notAfter.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use crate::support::*;
 use rustls::pki_types::ServerName;
-use support::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -53,7 +50,7 @@ fn assert_not_before(not_after: i64) {
 async fn a_connection_ends_when_its_client_certificate_expires() {
     let dir = TempDir::new("expiry");
     let mut config = test_config(&dir.0);
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
 
     let store = short_lived(&config, &dir, "txgen");
     let not_after = store.not_after_unix();

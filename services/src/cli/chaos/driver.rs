@@ -346,13 +346,13 @@ impl Driver for SystemDriver {
     async fn rotate_certs(&self, scope: RotationScope) -> Result<String, String> {
         match scope {
             RotationScope::Leaves => {
-                crate::certs_cmd::rotate(&self.config).map_err(|e| e.to_string())
+                crate::cli::certs::rotate(&self.config).map_err(|e| e.to_string())
             }
             RotationScope::Ca => {
                 // Each step must reach every component before the next.
                 let pause = self.config.tls.reload_interval() * 3;
                 let mut lines = Vec::new();
-                crate::certs_cmd::rotate_ca_steps(
+                crate::cli::certs::rotate_ca_steps(
                     &self.config,
                     &[CaStep::Add, CaStep::Reissue, CaStep::Retire],
                     pause,

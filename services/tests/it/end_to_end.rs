@@ -2,13 +2,10 @@
 //! transaction answered once, patterns detected, and a WebSocket client
 //! holding the operator certificate sees the same totals.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use futures_util::StreamExt;
-use support::*;
 use txmesh_proto::v1::{
     ingress_client::IngressClient, txn_result::Outcome, Reason, ScreenRequest, Transaction,
     VerdictStatus,
@@ -20,7 +17,7 @@ async fn screened_end_to_end_with_every_pattern_detected_and_totals_seen_in_the_
     let mut config = test_config(&dir.0);
     config.txgen.count = 6_000;
     config.txgen.rate = 0;
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
 
     let report = run_txgen(&config).await;
     assert_eq!(report.sent, 6_000);
@@ -100,7 +97,7 @@ async fn malformed_transactions_are_answered_and_the_stream_goes_on_and_replays_
 ) {
     let dir = TempDir::new("malformed");
     let mut config = test_config(&dir.0);
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let channel = channel_as(&config, "txgen", "ingress", ing.local_addr);
     let mut client = IngressClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -3,20 +3,17 @@
 //! receives spans from txgen, the ingress and the dashboard that share
 //! one trace id per request.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use crate::support::*;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use support::*;
 use tokio_stream::wrappers::TcpListenerStream;
 
 /// Span names by trace id, as received.
@@ -68,7 +65,7 @@ async fn one_request_is_one_trace_from_txgen_through_the_ingress_to_the_dashboar
     let mut config = test_config(&dir.0);
     config.txgen.rate = 0;
     config.txgen.count = 400;
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let report = run_txgen(&config).await;
     assert_eq!(report.answered, report.sent);
     assert!(ing.wait_drained(Duration::from_secs(10)).await);

@@ -5,51 +5,62 @@
 //! stream to the ingress that takes its place and runs to its duration;
 //! the dashboard's totals equal what txgen was answered.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{
+    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use support::*;
+use crate::support::*;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+/// Starts `txmesh ingress` with `--set` pairs, its gRPC listener on
+/// `listen` (port 0: the OS chooses), and returns it with the address it
+/// bound, read from its own log line (never a port guessed beforehand).
+fn spawn_ingress(sets: &[(&str, String)], listen: SocketAddr) -> (Child, SocketAddr) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_txmesh"));
+    command.arg("ingress");
+    for (key, value) in sets {
+        command.args(["--set", &format!("{key}={value}")]);
+    }
+    let mut child = command
+        .args(["--set", &format!("ingress.listen={listen}")])
+        .args(["--set", "ingress.metrics_listen=127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ingress starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            let event: serde_json::Value = serde_json::from_str(&line).ok()?;
+            event["fields"]["local_addr"].as_str()?.parse().ok()
+        })
+        .expect("the ingress logs the address it listens on");
+    // Keep reading, so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
 }
 
 #[actix_rt::test]
 async fn sigterm_drains_the_ingress_and_txgen_reconnects_to_its_successor_losing_nothing() {
     let dir = TempDir::new("sigterm");
     let mut config = test_config(&dir.0);
+    let _machine = machine_shared().await;
     let dash = txmesh::dashboard::start(&config).await.expect("dashboard");
-    let grpc = free_port();
-    let metrics = free_port();
-    let set = |k: &str, v: String| ["--set".to_owned(), format!("{k}={v}")];
-    let state_dir = config.state_dir.display().to_string();
-    let dashboard_addr = dash.grpc_addr.to_string();
-    let start_ingress = || {
-        Command::new(env!("CARGO_BIN_EXE_txmesh"))
-            .arg("ingress")
-            .args(set("state_dir", state_dir.clone()))
-            .args(set("ingress.listen", grpc.to_string()))
-            .args(set("ingress.metrics_listen", metrics.to_string()))
-            .args(set("ingress.dashboard_addr", dashboard_addr.clone()))
-            .args(set("actors.shards.count", "2".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ingress starts")
-    };
-    let mut child = start_ingress();
+    let sets = [
+        ("state_dir", config.state_dir.display().to_string()),
+        ("ingress.dashboard_addr", dash.grpc_addr.to_string()),
+        ("actors.shards.count", "2".to_owned()),
+    ];
+    let (mut child, grpc) = spawn_ingress(&sets, "127.0.0.1:0".parse().expect("addr"));
     let mut ready = false;
     for _ in 0..100 {
-        let status = txmesh::health::check(
+        let status = txmesh::cli::health::check(
             &config,
             grpc,
             "txgen",
@@ -69,10 +80,10 @@ async fn sigterm_drains_the_ingress_and_txgen_reconnects_to_its_successor_losing
     config.txgen.target = grpc;
     config.txgen.rate = 2_000;
     config.txgen.duration_secs = 8;
-    let load = spawn_txgen(&config);
+    let (load, progress) = spawn_txgen_watched(&config);
     // A rolling restart: SIGTERM once the run is under way, then a new
     // ingress on the same address at once.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    answered_at_least(&progress, 3_000).await;
     let pid = child.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
@@ -84,7 +95,9 @@ async fn sigterm_drains_the_ingress_and_txgen_reconnects_to_its_successor_losing
         .expect("waited")
         .expect("exit status");
     assert!(exit.success(), "the ingress drained and exited 0: {exit:?}");
-    let mut restarted = start_ingress();
+    // The successor takes the same address, as a restarted pod keeps its
+    // Service.
+    let (mut restarted, _) = spawn_ingress(&sets, grpc);
 
     let report = tokio::time::timeout(Duration::from_secs(60), load)
         .await

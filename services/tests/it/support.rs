@@ -1,7 +1,7 @@
 //! Test fixtures: a txmesh system on 127.0.0.1 with OS-chosen ports and
-//! certificates made by txmesh-certs in a fresh temporary directory.
-
-#![allow(dead_code, unreachable_pub)]
+//! certificates made by txmesh-certs in a fresh temporary directory, and
+//! the lock that keeps latency-measuring tests alone on the machine.
+#![allow(dead_code)]
 
 use std::{
     net::SocketAddr,
@@ -13,7 +13,7 @@ use std::{
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
-use txmesh::{config::TxmeshConfig, dashboard, ingress, shutdown, txgen, up};
+use txmesh::{cli::up, config::TxmeshConfig, dashboard, ingress, shutdown, txgen};
 use txmesh_certs::{CertStore, SpiffeId};
 
 /// A temporary directory removed on drop.
@@ -59,15 +59,46 @@ pub fn test_config(dir: &Path) -> TxmeshConfig {
     config
 }
 
-/// Dashboard then ingress, wired together.
+/// The machine: tests that start a system share it; a test whose
+/// hypothesis includes latency (a chaos experiment) holds it alone, so that
+/// another test's load does not fail it.
+static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A share of the machine, held for the life of a test's system.
+pub type Machine = tokio::sync::RwLockReadGuard<'static, ()>;
+
+/// Waits until no test holds the machine alone, and shares it.
+pub async fn machine_shared() -> Machine {
+    MACHINE.read().await
+}
+
+/// Waits until every other test has let go of the machine, and holds it
+/// alone (the lock is fair: waiting here stops new tests from sharing).
+pub async fn machine_alone() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().await
+}
+
+/// Dashboard then ingress, wired together; the machine is shared while the
+/// guard lives.
 pub async fn start_system(
     config: &mut TxmeshConfig,
-) -> (dashboard::DashboardHandle, ingress::IngressHandle) {
+) -> (dashboard::DashboardHandle, ingress::IngressHandle, Machine) {
     start_system_with(config, txmesh_actors::RouterOptions::default()).await
 }
 
 /// [`start_system`] with the ingress's router options (clock, hook).
 pub async fn start_system_with(
+    config: &mut TxmeshConfig,
+    options: txmesh_actors::RouterOptions,
+) -> (dashboard::DashboardHandle, ingress::IngressHandle, Machine) {
+    let machine = machine_shared().await;
+    let (dash, ing) = launch(config, options).await;
+    (dash, ing, machine)
+}
+
+/// Dashboard then ingress, without taking a share of the machine (for a
+/// test that already holds it alone).
+pub async fn launch(
     config: &mut TxmeshConfig,
     options: txmesh_actors::RouterOptions,
 ) -> (dashboard::DashboardHandle, ingress::IngressHandle) {
@@ -86,6 +117,48 @@ pub async fn run_txgen(config: &TxmeshConfig) -> txgen::TxgenReport {
     txgen::run(config, stop, Arc::new(txgen::TxgenProgress::default()))
         .await
         .expect("txgen runs")
+}
+
+/// Runs txgen in the background, with its live counters, so a test can wait
+/// for the run to be under way instead of sleeping.
+pub fn spawn_txgen_watched(
+    config: &TxmeshConfig,
+) -> (
+    tokio::task::JoinHandle<Result<txgen::TxgenReport, txmesh::ServiceError>>,
+    Arc<txgen::TxgenProgress>,
+) {
+    let config = config.clone();
+    let progress = Arc::new(txgen::TxgenProgress::default());
+    let watched = Arc::clone(&progress);
+    let task = tokio::spawn(async move {
+        let (_trigger, stop) = shutdown::channel();
+        txgen::run(&config, stop, watched).await
+    });
+    (task, progress)
+}
+
+/// Waits until `txgen` has been answered `n` times.
+pub async fn answered_at_least(progress: &txgen::TxgenProgress, n: u64) {
+    use std::sync::atomic::Ordering;
+    until(
+        &format!("txgen answered {n}"),
+        Duration::from_secs(30),
+        || progress.answered.load(Ordering::Relaxed) >= n,
+    )
+    .await;
+}
+
+/// Checks `done` every 20 ms until it holds; panics naming `what` after
+/// `timeout`.
+pub async fn until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs txgen in the background with the config's settings.

@@ -3,12 +3,9 @@
 //! retries per transaction with full jitter, per-account order holds, and in
 //! the end nothing is lost and nothing is screened twice.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[actix_rt::test]
 async fn overload_is_answered_retried_in_order_and_loses_nothing() {
@@ -21,7 +18,7 @@ async fn overload_is_answered_retried_in_order_and_loses_nothing() {
     config.txgen.count = 8_000;
     config.txgen.accounts = 200;
     config.txgen.max_in_flight = 4;
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
 
     let report = run_txgen(&config).await;
     println!("{}", report.summary());

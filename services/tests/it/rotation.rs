@@ -4,13 +4,10 @@
 //! new connections see the new certificates, and once the old CA is retired
 //! a certificate it issued is refused.
 
-#[path = "support/system.rs"]
-mod support;
-
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use crate::support::*;
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
-use support::*;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use tokio_rustls::TlsConnector;
 use txmesh::config::TxmeshConfig;
@@ -67,7 +64,7 @@ async fn leaves_and_the_ca_rotate_under_load_without_failures_or_restarts() {
     config.tls.reload_interval_ms = 50;
     config.txgen.rate = 1_500;
     config.txgen.duration_secs = 6;
-    let (dash, ing) = start_system(&mut config).await;
+    let (dash, ing, _machine) = start_system(&mut config).await;
     let layout = StateLayout::new(&config.state_dir);
     let td = config.trust_domain.clone();
     let read = |path: std::path::PathBuf| std::fs::read(path).expect("readable");
@@ -78,8 +75,8 @@ async fn leaves_and_the_ca_rotate_under_load_without_failures_or_restarts() {
     ];
     let first_ingress = on_disk(&config, "ingress");
 
-    let load = spawn_txgen(&config);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (load, progress) = spawn_txgen_watched(&config);
+    answered_at_least(&progress, 1_000).await;
     let stores = [&ing.certs, &dash.certs];
     let options = IssueOptions::default();
 
