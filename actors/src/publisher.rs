@@ -62,6 +62,8 @@ pub struct PublisherStats {
     pub unacked_verdicts: AtomicU64,
     /// Verdicts acknowledged by the dashboard.
     pub delivered_verdicts: AtomicU64,
+    /// Woken at every acknowledgement (for [`PublisherStats::wait_drained`]).
+    acked: tokio::sync::Notify,
 }
 
 /// A snapshot of the publisher for summaries and the dashboard.
@@ -305,6 +307,7 @@ impl DashboardPublisher {
         self.stats
             .delivered_verdicts
             .fetch_add(acked, Ordering::Relaxed);
+        self.stats.acked.notify_waiters();
         self.breaker.on_success();
         self.backoff.reset();
     }
@@ -355,6 +358,25 @@ impl DashboardPublisher {
 }
 
 impl PublisherStats {
+    /// Waits until every verdict handed to the publisher through `outbox`
+    /// is acknowledged (woken by each acknowledgement, not polled), or
+    /// `deadline`. Returns whether it drained.
+    pub async fn wait_drained(&self, outbox: &Outbox, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let acked = self.acked.notified();
+            tokio::pin!(acked);
+            // Registered before the check: an ack in between is not missed.
+            acked.as_mut().enable();
+            if self.view(outbox).drained() {
+                return true;
+            }
+            tokio::select! {
+                () = acked => {}
+                () = tokio::time::sleep_until(deadline) => return self.view(outbox).drained(),
+            }
+        }
+    }
+
     /// A consistent-enough snapshot for display.
     pub fn view(&self, outbox: &Outbox) -> PublisherStatusView {
         let breaker = match self.breaker.load(Ordering::Relaxed) {

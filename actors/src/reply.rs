@@ -8,8 +8,10 @@
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
-    Arc, Mutex,
+    Arc,
 };
+
+use parking_lot::Mutex;
 
 use txmesh_proto::v1::{txn_result::Outcome, TxnResult, Verdict};
 
@@ -108,7 +110,7 @@ impl Inner {
         {
             // A poisoned lock only means another slot panicked mid-store;
             // the vector itself is still consistent.
-            let mut results = self.results.lock().unwrap_or_else(|e| e.into_inner());
+            let mut results = self.results.lock();
             if let Some(cell) = results.get_mut(index) {
                 *cell = Some(result);
             }
@@ -119,14 +121,9 @@ impl Inner {
     }
 
     fn finish(&self) {
-        let on_done = self
-            .on_done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let on_done = self.on_done.lock().take();
         if let Some(on_done) = on_done {
-            let results =
-                std::mem::take(&mut *self.results.lock().unwrap_or_else(|e| e.into_inner()));
+            let results = std::mem::take(&mut *self.results.lock());
             on_done(results.into_iter().flatten().collect());
         }
     }

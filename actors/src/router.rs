@@ -66,7 +66,7 @@ pub struct ShardRouter {
     config: Arc<ShardsConfig>,
     clock: SharedClock,
     stats: ScreeningStats,
-    arbiters: Arc<std::sync::Mutex<Vec<Arbiter>>>,
+    arbiters: Arc<parking_lot::Mutex<Vec<Arbiter>>>,
 }
 
 struct ShardHandle {
@@ -184,7 +184,7 @@ impl ShardRouter {
             config: shards_config,
             clock: options.clock,
             stats,
-            arbiters: Arc::new(std::sync::Mutex::new(arbiters)),
+            arbiters: Arc::new(parking_lot::Mutex::new(arbiters)),
         }
     }
 
@@ -282,8 +282,7 @@ impl ShardRouter {
     /// Stops every shard's arbiter (their actors stop with them). Pending
     /// transactions are answered through their dropped slots.
     pub fn stop(&self) {
-        let arbiters =
-            std::mem::take(&mut *self.arbiters.lock().unwrap_or_else(|e| e.into_inner()));
+        let arbiters = std::mem::take(&mut *self.arbiters.lock());
         for arbiter in arbiters {
             arbiter.stop();
         }

@@ -6,9 +6,11 @@ use std::{
     collections::VecDeque,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
 };
+
+use parking_lot::Mutex;
 
 use txmesh_proto::v1::{PoisonRecord, ScreeningStatus, ShardStatus, Transaction};
 
@@ -89,7 +91,7 @@ impl PoisonLog {
             message,
             "poison message: the transaction crashed its account actor on every attempt"
         );
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut records = self.records.lock();
         if records.len() == POISON_KEPT {
             records.pop_back();
         }
@@ -105,12 +107,7 @@ impl PoisonLog {
 
     /// The records, most recent first.
     pub fn records(&self) -> Vec<PoisonRecord> {
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
+        self.records.lock().iter().cloned().collect()
     }
 }
 

@@ -17,9 +17,11 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
 };
+
+use parking_lot::Mutex;
 
 use arc_swap::ArcSwap;
 use rustls::{
@@ -156,11 +158,7 @@ impl CertStore {
     /// Counts and logs an invalid state once it persists (see
     /// `last_rejected`).
     fn rejected(&self, digest: u64, error: CertError) -> Reload {
-        let mut last = self
-            .inner
-            .last_rejected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut last = self.inner.last_rejected.lock();
         match *last {
             Some((d, true)) if d == digest => return Reload::Unchanged,
             Some((d, false)) if d == digest => *last = Some((digest, true)),

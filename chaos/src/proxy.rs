@@ -11,10 +11,12 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
+
+use parking_lot::Mutex;
 
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -182,8 +184,8 @@ impl Drop for WireProxy {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(FaultId, WireFault, Instant)>> {
-        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<(FaultId, WireFault, Instant)>> {
+        self.faults.lock()
     }
 
     fn effect(&self, now: Instant) -> Effect {

@@ -2,12 +2,11 @@
 //! injection points. Time is passed in (`now`) so leases are testable.
 
 use std::{
-    sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        RwLock,
-    },
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
+
+use parking_lot::RwLock;
 
 use serde::Serialize;
 
@@ -116,7 +115,7 @@ impl Registry {
                 limit: self.limits.max_account_share,
             });
         }
-        let mut faults = self.faults.write().unwrap_or_else(|e| e.into_inner());
+        let mut faults = self.faults.write();
         faults.retain(|f| f.expires > now);
         if faults.len() >= self.limits.max_faults {
             return Err(ChaosError::TooMany(self.limits.max_faults));
@@ -135,7 +134,7 @@ impl Registry {
 
     /// Removes one fault; false if it was not (or no longer) active.
     pub fn clear(&self, id: FaultId) -> bool {
-        let mut faults = self.faults.write().unwrap_or_else(|e| e.into_inner());
+        let mut faults = self.faults.write();
         let before = faults.len();
         faults.retain(|f| f.id != id);
         self.active.store(faults.len(), Ordering::Release);
@@ -145,7 +144,7 @@ impl Registry {
     /// Removes every fault (a rollback); returns how many were still
     /// active at `now`.
     pub fn clear_all(&self, now: Instant) -> usize {
-        let mut faults = self.faults.write().unwrap_or_else(|e| e.into_inner());
+        let mut faults = self.faults.write();
         let active = faults.iter().filter(|f| f.expires > now).count();
         faults.clear();
         self.active.store(0, Ordering::Release);
@@ -159,7 +158,7 @@ impl Registry {
 
     /// The faults whose lease runs at `now`.
     pub fn list(&self, now: Instant) -> Vec<ActiveFault> {
-        let mut faults = self.faults.write().unwrap_or_else(|e| e.into_inner());
+        let mut faults = self.faults.write();
         faults.retain(|f| f.expires > now);
         self.active.store(faults.len(), Ordering::Release);
         faults
@@ -188,7 +187,7 @@ impl Registry {
         if !self.is_active() {
             return None;
         }
-        let faults = self.faults.read().unwrap_or_else(|e| e.into_inner());
+        let faults = self.faults.read();
         faults
             .iter()
             .filter(|f| f.expires > now && f.spec.kind.point() == point)

@@ -29,6 +29,8 @@ pub struct TxmeshConfig {
     pub actors: ActorsConfig,
     /// Certificate reloading.
     pub tls: TlsConfig,
+    /// Per-identity connection limit and keepalive, on every listener.
+    pub connections: ConnectionsConfig,
     /// On SIGTERM or Ctrl-C, how long a service may take to drain (answer
     /// what it has, flush the publisher) before it exits anyway.
     #[serde(deserialize_with = "txmesh_actors::config::duration::secs")]
@@ -80,6 +82,36 @@ pub struct IngressConfig {
     /// TLS handshakes that take longer are dropped, milliseconds.
     #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub handshake_timeout_ms: u64,
+    /// A Screen stream with no request for this long and nothing in flight
+    /// is closed with UNAVAILABLE (the client opens a new one), ms.
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
+    pub stream_idle_timeout_ms: u64,
+}
+
+/// What every mTLS listener allows one client, and how it finds dead ones.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Open connections per client identity (SPIFFE ID) on each gRPC
+    /// listener; one more is closed right after its handshake and counted
+    /// in `txmesh_connections_refused_total{reason="identity_limit"}`.
+    pub max_per_identity: usize,
+    /// HTTP/2 PING sent on a connection silent this long, ms.
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
+    pub keepalive_interval_ms: u64,
+    /// A connection whose PING is not answered within this is closed, ms.
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        Self {
+            max_per_identity: 64,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -200,6 +232,7 @@ impl Default for TxmeshConfig {
             authz: AuthzConfig::default(),
             actors: ActorsConfig::default(),
             tls: TlsConfig::default(),
+            connections: ConnectionsConfig::default(),
             shutdown_grace_secs: 10,
         }
     }
@@ -215,6 +248,7 @@ impl Default for IngressConfig {
             max_in_flight_batches: 128,
             max_message_bytes: 4 << 20,
             handshake_timeout_ms: 5_000,
+            stream_idle_timeout_ms: 300_000,
         }
     }
 }

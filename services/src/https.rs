@@ -10,6 +10,20 @@ use txmesh_certs::{AuthzPolicy, Decision, Service, SpiffeId};
 
 use crate::metrics::Metrics;
 
+/// The headers every response carries: only this origin's script, style
+/// and connections (the WebSocket is same-origin), no framing, no type
+/// sniffing, no referrer.
+pub(crate) const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+         connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+];
+
 /// The verified SPIFFE ID of an HTTPS connection and its certificate's
 /// notAfter (Unix seconds), set at connect time.
 #[derive(Debug, Clone)]

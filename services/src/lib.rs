@@ -26,6 +26,7 @@ pub mod https; // actix-web over mTLS: peer identity, authz, /metrics.
 pub mod metrics; // Prometheus families every service registers.
 pub mod net; // mTLS listeners and channels, certificate expiry metrics.
 pub mod runtime; // The actix system on a multi-threaded tokio runtime.
+pub mod server; // One mTLS server assembly: certs, policy, health, both listeners.
 pub mod shutdown; // The process's shutdown signal and SIGTERM/Ctrl-C.
 pub mod telemetry; // Logs, OTLP traces, trace context across hops, panic hook.
 

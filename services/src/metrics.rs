@@ -41,6 +41,7 @@ pub struct Metrics {
     handshake_failures: IntCounterVec,
     cert_expiry: GaugeVec,
     cert_reloads: IntCounterVec,
+    connections_refused: IntCounterVec,
 }
 
 impl HandshakeFailure {
@@ -171,12 +172,27 @@ impl Metrics {
                 handshake_failures.with_label_values(&[listener, reason.label()]);
             }
         }
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "txmesh_connections_refused_total",
+                "Verified mTLS connections closed at once, by listener and reason (identity_limit: the client identity already holds connections.max_per_identity).",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
+        for listener in listeners {
+            connections_refused.with_label_values(&[listener, "identity_limit"]);
+        }
+        registry
+            .register(Box::new(connections_refused.clone()))
+            .expect("registered once");
         Self {
             registry,
             authz,
             handshake_failures,
             cert_expiry,
             cert_reloads,
+            connections_refused,
         }
     }
 
@@ -184,6 +200,13 @@ impl Metrics {
     pub fn authz(&self, service: Service, decision: Decision) {
         self.authz
             .with_label_values(&[service.name(), decision_label(decision)])
+            .inc();
+    }
+
+    /// Counts a verified connection closed at once on `listener`.
+    pub fn connection_refused(&self, listener: &str, reason: &str) {
+        self.connections_refused
+            .with_label_values(&[listener, reason])
             .inc();
     }
 

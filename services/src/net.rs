@@ -11,6 +11,7 @@ use std::{
     },
     time::Duration,
 };
+use tokio_util::sync::CancellationToken;
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -23,7 +24,6 @@ use txmesh_certs::{AuthzPolicy, CertStore, Decision, Reload, Service, SpiffeId};
 use crate::{
     error::ServiceError,
     metrics::{HandshakeFailure, Metrics},
-    shutdown::Shutdown,
 };
 
 mod expiry;
@@ -38,6 +38,63 @@ pub struct HandshakeStats {
     pub timed_out: AtomicU64,
 }
 
+/// Open connections per client identity on one listener, capped: a client
+/// with a valid certificate must not hold unbounded connections.
+#[derive(Debug)]
+pub struct IdentityLimit {
+    max: usize,
+    open: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One counted connection; gives its place back when dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    limit: Arc<IdentityLimit>,
+    identity: String,
+}
+
+impl IdentityLimit {
+    /// At most `max` connections per identity.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: parking_lot::Mutex::default(),
+        })
+    }
+
+    /// A place for one more connection of `identity`, unless it already
+    /// holds `max`.
+    pub fn admit(self: &Arc<Self>, identity: &str) -> Option<ConnectionSlot> {
+        let mut open = self.open.lock();
+        let n = open.entry(identity.to_owned()).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot {
+            limit: self.clone(),
+            identity: identity.to_owned(),
+        })
+    }
+
+    /// Connections `identity` holds now.
+    pub fn open(&self, identity: &str) -> usize {
+        self.open.lock().get(identity).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.limit.open.lock();
+        if let Some(n) = open.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.identity);
+            }
+        }
+    }
+}
+
 /// A bound mTLS listener whose accepted, verified connections feed tonic's
 /// `serve_with_incoming`.
 pub struct MtlsIncoming {
@@ -46,7 +103,9 @@ pub struct MtlsIncoming {
     pub stats: Arc<HandshakeStats>,
 }
 
-/// Binds `addr` and starts the accept loop; stops when `shutdown` fires.
+/// Binds `addr` and starts the accept loop; stops when `shutdown` fires. A
+/// verified connection over `limit` for its identity is closed at once and
+/// counted.
 ///
 /// # Errors
 /// [`ServiceError::Bind`] when the address cannot be bound.
@@ -55,7 +114,8 @@ pub async fn mtls_incoming(
     tls: rustls::ServerConfig,
     handshake_timeout: Duration,
     name: &'static str,
-    shutdown: Shutdown,
+    limit: Arc<IdentityLimit>,
+    shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) -> Result<MtlsIncoming, ServiceError> {
     let listener = TcpListener::bind(addr)
@@ -70,10 +130,11 @@ pub async fn mtls_incoming(
     // the accept loop. Room for a burst of new connections.
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let loop_stats = stats.clone();
-    tokio::spawn(async move {
+    let span = tracing::info_span!("tls.accept_loop", listener = name, %local_addr);
+    let accept_loop = async move {
         loop {
             let accepted = tokio::select! {
-                () = shutdown.wait() => break,
+                () = shutdown.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
             let (tcp, peer) = match accepted {
@@ -89,11 +150,30 @@ pub async fn mtls_incoming(
             let tx = tx.clone();
             let stats = loop_stats.clone();
             let metrics = metrics.clone();
-            tokio::spawn(async move {
+            let limit = limit.clone();
+            let span = tracing::debug_span!("tls.accept", listener = name, %peer);
+            let handshake = async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        let _ = tx.send(Ok(ExpiringTls::accepted(tls))).await;
+                        // The verifier accepted an SVID: it has an identity.
+                        let identity = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|leaf| txmesh_certs::peer_spiffe_id(leaf).ok())
+                            .map(|id| id.to_string())
+                            .unwrap_or_default();
+                        let Some(slot) = limit.admit(&identity) else {
+                            metrics.connection_refused(name, "identity_limit");
+                            tracing::warn!(
+                                listener = name, %peer, %identity, max = limit.max,
+                                "connection refused: this identity holds the most connections allowed (connections.max_per_identity)"
+                            );
+                            return;
+                        };
+                        let _ = tx.send(Ok(ExpiringTls::accepted(tls, slot))).await;
                     }
                     Ok(Err(e)) => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -106,9 +186,11 @@ pub async fn mtls_incoming(
                         tracing::info!(listener = name, %peer, "TLS handshake timed out");
                     }
                 }
-            });
+            };
+            tokio::spawn(tracing::Instrument::instrument(handshake, span));
         }
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(accept_loop, span));
     Ok(MtlsIncoming {
         local_addr,
         stream: ReceiverStream::new(rx),
@@ -221,17 +303,18 @@ pub fn authorize<T>(
 pub fn watch_certs(
     store: CertStore,
     every: Duration,
-    shutdown: crate::shutdown::Shutdown,
+    shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
     metrics.observe_cert(&store);
-    tokio::spawn(async move {
+    let span = tracing::info_span!("certs.watch", identity = %store.spiffe_id());
+    let watch = async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = shutdown.wait() => break,
+                () = shutdown.cancelled() => break,
             }
             // Reading three small files; cheap enough for the runtime.
             match store.reload() {
@@ -246,5 +329,6 @@ pub fn watch_certs(
                 Reload::Unchanged => {}
             }
         }
-    })
+    };
+    tokio::spawn(tracing::Instrument::instrument(watch, span))
 }

@@ -15,10 +15,13 @@ use std::{
     collections::{HashMap, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     time::{Duration, Instant},
 };
+use tokio_util::sync::CancellationToken;
+
+use parking_lot::Mutex;
 
 use futures_util::StreamExt;
 use rand::{rngs::SmallRng, SeedableRng};
@@ -37,7 +40,6 @@ use crate::{
     config::{RetryConfig, TxmeshConfig},
     error::ServiceError,
     net::mtls_channel,
-    shutdown::Shutdown,
 };
 
 /// Live counters, for `up`'s summary line.
@@ -76,9 +78,9 @@ fn entered_history(result: &txmesh_proto::v1::TxnResult) -> bool {
 
 type Shared = Arc<Mutex<StreamShared>>;
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, StreamShared> {
+fn lock(shared: &Shared) -> parking_lot::MutexGuard<'_, StreamShared> {
     // A poisoned lock means a panicking task; the maps are still usable.
-    shared.lock().unwrap_or_else(|e| e.into_inner())
+    shared.lock()
 }
 
 /// Runs txgen as configured until its duration or count is reached, or
@@ -88,7 +90,7 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, StreamShared> {
 /// When certificates cannot be loaded or a stream cannot be opened.
 pub async fn run(
     config: &TxmeshConfig,
-    stop: Shutdown,
+    stop: CancellationToken,
     progress: Arc<TxgenProgress>,
 ) -> Result<TxgenReport, ServiceError> {
     let t = &config.txgen;
@@ -126,12 +128,10 @@ pub async fn run(
         let client = IngressClient::new(channel.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
-        tasks.push(tokio::spawn(run_stream(
-            client,
-            generator,
-            plan,
-            stop.clone(),
-            progress.clone(),
+        let span = tracing::info_span!("txgen.stream", stream);
+        tasks.push(tokio::spawn(tracing::Instrument::instrument(
+            run_stream(client, generator, plan, stop.clone(), progress.clone()),
+            span,
         )));
     }
     let mut total = Tally::new();
@@ -233,7 +233,7 @@ impl StreamContext {
     async fn connect(
         &mut self,
         give_up_at: Instant,
-        stop: &Shutdown,
+        stop: &CancellationToken,
         rng: &mut SmallRng,
     ) -> Result<Connection, String> {
         let mut backoff = txmesh_actors::backoff::Backoff::new(RECONNECT_BACKOFF)
@@ -250,7 +250,7 @@ impl StreamContext {
             tracing::warn!(%status, ?delay, "Screen stream could not be opened; retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = stop.wait() => return Err("stopped while reconnecting".into()),
+                () = stop.cancelled() => return Err("stopped while reconnecting".into()),
             }
         }
     }
@@ -307,7 +307,7 @@ async fn run_stream(
     client: IngressClient<tonic::transport::Channel>,
     mut generator: Generator,
     plan: StreamPlan,
-    stop: Shutdown,
+    stop: CancellationToken,
     progress: Arc<TxgenProgress>,
 ) -> Result<Tally, ServiceError> {
     // Open loop keeps a deep window so a slow answer does not hold back the
@@ -395,7 +395,7 @@ async fn run_stream(
                 tokio::select! {
                     ended = &mut connection.receiver => Some(ended),
                     () = context.events.notified() => None,
-                    () = stop.wait(), if phase == Phase::Sending => None,
+                    () = stop.cancelled(), if phase == Phase::Sending => None,
                     () = sleep_until_opt(wake) => None,
                 }
             }
@@ -471,8 +471,8 @@ struct Sender<'a> {
 
 impl Sender<'_> {
     /// Stopped, or the duration or count reached.
-    fn run_over(&self, now: Instant, stop: &Shutdown) -> bool {
-        stop.is_fired()
+    fn run_over(&self, now: Instant, stop: &CancellationToken) -> bool {
+        stop.is_cancelled()
             || self.plan.deadline.is_some_and(|d| now >= d)
             || self.plan.count.is_some_and(|c| self.generated >= c)
     }
@@ -544,14 +544,14 @@ impl Sender<'_> {
         generator: &mut Generator,
         tally: &mut Tally,
         progress: &TxgenProgress,
-        stop: &Shutdown,
+        stop: &CancellationToken,
         receiver: &mut tokio::task::JoinHandle<(Tally, bool)>,
         phase: Phase,
     ) -> Option<Result<(Tally, bool), tokio::task::JoinError>> {
         tokio::select! {
             () = window.acquire() => {}
             ended = &mut *receiver => return Some(ended),
-            () = stop.wait(), if phase == Phase::Sending => return None,
+            () = stop.cancelled(), if phase == Phase::Sending => return None,
         }
         let now = Instant::now();
         // Retries first: they are older than anything not yet generated.
@@ -789,7 +789,7 @@ impl Window {
         loop {
             let notified = self.changed.notified();
             {
-                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = self.state.lock();
                 if (s.in_flight as f64) < s.size.max(1.0) {
                     s.in_flight += 1;
                     return;
@@ -803,7 +803,7 @@ impl Window {
     /// ended) or never sent, without counting it as an answer.
     fn give_back(&self) {
         {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.state.lock();
             s.in_flight = s.in_flight.saturating_sub(1);
         }
         self.changed.notify_waiters();
@@ -812,7 +812,7 @@ impl Window {
     /// A batch was answered; `overloaded` when any of it was refused.
     fn release(&self, overloaded: bool) {
         {
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = self.state.lock();
             s.in_flight = s.in_flight.saturating_sub(1);
             if s.adaptive {
                 let now = Instant::now();

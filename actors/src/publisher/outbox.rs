@@ -3,10 +3,9 @@
 //! full, new verdicts are shed and counted (the dashboard shows the gap);
 //! nothing already queued is ever dropped.
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, Mutex},
-};
+use std::{collections::VecDeque, sync::Arc};
+
+use parking_lot::Mutex;
 
 use txmesh_proto::v1::Verdict;
 
@@ -36,9 +35,9 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
         // The queue stays consistent even if a holder panicked.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     /// Queues `verdicts`; returns how many were shed for lack of room.

@@ -21,11 +21,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Mutex,
-    },
+    sync::atomic::{AtomicUsize, Ordering},
 };
+
+use parking_lot::Mutex;
 
 /// The holds of one shard's accounts.
 #[derive(Debug, Default)]
@@ -51,7 +50,7 @@ impl Holds {
     /// Holds `account` for `transaction_id`, refused in the part stamped
     /// `stamp`, unless an older refusal already holds it.
     pub(crate) fn hold(&self, account: &str, transaction_id: &str, stamp: u64, until_ms: u64) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.lock();
         let hold = Hold {
             transaction_id: transaction_id.into(),
             stamp,
@@ -84,7 +83,7 @@ impl Holds {
         if self.len.load(Ordering::Acquire) == 0 {
             return true;
         }
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.lock();
         let Some(h) = map.get_mut(account) else {
             return true;
         };
@@ -112,7 +111,7 @@ impl Holds {
         if self.len.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.map.lock();
         map.retain(|_, h| h.until_ms > now_ms || h.pass_on(now_ms + hold_ms));
         self.len.store(map.len(), Ordering::Release);
     }

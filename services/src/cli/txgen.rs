@@ -2,11 +2,12 @@
 //! load flags it shares with `txmesh up`.
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
+use tokio_util::sync::CancellationToken;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
-use crate::{config::TxmeshConfig, runtime, shutdown, txgen};
+use crate::{config::TxmeshConfig, runtime, txgen};
 
 #[derive(Args)]
 pub(super) struct LoadArgs {
@@ -88,12 +89,13 @@ impl TxgenArgs {
 /// Runs txgen until its duration or count, or Ctrl-C; exit 1 when the run
 /// ended early (see the report).
 pub(super) fn command(args: &TxgenArgs, config: TxmeshConfig) -> anyhow::Result<ExitCode> {
-    let (trigger, stop) = shutdown::channel();
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
     let progress = Arc::new(txgen::TxgenProgress::default());
     let report = runtime::block_on(2, async move {
         let ctrl_c = tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
-            trigger.fire();
+            trigger.cancel();
         });
         let report = txgen::run(&config, stop, progress).await;
         ctrl_c.abort();

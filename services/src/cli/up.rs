@@ -11,6 +11,7 @@ use std::{
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
+use tokio_util::sync::CancellationToken;
 
 use clap::Args;
 
@@ -21,7 +22,7 @@ use crate::{
     config::TxmeshConfig,
     dashboard::{self, Totals},
     error::ServiceError,
-    ingress, shutdown,
+    ingress,
     txgen::{self, TxgenProgress, TxgenReport},
 };
 
@@ -154,12 +155,17 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     say("  `txmesh audit` (run here) probes every listener.".to_string());
     say("  Ctrl-C stops everything.".to_string());
 
-    let (trigger, stop) = shutdown::channel();
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
     let progress = Arc::new(TxgenProgress::default());
     let mut txgen_task = {
         let config = config.clone();
         let progress = progress.clone();
-        tokio::spawn(async move { txgen::run(&config, stop, progress).await })
+        let task = async move { txgen::run(&config, stop, progress).await };
+        tokio::spawn(tracing::Instrument::instrument(
+            task,
+            tracing::info_span!("txgen"),
+        ))
     };
     let every = if options.summary_every.is_zero() {
         Duration::from_secs(5)
@@ -174,7 +180,7 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
             result = &mut txgen_task => break result,
             _ = tokio::signal::ctrl_c() => {
                 say("stopping…".to_string());
-                trigger.fire();
+                trigger.cancel();
                 break (&mut txgen_task).await;
             }
             _ = ticker.tick() => {

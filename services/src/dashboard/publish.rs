@@ -70,7 +70,8 @@ impl Dashboard for PublishService {
         let aggregator = self.aggregator.clone();
         let chaos = self.chaos.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(ACK_BUFFER);
-        tokio::spawn(async move {
+        let span = tracing::info_span!("dashboard.publish_stream", %peer);
+        let stream = async move {
             loop {
                 let batch = match inbound.message().await {
                     Ok(Some(batch)) => batch,
@@ -116,7 +117,8 @@ impl Dashboard for PublishService {
                     break;
                 }
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(stream, span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

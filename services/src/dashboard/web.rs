@@ -52,19 +52,16 @@ pub(super) struct WebState {
     pub origin_refusals: Arc<AtomicU64>,
 }
 
-/// The headers every response carries: only this origin's script, style
-/// and connections (the WebSocket is same-origin), no framing, no type
-/// sniffing, no referrer.
-pub(super) const SECURITY_HEADERS: [(&str, &str); 4] = [
-    (
-        "content-security-policy",
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-         connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    ),
-    ("x-content-type-options", "nosniff"),
-    ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
-];
+/// The dashboard's routes on its HTTPS listener (beside `/metrics`).
+pub(super) fn routes(cfg: &mut actix_web::web::ServiceConfig, state: &WebState) {
+    use actix_web::web::{get, Data};
+    cfg.app_data(Data::new(state.clone()))
+        .route("/", get().to(asset))
+        .route("/app.js", get().to(asset))
+        .route("/app.css", get().to(asset))
+        .route("/api/snapshot", get().to(snapshot))
+        .route("/ws", get().to(websocket));
+}
 
 /// The dashboard is stopping: close with 1001 (going away).
 pub struct GoingAway;

@@ -120,6 +120,14 @@ pub(super) fn register(
     );
     let c = counters.clone();
     metrics.sampled(
+        "txmesh_screen_streams_idle_closed_total",
+        "Screen streams closed with nothing read for ingress.stream_idle_timeout_ms and nothing in flight.",
+        COUNTER,
+        &[],
+        move || vec![(vec![], c.idle_streams_closed.load(Ordering::Relaxed) as f64)],
+    );
+    let c = counters.clone();
+    metrics.sampled(
         "txmesh_verdicts_in_flight",
         "Transactions received and not yet answered.",
         GAUGE,

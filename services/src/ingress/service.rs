@@ -19,6 +19,7 @@ use std::{
     },
     time::Instant,
 };
+use tokio_util::sync::CancellationToken;
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -31,7 +32,7 @@ use txmesh_proto::v1::{
     TxnResult, VerdictStatus,
 };
 
-use crate::{net::authorize, shutdown::Shutdown};
+use crate::net::authorize;
 
 /// Reason and error codes counted per code (proto numbers below this).
 pub const CODES: usize = 32;
@@ -52,6 +53,8 @@ pub struct IngressCounters {
     /// Screen streams ended because a request could not be read, by
     /// [`InputFault`].
     pub input_faults: [AtomicU64; InputFault::ALL.len()],
+    /// Screen streams closed for idling (`ingress.stream_idle_timeout_ms`).
+    pub idle_streams_closed: AtomicU64,
     /// Time from receipt to verdict, seconds.
     latency: prometheus::Histogram,
 }
@@ -69,6 +72,7 @@ impl IngressCounters {
             reasons: std::array::from_fn(|_| AtomicU64::new(0)),
             error_codes: std::array::from_fn(|_| AtomicU64::new(0)),
             input_faults: std::array::from_fn(|_| AtomicU64::new(0)),
+            idle_streams_closed: AtomicU64::new(0),
             latency,
         }
     }
@@ -165,6 +169,17 @@ pub struct ScreenLimits {
     pub max_message_bytes: usize,
     /// `actors.shards.max_batch`, named in the same error.
     pub max_batch: usize,
+    /// A stream with nothing read for this long and nothing in flight is
+    /// closed (`ingress.stream_idle_timeout_ms`).
+    pub idle_timeout: std::time::Duration,
+}
+
+/// Why a Screen stream's read loop stops reading.
+enum Ended {
+    /// The client's stream failed or could not be decoded.
+    Read(Status),
+    /// Nothing read for the idle timeout, nothing in flight.
+    Idle,
 }
 
 impl ScreenLimits {
@@ -200,7 +215,7 @@ pub struct IngressService {
     counters: Arc<IngressCounters>,
     limits: ScreenLimits,
     /// Fires when the ingress starts shutting down.
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     /// Consulted for every request read (injected stream resets).
     chaos: Option<Arc<txmesh_chaos::Registry>>,
 }
@@ -219,7 +234,7 @@ impl IngressService {
         metrics: Arc<crate::metrics::Metrics>,
         counters: Arc<IngressCounters>,
         limits: ScreenLimits,
-        shutdown: Shutdown,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             router,
@@ -330,6 +345,7 @@ impl Ingress for IngressService {
         // and a permit is released only when its response leaves the
         // channel, so `try_send` cannot fail for lack of room.
         let max_in_flight = self.limits.max_in_flight;
+        let idle_timeout = self.limits.idle_timeout;
         let permits = Arc::new(Semaphore::new(max_in_flight));
         let (tx, rx) = tokio::sync::mpsc::channel::<Outgoing>(max_in_flight + 1);
         let this = self.clone();
@@ -341,14 +357,24 @@ impl Ingress for IngressService {
             loop {
                 let next = async {
                     let permit = permits.clone().acquire_owned().await.ok()?;
-                    Some((permit, inbound.message().await))
+                    // Idle: nothing read for `idle_timeout` and nothing in
+                    // flight (this permit is the only one taken).
+                    loop {
+                        match tokio::time::timeout(idle_timeout, inbound.message()).await {
+                            Ok(message) => break Some((permit, message.map_err(Ended::Read))),
+                            Err(_) if permits.available_permits() + 1 >= max_in_flight => {
+                                break Some((permit, Err(Ended::Idle)))
+                            }
+                            Err(_) => {}
+                        }
+                    }
                 };
                 // On shutdown the client is told to stop sending; what it
                 // already sent is still read and answered until it closes
                 // its side (or the grace period ends the connection).
                 let (permit, message) = tokio::select! {
                     biased;
-                    () = this.shutdown.wait(), if !draining => {
+                    () = this.shutdown.cancelled(), if !draining => {
                         draining = true;
                         let notice = ScreenResponse {
                             draining: true,
@@ -389,7 +415,21 @@ impl Ingress for IngressService {
                         });
                     }
                     Ok(None) => break,
-                    Err(status) => {
+                    Err(Ended::Idle) => {
+                        this.counters
+                            .idle_streams_closed
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%peer, ?idle_timeout, "Screen stream idle: closed");
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!(
+                                "no request for {idle_timeout:?} with nothing in flight: \
+                                 idle stream closed (ingress.stream_idle_timeout_ms); \
+                                 open a new stream to send more"
+                            ))))
+                            .await;
+                        break;
+                    }
+                    Err(Ended::Read(status)) => {
                         match InputFault::of(&status) {
                             Some(fault) => {
                                 drop(permit);

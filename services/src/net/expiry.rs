@@ -25,6 +25,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 pub struct Expiring<S> {
     inner: S,
     expiry: Pin<Box<Sleep>>,
+    /// The connection's place under its identity's limit (server side).
+    _slot: Option<super::ConnectionSlot>,
 }
 
 /// An accepted server-side connection that ends at its client's expiry.
@@ -40,6 +42,7 @@ impl<S> Expiring<S> {
         Self {
             inner,
             expiry: Box::pin(tokio::time::sleep_until(Instant::now() + left)),
+            _slot: None,
         }
     }
 
@@ -49,15 +52,18 @@ impl<S> Expiring<S> {
 }
 
 impl ExpiringTls {
-    /// Wraps an accepted connection until its client certificate expires.
-    pub fn accepted(inner: TlsStream<TcpStream>) -> Self {
+    /// Wraps an accepted connection until its client certificate expires;
+    /// it holds `slot` until it closes.
+    pub fn accepted(inner: TlsStream<TcpStream>, slot: super::ConnectionSlot) -> Self {
         let leaf = inner
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
             .cloned();
-        Self::new(inner, leaf.as_ref())
+        let mut accepted = Self::new(inner, leaf.as_ref());
+        accepted._slot = Some(slot);
+        accepted
     }
 }
 

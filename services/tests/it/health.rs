@@ -71,7 +71,7 @@ async fn health_reports_readiness_over_mtls_and_the_probe_exits_accordingly() {
     assert!(ok, "SERVING exits 0: {out}");
     assert_eq!(out, "SERVING");
 
-    // Shutdown starts with NOT_SERVING.
+    // CancellationToken starts with NOT_SERVING.
     ing.readiness.not_serving().await;
     let status = check(&config, ing.local_addr, "ingress", "ingress", "", WAIT)
         .await

@@ -15,6 +15,7 @@ mod chaos;
 mod end_to_end;
 mod expiry;
 mod health;
+mod limits;
 mod metrics;
 mod outage;
 mod overload;

@@ -32,17 +32,21 @@ fn spawn_ingress(sets: &[(&str, String)], listen: SocketAddr) -> (Child, SocketA
         .stderr(Stdio::null())
         .spawn()
         .expect("ingress starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            let event: serde_json::Value = serde_json::from_str(&line).ok()?;
-            event["fields"]["local_addr"].as_str()?.parse().ok()
-        })
+    // Read on a thread of its own (the pipe blocks), and keep reading so
+    // the child never blocks on a full pipe.
+    let stdout = child.stdout.take().expect("stdout");
+    let (found, addr) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let event: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+            if let Some(a) = event.and_then(|e| e["fields"]["grpc_addr"].as_str()?.parse().ok()) {
+                let _ = found.send(a);
+            }
+        }
+    });
+    let addr: SocketAddr = addr
+        .recv_timeout(Duration::from_secs(30))
         .expect("the ingress logs the address it listens on");
-    // Keep reading, so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
     (child, addr)
 }
 

@@ -9,11 +9,12 @@ use std::{
     sync::Arc,
     time::Duration,
 };
+use tokio_util::sync::CancellationToken;
 
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
-use txmesh::{cli::up, config::TxmeshConfig, dashboard, ingress, shutdown, txgen};
+use txmesh::{cli::up, config::TxmeshConfig, dashboard, ingress, txgen};
 use txmesh_certs::{CertStore, SpiffeId};
 
 /// A temporary directory removed on drop.
@@ -113,7 +114,7 @@ pub async fn launch(
 
 /// Runs txgen to completion with the config's settings.
 pub async fn run_txgen(config: &TxmeshConfig) -> txgen::TxgenReport {
-    let (_trigger, stop) = shutdown::channel();
+    let stop = CancellationToken::new();
     txgen::run(config, stop, Arc::new(txgen::TxgenProgress::default()))
         .await
         .expect("txgen runs")
@@ -131,7 +132,7 @@ pub fn spawn_txgen_watched(
     let progress = Arc::new(txgen::TxgenProgress::default());
     let watched = Arc::clone(&progress);
     let task = tokio::spawn(async move {
-        let (_trigger, stop) = shutdown::channel();
+        let stop = CancellationToken::new();
         txgen::run(&config, stop, watched).await
     });
     (task, progress)
@@ -167,7 +168,7 @@ pub fn spawn_txgen(
 ) -> tokio::task::JoinHandle<Result<txgen::TxgenReport, txmesh::ServiceError>> {
     let config = config.clone();
     tokio::spawn(async move {
-        let (_trigger, stop) = shutdown::channel();
+        let stop = CancellationToken::new();
         txgen::run(&config, stop, Arc::new(txgen::TxgenProgress::default())).await
     })
 }

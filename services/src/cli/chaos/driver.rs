@@ -5,9 +5,12 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
+use tokio_util::sync::CancellationToken;
+
+use parking_lot::Mutex;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use txmesh_certs::{CaStep, CertAuthority, CertStore, Forgery, SpiffeId, StateLayout};
@@ -23,7 +26,6 @@ use txmesh_proto::v1::{
 use crate::{
     config::TxmeshConfig,
     error::ServiceError,
-    shutdown::{self, Trigger},
     txgen::{self, TxgenProgress, TxgenReport},
 };
 
@@ -67,9 +69,9 @@ pub struct SystemDriver {
     chaos: CertStore,
     operator: CertStore,
     proxies: BTreeMap<Link, WireProxy>,
-    load: Mutex<Option<(Trigger, LoadTask)>>,
+    load: Mutex<Option<(CancellationToken, LoadTask)>>,
     /// Stops the certificate watchers with the driver.
-    _watching: Trigger,
+    _watching: tokio_util::sync::DropGuard,
 }
 
 impl SystemDriver {
@@ -87,7 +89,8 @@ impl SystemDriver {
         let open = |name: &str| CertStore::open(&config.identity_dir(name), &config.trust_domain);
         let chaos = open("chaos")?;
         let operator = open("operator")?;
-        let (trigger, stop) = shutdown::channel();
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
         let metrics = Arc::new(crate::metrics::Metrics::new(&[]));
         for store in [&chaos, &operator] {
             crate::net::watch_certs(
@@ -105,7 +108,7 @@ impl SystemDriver {
             operator,
             proxies: BTreeMap::new(),
             load: Mutex::new(None),
-            _watching: trigger,
+            _watching: trigger.drop_guard(),
         })
     }
 
@@ -313,11 +316,15 @@ impl Driver for SystemDriver {
         if let Some(accounts) = accounts {
             t.accounts = accounts;
         }
-        let (trigger, stop) = shutdown::channel();
-        let task = tokio::spawn(async move {
-            txgen::run(&config, stop, Arc::new(TxgenProgress::default())).await
-        });
-        let mut load = self.load.lock().unwrap_or_else(|e| e.into_inner());
+        let stop = CancellationToken::new();
+        let trigger = stop.clone();
+        let load =
+            async move { txgen::run(&config, stop, Arc::new(TxgenProgress::default())).await };
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            load,
+            tracing::info_span!("chaos.load"),
+        ));
+        let mut load = self.load.lock();
         if load.is_some() {
             return Err("a load is already running".into());
         }
@@ -326,13 +333,13 @@ impl Driver for SystemDriver {
     }
 
     fn stop_load(&self) {
-        if let Some((trigger, _)) = &*self.load.lock().unwrap_or_else(|e| e.into_inner()) {
-            trigger.fire();
+        if let Some((trigger, _)) = &*self.load.lock() {
+            trigger.cancel();
         }
     }
 
     async fn wait_load(&self) -> Result<Option<LoadOutcome>, String> {
-        let running = self.load.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let running = self.load.lock().take();
         let Some((_trigger, task)) = running else {
             return Ok(None);
         };
