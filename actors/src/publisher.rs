@@ -40,13 +40,35 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// An open Publish stream: batches go in, acks come out.
 pub struct PublishConnection {
     pub batches: tokio::sync::mpsc::Sender<VerdictBatch>,
-    pub acks: Pin<Box<dyn Stream<Item = Result<Ack, String>> + Send>>,
+    pub acks: Pin<Box<dyn Stream<Item = Result<Ack, PublishError>> + Send>>,
+}
+
+/// Why the dashboard link failed, as the transport classifies it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Not reachable, timed out, or the stream broke: retried with backoff
+    /// and the breaker.
+    #[error("dashboard unavailable: {0}")]
+    Unavailable(String),
+    /// The dashboard refused this publisher (PERMISSION_DENIED or
+    /// UNAUTHENTICATED: its authz does not admit this identity). Retrying
+    /// does not fix it, a configuration change does: it is reported loudly
+    /// and tried again only at the breaker's longest pause.
+    #[error("dashboard refused this publisher: {0}")]
+    Refused(String),
+}
+
+impl PublishError {
+    /// Whether only a change of configuration (not time) can fix it.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Refused(_))
+    }
 }
 
 /// How the publisher reaches the dashboard (a tonic client in `services`).
 pub trait PublishTransport: Send + Sync + 'static {
     /// Opens a new Publish stream; resolves once the dashboard accepted it.
-    fn connect(&self) -> BoxFuture<Result<PublishConnection, String>>;
+    fn connect(&self) -> BoxFuture<Result<PublishConnection, PublishError>>;
 }
 
 /// What the publisher reports, readable from any thread.
@@ -62,6 +84,10 @@ pub struct PublisherStats {
     pub unacked_verdicts: AtomicU64,
     /// Verdicts acknowledged by the dashboard.
     pub delivered_verdicts: AtomicU64,
+    /// Times the dashboard refused this publisher's identity.
+    pub refusals: AtomicU64,
+    /// Whether the last answer from the dashboard was a refusal.
+    pub refused: std::sync::atomic::AtomicBool,
     /// Woken at every acknowledgement (for [`PublisherStats::wait_drained`]).
     acked: tokio::sync::Notify,
 }
@@ -74,6 +100,10 @@ pub struct PublisherStatusView {
     pub outbox_depth: u64,
     pub unacked: u64,
     pub shed_total: u64,
+    /// The dashboard refuses this publisher's identity (see
+    /// [`PublishError::Refused`]).
+    pub refused: bool,
+    pub refusals_total: u64,
     pub retries_total: u64,
     pub batches_sent: u64,
     pub delivered: u64,
@@ -117,11 +147,11 @@ enum Link {
 /// Events of one stream generation.
 enum StreamEvent {
     Ack(u64, Ack),
-    Failed(u64, String),
+    Failed(u64, PublishError),
     Ended(u64),
 }
 
-struct Connected(u64, Result<PublishConnection, String>);
+struct Connected(u64, Result<PublishConnection, PublishError>);
 
 impl Message for Connected {
     type Result = ();
@@ -186,7 +216,10 @@ impl DashboardPublisher {
         };
         match chaos.decide_now(txmesh_chaos::InjectionPoint::PublisherSend, 0) {
             Some(txmesh_chaos::FaultKind::PublisherSendFailure) => {
-                self.link_failed(now, "injected fault: publisher send failure");
+                self.link_failed(
+                    now,
+                    &PublishError::Unavailable("injected fault: publisher send failure".into()),
+                );
                 true
             }
             Some(txmesh_chaos::FaultKind::PublisherDelay { delay_ms }) => {
@@ -225,7 +258,7 @@ impl DashboardPublisher {
                 .oldest_sent_at
                 .is_some_and(|at| now.saturating_duration_since(at) > timeout)
             {
-                self.link_failed(now, "ack timeout");
+                self.link_failed(now, &PublishError::Unavailable("ack timeout".into()));
             }
         }
         if matches!(self.link, Link::Down) && now >= self.next_attempt && self.breaker.allow(now) {
@@ -268,7 +301,7 @@ impl DashboardPublisher {
                 // The stream's own buffer is full: try again next tick.
                 Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => break,
                 Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                    self.link_failed(now, "stream closed");
+                    self.link_failed(now, &PublishError::Unavailable("stream closed".into()));
                     break;
                 }
             }
@@ -312,11 +345,23 @@ impl DashboardPublisher {
         self.backoff.reset();
     }
 
-    fn link_failed(&mut self, now: Instant, why: &str) {
+    fn link_failed(&mut self, now: Instant, why: &PublishError) {
         if matches!(self.link, Link::Down) {
             return;
         }
-        tracing::warn!(publisher = %self.id, reason = why, unacked = self.pending.len(), "dashboard stream failed; will resend unacknowledged batches");
+        if why.is_permanent() {
+            self.stats.refusals.fetch_add(1, Ordering::Relaxed);
+            if !self.stats.refused.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    publisher = %self.id, error = %why, held = self.outbox.depth(),
+                    "the dashboard refuses this publisher: verdicts are kept in the outbox \
+                     (and shed when it is full) until the dashboard's authz.publish admits it; \
+                     trying again every {:?}", self.breaker.longest_open()
+                );
+            }
+        } else {
+            tracing::warn!(publisher = %self.id, reason = %why, unacked = self.pending.len(), "dashboard stream failed; will resend unacknowledged batches");
+        }
         self.link = Link::Down;
         // A new generation makes events of the dead stream stale.
         self.generation += 1;
@@ -324,7 +369,12 @@ impl DashboardPublisher {
         self.oldest_sent_at = None;
         self.breaker.on_failure(now);
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
-        let delay = self.backoff.next_delay(&mut self.rng);
+        let delay = if why.is_permanent() {
+            // Time does not fix a refusal: no fast retries.
+            self.breaker.longest_open()
+        } else {
+            self.backoff.next_delay(&mut self.rng)
+        };
         self.next_attempt = now + delay.max(self.breaker.remaining_open(now));
     }
 
@@ -390,6 +440,8 @@ impl PublisherStats {
             outbox_depth: outbox.depth() as u64,
             unacked: self.unacked_verdicts.load(Ordering::Relaxed),
             shed_total: outbox.shed_total(),
+            refused: self.refused.load(Ordering::Relaxed),
+            refusals_total: self.refusals.load(Ordering::Relaxed),
             retries_total: self.retries.load(Ordering::Relaxed),
             batches_sent: self.batches_sent.load(Ordering::Relaxed),
             delivered: self.delivered_verdicts.load(Ordering::Relaxed),
@@ -424,6 +476,9 @@ impl Handler<Connected> for DashboardPublisher {
         match result {
             Ok(conn) => {
                 tracing::info!(publisher = %self.id, resend = self.pending.len(), "dashboard stream open");
+                if self.stats.refused.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(publisher = %self.id, "the dashboard admits this publisher again");
+                }
                 // Success is an acknowledged batch, not an open stream: a
                 // dashboard that accepts streams but fails every batch must
                 // still trip the breaker. With nothing to send, the open
@@ -446,7 +501,7 @@ impl Handler<Connected> for DashboardPublisher {
             }
             Err(e) => {
                 tracing::debug!(publisher = %self.id, error = %e, "dashboard connect failed");
-                self.link_failed(now, "connect failed");
+                self.link_failed(now, &e);
             }
         }
     }
@@ -460,7 +515,8 @@ impl StreamHandler<StreamEvent> for DashboardPublisher {
                 self.link_failed(Instant::now(), &e);
             }
             StreamEvent::Ended(generation) if generation == self.generation => {
-                self.link_failed(Instant::now(), "stream ended");
+                let ended = PublishError::Unavailable("stream ended".into());
+                self.link_failed(Instant::now(), &ended);
             }
             _ => {}
         }

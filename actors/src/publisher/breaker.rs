@@ -101,6 +101,11 @@ impl Breaker {
         }
     }
 
+    /// The longest it stays open (`publisher.breaker_open_max_ms`).
+    pub fn longest_open(&self) -> Duration {
+        self.max_open
+    }
+
     /// How long until an OPEN breaker admits a probe (zero otherwise).
     pub fn remaining_open(&self, now: Instant) -> Duration {
         match (self.state, self.opened_at) {

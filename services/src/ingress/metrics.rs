@@ -211,8 +211,21 @@ pub(super) fn register(
         &[],
         move || vec![(vec![], p.view(&o).outbox_depth as f64)],
     );
+    let p = publisher.clone();
+    metrics.sampled(
+        "txmesh_publisher_refused",
+        "1 while the dashboard refuses this publisher's identity (alert on it: verdicts wait in the outbox).",
+        GAUGE,
+        &[],
+        move || vec![(vec![], f64::from(u8::from(p.refused.load(Ordering::Relaxed))))],
+    );
     type PublisherPick = fn(&PublisherStats) -> &std::sync::atomic::AtomicU64;
-    let publisher_counters: [(&str, &str, PublisherPick); 4] = [
+    let publisher_counters: [(&str, &str, PublisherPick); 5] = [
+        (
+            "txmesh_publisher_refusals_total",
+            "Connects and streams the dashboard refused for this identity (PERMISSION_DENIED or UNAUTHENTICATED: a configuration fault, retried only at the breaker's longest pause).",
+            |p| &p.refusals,
+        ),
         (
             "txmesh_publisher_batches_sent_total",
             "Batches sent to the dashboard.",

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use futures_util::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use txmesh_actors::publisher::{BoxFuture, PublishConnection, PublishTransport};
+use txmesh_actors::publisher::{BoxFuture, PublishConnection, PublishError, PublishTransport};
 use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::dashboard_client::DashboardClient;
 
@@ -37,7 +37,7 @@ impl GrpcPublishTransport {
 }
 
 impl PublishTransport for GrpcPublishTransport {
-    fn connect(&self) -> BoxFuture<Result<PublishConnection, String>> {
+    fn connect(&self) -> BoxFuture<Result<PublishConnection, PublishError>> {
         let mut client = DashboardClient::new(self.channel.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
@@ -47,15 +47,28 @@ impl PublishTransport for GrpcPublishTransport {
             let call = client.publish(ReceiverStream::new(rx));
             let response = tokio::time::timeout(CONNECT_TIMEOUT, call)
                 .await
-                .map_err(|_| format!("{target}: Publish did not open within {CONNECT_TIMEOUT:?}"))?
-                .map_err(|status| format!("{target}: {status}"))?;
+                .map_err(|_| {
+                    PublishError::Unavailable(format!(
+                        "{target}: Publish did not open within {CONNECT_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(|status| classify(target, &status))?;
             let acks = response
                 .into_inner()
-                .map(|r| r.map_err(|status| status.to_string()));
+                .map(move |r| r.map_err(|status| classify(target, &status)));
             Ok(PublishConnection {
                 batches: tx,
                 acks: Box::pin(acks),
             })
         })
+    }
+}
+
+/// A refusal of this identity is permanent; anything else is an outage.
+fn classify(target: SocketAddr, status: &tonic::Status) -> PublishError {
+    let why = format!("{target}: {}: {}", status.code(), status.message());
+    match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => PublishError::Refused(why),
+        _ => PublishError::Unavailable(why),
     }
 }

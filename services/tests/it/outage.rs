@@ -68,3 +68,38 @@ async fn dashboard_outage_opens_the_breaker_and_loses_nothing() {
     ing.stop(Duration::from_secs(5)).await;
     dash.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_dashboard_that_refuses_the_publisher_is_reported_not_retried_as_an_outage() {
+    let dir = TempDir::new("refused");
+    let mut config = test_config(&dir.0);
+    // The dashboard admits some other identity, not the ingress.
+    config.authz.publish = vec!["operator".into()];
+    config.actors.publisher.breaker_open_max_ms = 60_000;
+    config.txgen.count = 500;
+    config.txgen.rate = 0;
+    let (dash, ing, _machine) = start_system(&mut config).await;
+    let report = run_txgen(&config).await;
+    assert_eq!(report.answered, report.sent, "screening goes on");
+    until(
+        "the publisher reports the refusal",
+        Duration::from_secs(10),
+        || ing.publisher().refused,
+    )
+    .await;
+    // A refusal waits the breaker's longest pause, not the backoff's
+    // fast retries: one attempt, not dozens.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let publisher = ing.publisher();
+    assert_eq!(publisher.refusals_total, 1, "{publisher:?}");
+    assert_eq!(
+        publisher.outbox_depth + publisher.unacked,
+        report.answered,
+        "every verdict waits to be delivered: {publisher:?}"
+    );
+    let (_, body) = scrape(&config, "operator", "ingress", ing.metrics_addr).await;
+    assert_eq!(value(&body, "txmesh_publisher_refused"), 1.0);
+    assert_eq!(value(&body, "txmesh_publisher_refusals_total"), 1.0);
+    ing.stop(Duration::from_millis(500)).await;
+    dash.stop().await;
+}
