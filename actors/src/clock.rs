@@ -82,7 +82,7 @@ impl Clock for ManualClock {
 }
 
 /// Wall-clock Unix milliseconds from the system.
-pub(crate) fn system_unix_ms() -> i64 {
+pub fn system_unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -10,6 +10,8 @@
 
 pub mod breaker;
 pub mod outbox;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::VecDeque,

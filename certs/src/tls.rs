@@ -406,3 +406,172 @@ pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError>
         reason: e.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The two verifiers every mTLS listener and client relies on, driven
+    //! with real certificates from our CA and every forgery the audit uses.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{
+        CertAuthority, Forgery, IssueOptions, StateLayout, COMPONENT_IDENTITIES,
+        DEFAULT_TRUST_DOMAIN,
+    };
+
+    struct Pki {
+        layout: StateLayout,
+        ca: CertAuthority,
+    }
+
+    impl Pki {
+        fn new(tag: &str) -> Self {
+            let layout = StateLayout::new(std::env::temp_dir().join(format!(
+                "txmesh-tls-{tag}-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            )));
+            let ca = CertAuthority::ensure(
+                &layout,
+                DEFAULT_TRUST_DOMAIN,
+                COMPONENT_IDENTITIES,
+                &IssueOptions::default(),
+            )
+            .expect("CA and identities");
+            Self { layout, ca }
+        }
+
+        fn store(&self, name: &str) -> CertStore {
+            CertStore::open(&self.layout.identity_dir(name), DEFAULT_TRUST_DOMAIN).expect("store")
+        }
+
+        /// The leaf and the rest of the chain of `name`'s certificate.
+        fn presented(&self, name: &str) -> (CertificateDer<'static>, Vec<CertificateDer<'static>>) {
+            let chain = read_certs(&self.layout.identity_dir(name).join("tls.crt")).expect("chain");
+            split(chain)
+        }
+
+        fn forged(
+            &self,
+            forgery: Forgery,
+        ) -> (CertificateDer<'static>, Vec<CertificateDer<'static>>) {
+            let (pem, _key) = forgery
+                .make(Some(&self.ca), DEFAULT_TRUST_DOMAIN, "txgen")
+                .expect("forged");
+            split(parse_certs_pem(pem.as_bytes(), Path::new("forged")).expect("parses"))
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(self.layout.root());
+        }
+    }
+
+    fn split(
+        mut chain: Vec<CertificateDer<'static>>,
+    ) -> (CertificateDer<'static>, Vec<CertificateDer<'static>>) {
+        let leaf = chain.remove(0);
+        (leaf, chain)
+    }
+
+    fn client_verifier(store: CertStore, refused: Arc<AtomicUsize>) -> SvidClientVerifier {
+        SvidClientVerifier {
+            store,
+            on_reject: Some(Arc::new(move |_e: &rustls::Error| {
+                refused.fetch_add(1, Ordering::Relaxed);
+            })),
+        }
+    }
+
+    fn server_verifier(store: CertStore, expected: &str) -> SvidServerVerifier {
+        SvidServerVerifier {
+            store,
+            algorithms: provider().signature_verification_algorithms,
+            expected: SpiffeId::for_workload(DEFAULT_TRUST_DOMAIN, expected).expect("id"),
+        }
+    }
+
+    fn name() -> ServerName<'static> {
+        ServerName::try_from("localhost").expect("name")
+    }
+
+    #[test]
+    fn the_client_verifier_admits_svids_of_the_trust_domain_and_refuses_every_forgery() {
+        let pki = Pki::new("client");
+        let refused = Arc::new(AtomicUsize::new(0));
+        let verifier = client_verifier(pki.store("ingress"), refused.clone());
+        let now = UnixTime::now();
+        for name in ["txgen", "operator", "chaos"] {
+            let (leaf, rest) = pki.presented(name);
+            verifier
+                .verify_client_cert(&leaf, &rest, now)
+                .unwrap_or_else(|e| panic!("{name} is a valid client SVID: {e}"));
+        }
+        assert_eq!(refused.load(Ordering::Relaxed), 0);
+        for (n, forgery) in Forgery::ALL.into_iter().enumerate() {
+            let (leaf, rest) = pki.forged(forgery);
+            let result = verifier.verify_client_cert(&leaf, &rest, now);
+            assert!(result.is_err(), "{} must be refused", forgery.name());
+            assert_eq!(
+                refused.load(Ordering::Relaxed),
+                n + 1,
+                "{} is reported to the hook",
+                forgery.name()
+            );
+        }
+    }
+
+    #[test]
+    fn the_server_verifier_admits_only_the_expected_workload() {
+        let pki = Pki::new("server");
+        let verifier = server_verifier(pki.store("txgen"), "ingress");
+        let now = UnixTime::now();
+        let (leaf, rest) = pki.presented("ingress");
+        verifier
+            .verify_server_cert(&leaf, &rest, &name(), &[], now)
+            .expect("the ingress is who txgen expects");
+
+        // A valid SVID of another workload is not the server we asked for.
+        let (leaf, rest) = pki.presented("dashboard");
+        let err = verifier
+            .verify_server_cert(&leaf, &rest, &name(), &[], now)
+            .expect_err("the dashboard posing as the ingress");
+        assert!(err.to_string().contains("expected"), "{err}");
+
+        // Not from our CA, expired, not yet valid, a CA as a leaf, the
+        // wrong trust domain, no URI SAN: refused. (The forgeries are made
+        // as txgen; the verifier expects the ingress, so even a forgery
+        // that passed the chain would fail on the identity.)
+        for forgery in [
+            Forgery::ForeignCa,
+            Forgery::Expired,
+            Forgery::NotYetValid,
+            Forgery::CaAsLeaf,
+            Forgery::NoUriSan,
+            Forgery::TwoUriSans,
+            Forgery::OtherTrustDomain,
+        ] {
+            let (leaf, rest) = pki.forged(forgery);
+            assert!(
+                verifier
+                    .verify_server_cert(&leaf, &rest, &name(), &[], now)
+                    .is_err(),
+                "{} must be refused",
+                forgery.name()
+            );
+        }
+        // Without serverAuth it must not serve, even as the expected
+        // workload.
+        let expecting_txgen = server_verifier(pki.store("ingress"), "txgen");
+        let (leaf, rest) = pki.presented("txgen");
+        expecting_txgen
+            .verify_server_cert(&leaf, &rest, &name(), &[], now)
+            .expect("component SVIDs serve and connect");
+        let (leaf, rest) = pki.forged(Forgery::NoEku);
+        assert!(expecting_txgen
+            .verify_server_cert(&leaf, &rest, &name(), &[], now)
+            .is_err());
+    }
+}

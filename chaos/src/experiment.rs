@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use journal::{ActionRecord, Journal, ProbeRecord, RunStatus};
 pub use metrics::{MetricsText, Sample};
-pub use runner::{run, Driver, LoadOutcome};
+pub use runner::{run, Driver, DriverError, LoadOutcome};
 
 use crate::{proxy::WireFault, ChaosError, FaultKind, FaultSpec};
 

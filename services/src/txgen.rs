@@ -49,6 +49,17 @@ pub struct TxgenProgress {
     pub answered: AtomicU64,
 }
 
+/// Why a stream could not be (re)opened.
+#[derive(Debug, thiserror::Error)]
+enum Unconnected {
+    #[error("the ingress could not be reached before the retry deadline: {0}")]
+    Unreachable(tonic::Status),
+    #[error("stopped while reconnecting")]
+    Stopped,
+    #[error("reconnect backoff: {0}")]
+    Backoff(#[from] txmesh_actors::backoff::BackoffError),
+}
+
 /// How long to wait for the answers still outstanding once sending stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -101,7 +112,7 @@ pub async fn run(
     let metrics = Arc::new(crate::metrics::Metrics::new(&[]));
     let watcher =
         crate::net::watch_certs(store, config.tls.reload_interval(), stop.clone(), metrics);
-    let now_ms = unix_ms();
+    let now_ms = txmesh_actors::clock::system_unix_ms();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(t.streams);
     for stream in 0..t.streams {
@@ -115,6 +126,7 @@ pub async fn run(
             now_ms,
         );
         let plan = StreamPlan {
+            target: t.target,
             rate: (t.rate > 0).then(|| (t.rate as f64 / t.streams as f64).max(1e-3)),
             count: (t.count > 0).then(|| {
                 t.count / t.streams as u64 + u64::from((stream as u64) < t.count % t.streams as u64)
@@ -161,6 +173,8 @@ async fn collect(
 }
 
 struct StreamPlan {
+    /// The ingress, for errors.
+    target: std::net::SocketAddr,
     /// Transactions per second for this stream; `None` = as fast as possible.
     rate: Option<f64>,
     count: Option<u64>,
@@ -235,9 +249,8 @@ impl StreamContext {
         give_up_at: Instant,
         stop: &CancellationToken,
         rng: &mut SmallRng,
-    ) -> Result<Connection, String> {
-        let mut backoff = txmesh_actors::backoff::Backoff::new(RECONNECT_BACKOFF)
-            .map_err(|e| format!("reconnect backoff: {e}"))?;
+    ) -> Result<Connection, Unconnected> {
+        let mut backoff = txmesh_actors::backoff::Backoff::new(RECONNECT_BACKOFF)?;
         loop {
             let status = match self.open().await {
                 Ok(connection) => return Ok(connection),
@@ -245,12 +258,12 @@ impl StreamContext {
             };
             let delay = backoff.next_delay(rng);
             if Instant::now() + delay >= give_up_at {
-                return Err(format!("the ingress could not be reached: {status}"));
+                return Err(Unconnected::Unreachable(status));
             }
             tracing::warn!(%status, ?delay, "Screen stream could not be opened; retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = stop.cancelled() => return Err("stopped while reconnecting".into()),
+                () = stop.cancelled() => return Err(Unconnected::Stopped),
             }
         }
     }
@@ -341,7 +354,12 @@ async fn run_stream(
     let give_up_at = Instant::now() + plan.retry.deadline();
     let mut connection = match context.connect(give_up_at, &stop, &mut rng).await {
         Ok(connection) => connection,
-        Err(why) => return Err(ServiceError::config("txgen.target", why)),
+        Err(why) => {
+            return Err(ServiceError::Connect {
+                target: plan.target.to_string(),
+                reason: why.to_string(),
+            })
+        }
     };
     let mut sender = Sender {
         plan: &plan,
@@ -423,7 +441,7 @@ async fn run_stream(
             Ok(connection) => connection,
             Err(why) => {
                 tracing::warn!(%why, "txgen stream ends early");
-                tally.ended_early(why);
+                tally.ended_early(why.to_string());
                 return Ok(tally);
             }
         };
@@ -591,7 +609,7 @@ impl Sender<'_> {
             .plan
             .rate
             .map(|rate| Duration::from_secs_f64(1.0 / rate));
-        let now_ms = unix_ms();
+        let now_ms = txmesh_actors::clock::system_unix_ms();
         let mut batch = Vec::with_capacity(n);
         let mut s = lock(shared);
         for txn in s.screened.drain(..) {
@@ -832,10 +850,4 @@ impl Window {
         }
         self.changed.notify_waiters();
     }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

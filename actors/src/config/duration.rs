@@ -7,12 +7,17 @@ use std::{fmt, marker::PhantomData, time::Duration};
 
 use serde::de::{self, Deserializer, Visitor};
 
+/// A duration that could not be read; the message names the text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DurationError(String);
+
 /// Parses `500ms`, `10s`, `2m`, `1h`; a bare number is seconds.
 ///
 /// # Errors
-/// A message naming what was not understood.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    parse_with_bare_unit(text, 1.0)
+/// [`DurationError`] naming what was not understood.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    parse_with_bare_unit(text, 1.0).map_err(DurationError)
 }
 
 /// Like [`parse_duration`], with a bare number counted in units of
@@ -144,6 +149,8 @@ mod tests {
     #[test]
     fn durations_read_as_people_write_them() {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        let err = parse_duration("10 parsecs").expect_err("unknown unit");
+        assert!(err.to_string().contains("parsecs"), "{err}");
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));

@@ -16,24 +16,46 @@ use super::{
 };
 use crate::{proxy::WireFault, FaultSpec};
 
-/// What the runner needs from the system under test. Errors are messages
-/// for the journal.
+/// Why the driver (or the runner reading what it returned) could not do a
+/// step. The run goes on; the journal records the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// A component could not be reached, or did not answer in time.
+    #[error("{component}: unreachable: {reason}")]
+    Unreachable { component: String, reason: String },
+    /// A component answered with a refusal or an error status.
+    #[error("{component} refused: {reason}")]
+    Refused { component: String, reason: String },
+    /// The experiment asks for what this target cannot do.
+    #[error("not possible against this target: {0}")]
+    Unsupported(String),
+    /// Something the run itself manages failed: the load, certificates,
+    /// files.
+    #[error("{what} failed: {reason}")]
+    Run { what: &'static str, reason: String },
+    /// A probe's metric is not exposed.
+    #[error("no series {metric} on {component}")]
+    NoSeries { metric: String, component: String },
+}
+
+/// What the runner needs from the system under test.
 // Used with generics in one process: the futures' Send bounds never matter.
 #[allow(async_fn_in_trait)]
 pub trait Driver {
     /// What the run is against, for the journal.
     fn target(&self) -> String;
     /// The component's `/metrics`.
-    async fn scrape(&self, target: Component) -> Result<MetricsText, String>;
+    async fn scrape(&self, target: Component) -> Result<MetricsText, DriverError>;
     /// Injects over the component's Admin service; returns the fault id.
-    async fn inject(&self, target: Component, spec: &FaultSpec) -> Result<u64, String>;
+    async fn inject(&self, target: Component, spec: &FaultSpec) -> Result<u64, DriverError>;
     /// Puts a fault on a link's wire proxy; returns the fault id.
-    async fn wire(&self, link: Link, fault: WireFault, lease: Duration) -> Result<u64, String>;
+    async fn wire(&self, link: Link, fault: WireFault, lease: Duration)
+        -> Result<u64, DriverError>;
     /// Clears faults on a component (every component when `None`) and on
     /// every wire proxy; returns how many were still active.
-    async fn clear(&self, target: Option<Component>) -> Result<usize, String>;
+    async fn clear(&self, target: Option<Component>) -> Result<usize, DriverError>;
     /// Faults active on every component and proxy.
-    async fn active_faults(&self) -> Result<usize, String>;
+    async fn active_faults(&self) -> Result<usize, DriverError>;
     /// Starts txgen in the background.
     async fn start_load(
         &self,
@@ -41,13 +63,13 @@ pub trait Driver {
         duration_secs: u64,
         accounts: Option<u64>,
         seed: u64,
-    ) -> Result<(), String>;
+    ) -> Result<(), DriverError>;
     /// Asks a running load to stop early (an abort).
     fn stop_load(&self);
     /// Waits for the load to end; `None` when none was started.
-    async fn wait_load(&self) -> Result<Option<LoadOutcome>, String>;
-    async fn rotate_certs(&self, scope: RotationScope) -> Result<String, String>;
-    async fn install_expired_cert(&self, identity: &str) -> Result<String, String>;
+    async fn wait_load(&self) -> Result<Option<LoadOutcome>, DriverError>;
+    async fn rotate_certs(&self, scope: RotationScope) -> Result<String, DriverError>;
+    async fn install_expired_cert(&self, identity: &str) -> Result<String, DriverError>;
     /// What the driver itself saw (e.g. wire proxy counters), for the
     /// journal's `observed`.
     fn observations(&self) -> BTreeMap<String, f64> {
@@ -146,7 +168,7 @@ pub async fn run<D: Driver>(experiment: &Experiment, file: &str, driver: &D, see
                     started_secs: secs(started),
                     ended_secs: secs(started),
                     ok: false,
-                    outcome: e,
+                    outcome: e.to_string(),
                 });
                 None
             }
@@ -214,7 +236,7 @@ async fn run_actions<D: Driver>(
         let at = secs(started);
         let (ok, outcome, wait) = match execute(action, driver, seed).await {
             Ok((outcome, wait)) => (true, outcome, wait),
-            Err(e) => (false, e, Duration::ZERO),
+            Err(e) => (false, e.to_string(), Duration::ZERO),
         };
         log.borrow_mut().push(ActionRecord {
             action: action.label(),
@@ -233,7 +255,7 @@ async fn execute<D: Driver>(
     action: &Action,
     driver: &D,
     seed: u64,
-) -> Result<(String, Duration), String> {
+) -> Result<(String, Duration), DriverError> {
     let lease = |secs: f64, background: bool| {
         if background {
             Duration::ZERO
@@ -260,8 +282,8 @@ async fn execute<D: Driver>(
         } => {
             let spec = action
                 .fault_spec()
-                .map_err(|e| e.to_string())?
-                .ok_or("not a fault")?;
+                .map_err(|e| DriverError::Unsupported(e.to_string()))?
+                .ok_or_else(|| DriverError::Unsupported("not a fault".into()))?;
             let id = driver.inject(*target, &spec).await?;
             Ok((format!("fault {id}"), lease(*duration_secs, *background)))
         }
@@ -355,11 +377,14 @@ impl<D: Driver> Probes<'_, D> {
         names
     }
 
-    async fn value(&self, s: &Selector, increase: bool) -> Result<f64, String> {
+    async fn value(&self, s: &Selector, increase: bool) -> Result<f64, DriverError> {
         let now = self.driver.scrape(s.target).await?;
         let v = now
             .sum(&s.metric, &s.labels)
-            .ok_or_else(|| format!("no series {} on {:?}", s.metric, s.target))?;
+            .ok_or_else(|| DriverError::NoSeries {
+                metric: s.metric.clone(),
+                component: format!("{:?}", s.target),
+            })?;
         let base = if increase {
             self.baseline
                 .get(&s.target)
@@ -403,7 +428,7 @@ impl<D: Driver> Probes<'_, D> {
                 };
                 match self.value(&s, *increase).await {
                     Ok(v) => (Some(v), tolerance, within(v, *min, *max), None),
-                    Err(e) => (None, tolerance, false, Some(e)),
+                    Err(e) => (None, tolerance, false, Some(e.to_string())),
                 }
             }
             Check::Ratio {
@@ -422,7 +447,7 @@ impl<D: Driver> Probes<'_, D> {
                         let r = n / d;
                         (Some(r), tolerance, r <= *max, Some(format!("{n} / {d}")))
                     }
-                    (Err(e), _) | (_, Err(e)) => (None, tolerance, false, Some(e)),
+                    (Err(e), _) | (_, Err(e)) => (None, tolerance, false, Some(e.to_string())),
                 }
             }
             Check::Quantile {
@@ -435,7 +460,7 @@ impl<D: Driver> Probes<'_, D> {
                 let tolerance = format!("p{} <= {max} s", q * 100.0);
                 let now = match self.driver.scrape(*target).await {
                     Ok(m) => m.buckets(metric, labels),
-                    Err(e) => return (None, tolerance, false, Some(e)),
+                    Err(e) => return (None, tolerance, false, Some(e.to_string())),
                 };
                 if now.is_empty() {
                     let detail = format!("no histogram {metric} on {target:?}");
@@ -468,7 +493,7 @@ impl<D: Driver> Probes<'_, D> {
                         (l - r).abs() <= *tolerance,
                         Some(format!("{l} vs {r}")),
                     ),
-                    (Err(e), _) | (_, Err(e)) => (None, tol, false, Some(e)),
+                    (Err(e), _) | (_, Err(e)) => (None, tol, false, Some(e.to_string())),
                 }
             }
             Check::Load { field, max } => {
@@ -482,7 +507,7 @@ impl<D: Driver> Probes<'_, D> {
                 let tolerance = format!("<= {max}");
                 match self.driver.active_faults().await {
                     Ok(n) => (Some(n as f64), tolerance, n <= *max, None),
-                    Err(e) => (None, tolerance, false, Some(e)),
+                    Err(e) => (None, tolerance, false, Some(e.to_string())),
                 }
             }
         }

@@ -487,7 +487,12 @@ async fn audit_listener(
             Outcome::Fail,
             "still open past the handshake timeout",
         ),
-        Err(e) => result("idle_handshake_closed", target, Outcome::Fail, e),
+        Err(e) => result(
+            "idle_handshake_closed",
+            target,
+            Outcome::Fail,
+            e.to_string(),
+        ),
     });
     out
 }
@@ -560,12 +565,12 @@ async fn call(
     };
     let config = match probe::client_config(&spec) {
         Ok(c) => c,
-        Err(e) => return (None, e),
+        Err(e) => return (None, e.to_string()),
     };
     if !target.kind.is_grpc() {
         let mut conn = match probe::tls_connect(target.addr, config).await {
             Ok(c) => c,
-            Err(e) => return (None, e),
+            Err(e) => return (None, e.to_string()),
         };
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: audit\r\nConnection: close\r\n\r\n",
@@ -626,7 +631,14 @@ async fn resumption_check(
     };
     let config = match probe::client_config(&spec) {
         Ok(c) => c,
-        Err(e) => return result("resumption_not_offered", target, Outcome::Fail, e),
+        Err(e) => {
+            return result(
+                "resumption_not_offered",
+                target,
+                Outcome::Fail,
+                e.to_string(),
+            )
+        }
     };
     let mut kinds = Vec::new();
     for _ in 0..2 {
@@ -644,7 +656,14 @@ async fn resumption_check(
                 .await;
                 kinds.push(conn.get_ref().1.handshake_kind());
             }
-            Err(e) => return result("resumption_not_offered", target, Outcome::Fail, e),
+            Err(e) => {
+                return result(
+                    "resumption_not_offered",
+                    target,
+                    Outcome::Fail,
+                    e.to_string(),
+                )
+            }
         }
     }
     let resumed = kinds
@@ -680,7 +699,7 @@ async fn server_cert_check(
     };
     let conn = match conn {
         Ok(c) => c,
-        Err(e) => return result(CHECK, target, Outcome::Fail, e),
+        Err(e) => return result(CHECK, target, Outcome::Fail, e.to_string()),
     };
     let Some(leaf) = conn
         .get_ref()
@@ -750,17 +769,20 @@ fn unexpected_listeners(targets: &[AuditTarget], pids: &[u32]) -> Vec<CheckResul
                         )
                     }
                 }
-                Err(e) => check(Outcome::Skip, e),
+                Err(e) => check(Outcome::Skip, e.to_string()),
             }
         })
         .collect()
 }
 
 /// The TCP ports `pid` listens on (Linux `/proc`).
-fn listening_ports(pid: u32) -> Result<BTreeSet<u16>, String> {
-    let fd_dir = format!("/proc/{pid}/fd");
+fn listening_ports(pid: u32) -> Result<BTreeSet<u16>, ServiceError> {
+    let fd_dir = PathBuf::from(format!("/proc/{pid}/fd"));
     let inodes: BTreeSet<String> = std::fs::read_dir(&fd_dir)
-        .map_err(|e| format!("{fd_dir}: {e}"))?
+        .map_err(|source| ServiceError::Io {
+            path: fd_dir.clone(),
+            source,
+        })?
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .filter_map(|link| {
             let s = link.to_string_lossy().into_owned();

@@ -20,7 +20,7 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, MessageResult}
 use serde::{Deserialize, Serialize};
 use txmesh_proto::v1::{BreakerState, PoisonRecord, ShardStatus, VerdictBatch, VerdictStatus};
 
-use crate::grpc::reason_name;
+use crate::{error::ServiceError, grpc::reason_name};
 
 use super::broadcaster::{Broadcast, BroadcastStats, Broadcaster};
 
@@ -145,7 +145,7 @@ impl Message for GetSnapshot {
 pub struct Persist;
 
 impl Message for Persist {
-    type Result = Result<(), String>;
+    type Result = Result<(), ServiceError>;
 }
 
 /// The aggregator actor.
@@ -232,7 +232,7 @@ impl Aggregator {
 
     fn apply(&mut self, batch: VerdictBatch) -> bool {
         self.dirty = true;
-        let now_ms = unix_ms();
+        let now_ms = txmesh_actors::clock::system_unix_ms();
         let record = self
             .publishers
             .entry(batch.publisher_id.clone())
@@ -309,7 +309,7 @@ impl Aggregator {
     }
 
     fn throughput_series(&self) -> Vec<u64> {
-        let now = unix_ms() / 1000;
+        let now = txmesh_actors::clock::system_unix_ms() / 1000;
         let window = i64::try_from(self.throughput_window).unwrap_or(i64::MAX);
         let start = now - window.min(60) + 1;
         (start..=now)
@@ -326,7 +326,7 @@ impl Aggregator {
         self.broadcast_stats.get()
     }
 
-    fn persist(&mut self) -> Result<(), String> {
+    fn persist(&mut self) -> Result<(), ServiceError> {
         let Some(path) = &self.state_file else {
             return Ok(());
         };
@@ -337,10 +337,14 @@ impl Aggregator {
             totals: self.totals.clone(),
             publishers: self.publishers.clone(),
         };
-        let bytes = serde_json::to_vec_pretty(&saved).map_err(|e| e.to_string())?;
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let io = |path: &std::path::Path| {
+            let path = path.to_owned();
+            move |source| ServiceError::Io { path, source }
+        };
+        let bytes = serde_json::to_vec_pretty(&saved).map_err(|e| io(&tmp)(e.into()))?;
+        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))?;
         self.dirty = false;
         Ok(())
     }
@@ -388,26 +392,16 @@ impl Handler<GetSnapshot> for Aggregator {
 }
 
 impl Handler<Persist> for Aggregator {
-    type Result = Result<(), String>;
+    type Result = Result<(), ServiceError>;
 
     fn handle(&mut self, _msg: Persist, _ctx: &mut Self::Context) -> Self::Result {
         self.persist()
     }
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
+/// `APPROVED`, `FLAGGED`, ...: the proto name without its enum prefix.
 fn status_name(status: VerdictStatus) -> &'static str {
-    match status {
-        VerdictStatus::Approved => "APPROVED",
-        VerdictStatus::Flagged => "FLAGGED",
-        VerdictStatus::Rejected => "REJECTED",
-        VerdictStatus::Unspecified => "UNSPECIFIED",
-    }
+    status.as_str_name().trim_start_matches("VERDICT_STATUS_")
 }
 
 impl From<&ShardStatus> for ShardRecord {
@@ -438,11 +432,99 @@ impl From<&PoisonRecord> for PoisonRow {
     }
 }
 
+/// `CLOSED`, `OPEN`, `HALF_OPEN`: the proto name without its enum prefix.
 fn breaker_name(state: BreakerState) -> &'static str {
-    match state {
-        BreakerState::Closed => "CLOSED",
-        BreakerState::Open => "OPEN",
-        BreakerState::HalfOpen => "HALF_OPEN",
-        BreakerState::Unspecified => "UNKNOWN",
+    state.as_str_name().trim_start_matches("BREAKER_STATE_")
+}
+
+#[cfg(test)]
+mod tests {
+    //! Exactly-once totals over at-least-once delivery: a batch at or below
+    //! its publisher's applied sequence is a duplicate (acknowledged, not
+    //! counted), per publisher, and the watermarks survive a restart.
+
+    use txmesh_proto::v1::{Verdict, VerdictBatch, VerdictStatus};
+
+    use super::*;
+
+    fn aggregator(state_file: Option<PathBuf>) -> Aggregator {
+        let stats = Arc::new(BroadcastStats::default());
+        let broadcaster = Broadcaster::new(stats.clone()).start();
+        Aggregator::new(
+            state_file,
+            broadcaster,
+            stats,
+            Duration::from_secs(1),
+            10,
+            60,
+        )
+        .expect("aggregator")
+    }
+
+    fn batch(publisher: &str, sequence: u64, statuses: &[VerdictStatus]) -> VerdictBatch {
+        VerdictBatch {
+            publisher_id: publisher.into(),
+            sequence,
+            verdicts: statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Verdict {
+                    transaction_id: format!("{publisher}-{sequence}-{i}"),
+                    status: *s as i32,
+                    ..Verdict::default()
+                })
+                .collect(),
+            status: None,
+        }
+    }
+
+    const A: VerdictStatus = VerdictStatus::Approved;
+    const F: VerdictStatus = VerdictStatus::Flagged;
+
+    #[actix_rt::test]
+    async fn a_resent_batch_is_acknowledged_as_a_duplicate_and_not_counted_again() {
+        let mut agg = aggregator(None);
+        assert!(!agg.apply(batch("p", 1, &[A, F])));
+        assert!(!agg.apply(batch("p", 2, &[A])));
+        // Resends after a broken stream: the same numbers again.
+        assert!(agg.apply(batch("p", 2, &[A])), "same sequence");
+        assert!(agg.apply(batch("p", 1, &[A, F])), "older sequence");
+        assert_eq!((agg.totals.verdicts, agg.totals.approved), (3, 2));
+        assert_eq!(agg.totals.flagged, 1);
+        assert_eq!(agg.publishers["p"].duplicates, 2);
+        assert_eq!(agg.publishers["p"].applied_seq, 2);
+        assert_eq!(agg.alerts.len(), 1, "a duplicate raises no second alert");
+
+        // A gap is applied (the publisher numbers what it sends; a shed
+        // verdict never had a batch).
+        assert!(!agg.apply(batch("p", 5, &[A])));
+        // Another publisher has its own numbering.
+        assert!(!agg.apply(batch("q", 1, &[F])));
+        assert_eq!(agg.totals.verdicts, 5);
+    }
+
+    #[actix_rt::test]
+    async fn watermarks_and_totals_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!(
+            "txmesh-aggregator-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("dashboard.json");
+        let mut agg = aggregator(Some(file.clone()));
+        agg.apply(batch("p", 1, &[A, A]));
+        agg.apply(batch("p", 2, &[F]));
+        agg.persist().expect("saved");
+
+        let mut again = aggregator(Some(file));
+        assert_eq!(again.totals.verdicts, 3, "totals reloaded");
+        assert!(
+            again.apply(batch("p", 2, &[F])),
+            "a batch applied before the restart is still a duplicate"
+        );
+        assert!(!again.apply(batch("p", 3, &[A])));
+        assert_eq!(again.totals.verdicts, 4);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -83,8 +83,26 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
+/// Why a probe could not make its attempt (as opposed to what the server
+/// answered, which is the evidence).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProbeError {
+    #[error("the probe's own certificate: {0}")]
+    Credentials(#[from] rustls::pki_types::pem::Error),
+    #[error("the probe's TLS config: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    #[error("handshake refused: {0}")]
+    Handshake(std::io::Error),
+}
+
 /// A client config as `spec` says.
-pub(crate) fn client_config(spec: &ClientSpec<'_>) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn client_config(spec: &ClientSpec<'_>) -> Result<Arc<ClientConfig>, ProbeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = if spec.tls12_only {
         &[&rustls::version::TLS12]
@@ -92,8 +110,7 @@ pub(crate) fn client_config(spec: &ClientSpec<'_>) -> Result<Arc<ClientConfig>, 
         &[&rustls::version::TLS13]
     };
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?
+        .with_protocol_versions(versions)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer(
             provider.signature_verification_algorithms,
@@ -101,13 +118,9 @@ pub(crate) fn client_config(spec: &ClientSpec<'_>) -> Result<Arc<ClientConfig>, 
     let mut config = match spec.identity {
         Some(id) => {
             let chain = CertificateDer::pem_slice_iter(id.chain_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            let key =
-                PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| e.to_string())?
+                .collect::<Result<Vec<_>, _>>()?;
+            let key = PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())?;
+            builder.with_client_auth_cert(chain, key)?
         }
         None => builder.with_no_client_auth(),
     };
@@ -122,16 +135,20 @@ pub(crate) fn client_config(spec: &ClientSpec<'_>) -> Result<Arc<ClientConfig>, 
 pub(crate) async fn tls_connect(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
-) -> Result<TlsStream<TcpStream>, String> {
-    let tcp = tokio::time::timeout(IO_WAIT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| format!("connect: {e}"))?;
+) -> Result<TlsStream<TcpStream>, ProbeError> {
+    let tcp = connect(addr).await?;
     let name = ServerName::IpAddress(addr.ip().into());
     tokio::time::timeout(IO_WAIT, TlsConnector::from(config).connect(name, tcp))
         .await
-        .map_err(|_| "handshake timed out".to_owned())?
-        .map_err(|e| format!("handshake refused: {e}"))
+        .map_err(|_| ProbeError::HandshakeTimeout)?
+        .map_err(ProbeError::Handshake)
+}
+
+async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
+    tokio::time::timeout(IO_WAIT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ProbeError::ConnectTimeout)?
+        .map_err(ProbeError::Connect)
 }
 
 /// Writes `bytes` and reads what comes back within the wait (empty on
@@ -157,11 +174,8 @@ where
 }
 
 /// Plain TCP: sends `bytes`, returns what came back and how it ended.
-pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> Result<(Vec<u8>, String), String> {
-    let mut tcp = tokio::time::timeout(IO_WAIT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_owned())?
-        .map_err(|e| format!("connect: {e}"))?;
+pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> Result<(Vec<u8>, String), ProbeError> {
+    let mut tcp = connect(addr).await?;
     let (back, how) = exchange(&mut tcp, bytes).await;
     let how = if !back.is_empty() && !is_application_data(&back) {
         format!("only a TLS alert ({} bytes)", back.len())
@@ -189,7 +203,7 @@ pub(crate) async fn refused(
         Err(e) => return (false, format!("probe could not be built: {e}")),
     };
     match tls_connect(addr, config).await {
-        Err(e) => (true, e),
+        Err(e) => (true, e.to_string()),
         Ok(mut conn) => {
             let (bytes, how) = exchange(&mut conn, opener).await;
             (bytes.is_empty(), how)
@@ -202,10 +216,10 @@ pub(crate) async fn refused(
 pub(crate) async fn idle_close(
     addr: SocketAddr,
     limit: Duration,
-) -> Result<Option<Duration>, String> {
+) -> Result<Option<Duration>, ProbeError> {
     let mut tcp = TcpStream::connect(addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(ProbeError::Connect)?;
     let start = Instant::now();
     let mut buf = [0u8; 64];
     match tokio::time::timeout(limit, tcp.read(&mut buf)).await {

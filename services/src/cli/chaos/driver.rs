@@ -15,7 +15,9 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use txmesh_certs::{CaStep, CertAuthority, CertStore, Forgery, SpiffeId, StateLayout};
 use txmesh_chaos::{
-    experiment::{Component, Driver, Link, LoadField, LoadOutcome, MetricsText, RotationScope},
+    experiment::{
+        Component, Driver, DriverError, Link, LoadField, LoadOutcome, MetricsText, RotationScope,
+    },
     proxy::{WireFault, WireProxy},
     FaultSpec,
 };
@@ -119,25 +121,28 @@ impl SystemDriver {
         self
     }
 
-    fn server_id(&self, name: &str) -> Result<SpiffeId, String> {
-        SpiffeId::for_workload(&self.config.trust_domain, name).map_err(|e| e.to_string())
+    fn server_id(&self, name: &str) -> Result<SpiffeId, DriverError> {
+        SpiffeId::for_workload(&self.config.trust_domain, name).map_err(certs_error)
     }
 
-    fn admin(&self, target: Component) -> Result<AdminClient<tonic::transport::Channel>, String> {
+    fn admin(
+        &self,
+        target: Component,
+    ) -> Result<AdminClient<tonic::transport::Channel>, DriverError> {
         let (addr, name) = match target {
             Component::Ingress => (self.endpoints.ingress_admin, "ingress"),
             Component::Dashboard => (self.endpoints.dashboard_admin, "dashboard"),
         };
         let channel = crate::net::mtls_channel(addr, &self.chaos, &self.server_id(name)?)
-            .map_err(|e| e.to_string())?;
+            .map_err(certs_error)?;
         Ok(AdminClient::new(channel))
     }
 
     /// `GET /metrics` over mTLS as the operator.
-    async fn get_metrics(&self, addr: SocketAddr, server: &str) -> Result<String, String> {
+    async fn get_metrics(&self, addr: SocketAddr, server: &str) -> Result<String, DriverError> {
         let tls =
             txmesh_certs::client_config(&self.operator, &self.server_id(server)?, &[b"http/1.1"])
-                .map_err(|e| e.to_string())?;
+                .map_err(certs_error)?;
         let exchange = async {
             let tcp = tokio::net::TcpStream::connect(addr).await?;
             let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
@@ -152,11 +157,38 @@ impl SystemDriver {
             let _ = conn.read_to_end(&mut raw).await;
             Ok::<_, std::io::Error>(raw)
         };
+        let unreachable = |reason: String| DriverError::Unreachable {
+            component: format!("{server} /metrics"),
+            reason,
+        };
         let raw = tokio::time::timeout(Duration::from_secs(5), exchange)
             .await
-            .map_err(|_| format!("{server} /metrics: no answer within 5 s"))?
-            .map_err(|e| format!("{server} /metrics: {e}"))?;
-        http_body(&raw).map_err(|e| format!("{server} /metrics: {e}"))
+            .map_err(|_| unreachable("no answer within 5 s".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        http_body(&raw).map_err(|reason| DriverError::Refused {
+            component: format!("{server} /metrics"),
+            reason,
+        })
+    }
+}
+
+/// A gRPC error from a component's Admin service: unreachable when the
+/// transport failed, refused when it answered.
+fn status_error(target: Component, status: &tonic::Status) -> DriverError {
+    let component = format!("{target:?} Admin");
+    let reason = format!("{}: {}", status.code(), status.message());
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+            DriverError::Unreachable { component, reason }
+        }
+        _ => DriverError::Refused { component, reason },
+    }
+}
+
+fn certs_error(e: impl std::fmt::Display) -> DriverError {
+    DriverError::Run {
+        what: "certificates",
+        reason: e.to_string(),
     }
 }
 
@@ -225,7 +257,7 @@ impl Driver for SystemDriver {
         self.target.clone()
     }
 
-    async fn scrape(&self, target: Component) -> Result<MetricsText, String> {
+    async fn scrape(&self, target: Component) -> Result<MetricsText, DriverError> {
         let text = match target {
             Component::Ingress => {
                 self.get_metrics(self.endpoints.ingress_metrics, "ingress")
@@ -239,7 +271,7 @@ impl Driver for SystemDriver {
         Ok(MetricsText::parse(&text))
     }
 
-    async fn inject(&self, target: Component, spec: &FaultSpec) -> Result<u64, String> {
+    async fn inject(&self, target: Component, spec: &FaultSpec) -> Result<u64, DriverError> {
         let request = InjectFaultRequest {
             spec: Some(crate::admin::to_wire(spec)),
         };
@@ -247,21 +279,29 @@ impl Driver for SystemDriver {
             .admin(target)?
             .inject_fault(request)
             .await
-            .map_err(|s| format!("{target:?} refused the fault: {}", s.message()))?;
+            .map_err(|s| status_error(target, &s))?;
         Ok(response.into_inner().fault_id)
     }
 
-    async fn wire(&self, link: Link, fault: WireFault, lease: Duration) -> Result<u64, String> {
+    async fn wire(
+        &self,
+        link: Link,
+        fault: WireFault,
+        lease: Duration,
+    ) -> Result<u64, DriverError> {
         let proxy = self.proxies.get(&link).ok_or_else(|| {
-            format!("no wire proxy on {link:?}: wire faults need --target up (on a cluster, Chaos Mesh NetworkChaos)")
+            DriverError::Unsupported(format!("no wire proxy on {link:?}: wire faults need --target up (on a cluster, Chaos Mesh NetworkChaos)"))
         })?;
         proxy
             .inject(fault, lease)
             .map(|id| id.0)
-            .map_err(|e| e.to_string())
+            .map_err(|e| DriverError::Refused {
+                component: format!("wire proxy {link:?}"),
+                reason: e.to_string(),
+            })
     }
 
-    async fn clear(&self, target: Option<Component>) -> Result<usize, String> {
+    async fn clear(&self, target: Option<Component>) -> Result<usize, DriverError> {
         let targets = match target {
             Some(t) => vec![t],
             None => vec![Component::Ingress, Component::Dashboard],
@@ -272,7 +312,7 @@ impl Driver for SystemDriver {
                 .admin(t)?
                 .clear_faults(ClearFaultsRequest { fault_id: 0 })
                 .await
-                .map_err(|s| format!("{t:?}: {}", s.message()))?;
+                .map_err(|s| status_error(t, &s))?;
             cleared += response.into_inner().cleared as usize;
         }
         for proxy in self.proxies.values() {
@@ -281,14 +321,14 @@ impl Driver for SystemDriver {
         Ok(cleared)
     }
 
-    async fn active_faults(&self) -> Result<usize, String> {
+    async fn active_faults(&self) -> Result<usize, DriverError> {
         let mut active = 0;
         for t in [Component::Ingress, Component::Dashboard] {
             let response = self
                 .admin(t)?
                 .list_faults(ListFaultsRequest {})
                 .await
-                .map_err(|s| format!("{t:?}: {}", s.message()))?;
+                .map_err(|s| status_error(t, &s))?;
             active += response.into_inner().faults.len();
         }
         Ok(active
@@ -305,7 +345,7 @@ impl Driver for SystemDriver {
         duration_secs: u64,
         accounts: Option<u64>,
         seed: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), DriverError> {
         let mut config = self.config.clone();
         let t = &mut config.txgen;
         t.target = self.endpoints.txgen_target;
@@ -326,7 +366,7 @@ impl Driver for SystemDriver {
         ));
         let mut load = self.load.lock();
         if load.is_some() {
-            return Err("a load is already running".into());
+            return Err(DriverError::Unsupported("a load is already running".into()));
         }
         *load = Some((trigger, task));
         Ok(())
@@ -338,23 +378,27 @@ impl Driver for SystemDriver {
         }
     }
 
-    async fn wait_load(&self) -> Result<Option<LoadOutcome>, String> {
+    async fn wait_load(&self) -> Result<Option<LoadOutcome>, DriverError> {
         let running = self.load.lock().take();
         let Some((_trigger, task)) = running else {
             return Ok(None);
         };
         match task.await {
             Ok(Ok(report)) => Ok(Some(outcome(&report))),
-            Ok(Err(e)) => Err(format!("txgen failed: {e}")),
-            Err(e) => Err(format!("txgen task failed: {e}")),
+            Ok(Err(e)) => Err(DriverError::Run {
+                what: "txgen",
+                reason: e.to_string(),
+            }),
+            Err(e) => Err(DriverError::Run {
+                what: "txgen task",
+                reason: e.to_string(),
+            }),
         }
     }
 
-    async fn rotate_certs(&self, scope: RotationScope) -> Result<String, String> {
+    async fn rotate_certs(&self, scope: RotationScope) -> Result<String, DriverError> {
         match scope {
-            RotationScope::Leaves => {
-                crate::cli::certs::rotate(&self.config).map_err(|e| e.to_string())
-            }
+            RotationScope::Leaves => crate::cli::certs::rotate(&self.config).map_err(certs_error),
             RotationScope::Ca => {
                 // Each step must reach every component before the next.
                 let pause = self.config.tls.reload_interval() * 3;
@@ -366,7 +410,7 @@ impl Driver for SystemDriver {
                     |line| lines.push(line),
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(certs_error)?;
                 tokio::time::sleep(pause).await;
                 Ok(lines.join("; "))
             }
@@ -392,20 +436,23 @@ impl Driver for SystemDriver {
         out
     }
 
-    async fn install_expired_cert(&self, identity: &str) -> Result<String, String> {
+    async fn install_expired_cert(&self, identity: &str) -> Result<String, DriverError> {
         let layout = StateLayout::new(&self.config.state_dir);
-        let ca =
-            CertAuthority::load(&layout, &self.config.trust_domain).map_err(|e| e.to_string())?;
+        let ca = CertAuthority::load(&layout, &self.config.trust_domain).map_err(certs_error)?;
         let (cert, key) = Forgery::Expired
             .make(Some(&ca), &self.config.trust_domain, identity)
-            .map_err(|e| e.to_string())?;
+            .map_err(certs_error)?;
         let dir = layout.identity_dir(identity);
         // Key first, then certificate, each by rename: a reload between
         // the two sees a mismatch, which is refused like the expiry.
         for (name, pem) in [("tls.key", key), ("tls.crt", cert)] {
             let tmp = dir.join(format!(".{name}.chaos"));
-            std::fs::write(&tmp, pem).map_err(|e| format!("{}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, dir.join(name)).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let io = |e: std::io::Error| DriverError::Run {
+                what: "writing the certificate",
+                reason: format!("{}: {e}", dir.display()),
+            };
+            std::fs::write(&tmp, pem).map_err(io)?;
+            std::fs::rename(&tmp, dir.join(name)).map_err(io)?;
         }
         Ok(format!(
             "wrote an expired certificate for {identity}; it must keep presenting its last good one"
