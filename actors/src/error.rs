@@ -1,5 +1,5 @@
-//! The one error type of txmesh-actors, and how each error answers a
-//! transaction.
+//! The error types of txmesh-actors: how each screening error answers a
+//! transaction, and how the dashboard link failed.
 
 use txmesh_proto::v1::{TxnError, TxnErrorCode};
 
@@ -57,5 +57,27 @@ impl ActorError {
             retryable: self.is_retryable(),
             retry_after_ms,
         }
+    }
+}
+
+/// Why the dashboard link failed, as the transport classifies it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// Not reachable, timed out, or the stream broke: retried with backoff
+    /// and the breaker.
+    #[error("dashboard unavailable: {0}")]
+    Unavailable(String),
+    /// The dashboard refused this publisher (PERMISSION_DENIED or
+    /// UNAUTHENTICATED: its authz does not admit this identity). Retrying
+    /// does not fix it, a configuration change does: it is reported loudly
+    /// and tried again only at the breaker's longest pause.
+    #[error("dashboard refused this publisher: {0}")]
+    Refused(String),
+}
+
+impl PublishError {
+    /// Whether only a change of configuration (not time) can fix it.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Refused(_))
     }
 }

@@ -34,6 +34,8 @@ use txmesh_proto::v1::{Ack, BreakerState as WireBreaker, PublisherStatus, Verdic
 pub use breaker::{Breaker, BreakerState};
 pub use outbox::Outbox;
 
+pub use crate::error::PublishError;
+
 use crate::{backoff::Backoff, config::PublisherConfig, stats::ScreeningStats};
 
 /// A boxed, sendable future.
@@ -43,28 +45,6 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub struct PublishConnection {
     pub batches: tokio::sync::mpsc::Sender<VerdictBatch>,
     pub acks: Pin<Box<dyn Stream<Item = Result<Ack, PublishError>> + Send>>,
-}
-
-/// Why the dashboard link failed, as the transport classifies it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
-    /// Not reachable, timed out, or the stream broke: retried with backoff
-    /// and the breaker.
-    #[error("dashboard unavailable: {0}")]
-    Unavailable(String),
-    /// The dashboard refused this publisher (PERMISSION_DENIED or
-    /// UNAUTHENTICATED: its authz does not admit this identity). Retrying
-    /// does not fix it, a configuration change does: it is reported loudly
-    /// and tried again only at the breaker's longest pause.
-    #[error("dashboard refused this publisher: {0}")]
-    Refused(String),
-}
-
-impl PublishError {
-    /// Whether only a change of configuration (not time) can fix it.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Refused(_))
-    }
 }
 
 /// How the publisher reaches the dashboard (a tonic client in `services`).

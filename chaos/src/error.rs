@@ -1,4 +1,5 @@
-//! The one error type of txmesh-chaos.
+//! The error types of txmesh-chaos: what a fault or an experiment was
+//! refused for, and why a driver could not do an experiment's step.
 
 use std::time::Duration;
 
@@ -29,4 +30,26 @@ pub enum ChaosError {
         key: String,
         message: String,
     },
+}
+
+/// Why the driver (or the runner reading what it returned) could not do a
+/// step. The run goes on; the journal records the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    /// A component could not be reached, or did not answer in time.
+    #[error("{component}: unreachable: {reason}")]
+    Unreachable { component: String, reason: String },
+    /// A component answered with a refusal or an error status.
+    #[error("{component} refused: {reason}")]
+    Refused { component: String, reason: String },
+    /// The experiment asks for what this target cannot do.
+    #[error("not possible against this target: {0}")]
+    Unsupported(String),
+    /// Something the run itself manages failed: the load, certificates,
+    /// files.
+    #[error("{what} failed: {reason}")]
+    Run { what: &'static str, reason: String },
+    /// A probe's metric is not exposed.
+    #[error("no series {metric} on {component}")]
+    NoSeries { metric: String, component: String },
 }

@@ -18,9 +18,10 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::DriverError;
 pub use journal::{ActionRecord, Journal, ProbeRecord, RunStatus};
 pub use metrics::{MetricsText, Sample};
-pub use runner::{run, Driver, DriverError, LoadOutcome};
+pub use runner::{run, Driver, LoadOutcome};
 
 use crate::{proxy::WireFault, ChaosError, FaultKind, FaultSpec};
 

@@ -25,6 +25,6 @@ mod fault;
 pub mod proxy;
 mod registry;
 
-pub use error::ChaosError;
+pub use error::{ChaosError, DriverError};
 pub use fault::{status_code, status_name, FaultKind, FaultSpec, InjectionPoint};
 pub use registry::{shard_hash, ActiveFault, FaultId, Registry, RegistryLimits};

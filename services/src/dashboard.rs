@@ -131,7 +131,7 @@ impl DashboardHandle {
         self.aggregator
             .send(GetSnapshot)
             .await
-            .map_err(|_| ServiceError::config("dashboard", "aggregator stopped"))
+            .map_err(|_| ServiceError::Stopped("dashboard's aggregator"))
     }
 
     /// Stops both listeners, then saves the totals.

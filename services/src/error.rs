@@ -21,6 +21,10 @@ pub enum ServiceError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC call failed: {0}")]
     Status(#[from] tonic::Status),
+    #[error("{what} failed: {reason}")]
+    Failed { what: &'static str, reason: String },
+    #[error("the {0} has stopped")]
+    Stopped(&'static str),
     #[error("I/O on {path}")]
     Io {
         path: PathBuf,
