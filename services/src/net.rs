@@ -27,6 +27,7 @@ use crate::{
 };
 
 mod expiry;
+pub mod http;
 
 pub use expiry::{until_unix, Expiring, ExpiringTls};
 

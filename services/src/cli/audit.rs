@@ -568,21 +568,26 @@ async fn call(
         Err(e) => return (None, e.to_string()),
     };
     if !target.kind.is_grpc() {
-        let mut conn = match probe::tls_connect(target.addr, config).await {
+        let conn = match probe::tls_connect(target.addr, config).await {
             Ok(c) => c,
             Err(e) => return (None, e.to_string()),
         };
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: audit\r\nConnection: close\r\n\r\n",
-            target.kind.http_path()
-        );
-        let (bytes, how) = probe::exchange(&mut conn, request.as_bytes()).await;
-        let head = String::from_utf8_lossy(&bytes);
-        let status = head.lines().next().unwrap_or_default().to_owned();
-        return match status.split_whitespace().nth(1) {
-            Some("200") => (Some(true), status),
-            Some("403") => (Some(false), status),
-            _ => (None, format!("{status} ({how})")),
+        let path = target.kind.http_path();
+        let response = tokio::time::timeout(
+            probe::IO_WAIT,
+            crate::net::http::get(conn, "audit", path, &[]),
+        )
+        .await;
+        return match response {
+            Ok(Ok(r)) if r.status == http::StatusCode::OK => {
+                (Some(true), format!("{path}: {}", r.status))
+            }
+            Ok(Ok(r)) if r.status == http::StatusCode::FORBIDDEN => {
+                (Some(false), format!("{path}: {}", r.status))
+            }
+            Ok(Ok(r)) => (None, format!("{path}: {}", r.status)),
+            Ok(Err(e)) => (None, e.to_string()),
+            Err(_) => (None, "no answer".into()),
         };
     }
     let channel = match crate::net::channel_with(target.addr, config) {

@@ -61,8 +61,8 @@ async fn every_listener_refuses_plaintext_missing_and_foreign_certificates() {
         let outcome = tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await;
-        if let Ok(mut stream) = outcome {
-            let status = http_get(&mut stream, "/").await;
+        if let Ok(stream) = outcome {
+            let status = http_get(stream, "/").await;
             assert_eq!(status, None, "{name}: no certificate must get no response");
         }
     }
@@ -88,7 +88,7 @@ async fn every_listener_refuses_plaintext_missing_and_foreign_certificates() {
     );
     for identity in ["operator", "txgen"] {
         let refused = match https_as(&foreign, identity, dash.https_addr).await {
-            Ok(mut stream) => http_get(&mut stream, "/").await.is_none(),
+            Ok(stream) => http_get(stream, "/").await.is_none(),
             Err(_) => true,
         };
         assert!(
@@ -156,23 +156,19 @@ async fn valid_certificates_with_the_wrong_identity_are_denied() {
 
     // ingress opening the WebSocket or the page: 403. operator: allowed.
     for path in ["/ws", "/", "/api/snapshot"] {
-        let mut stream = https_as(&config, "ingress", dash.https_addr)
+        let stream = https_as(&config, "ingress", dash.https_addr)
             .await
             .expect("TLS");
-        assert_eq!(
-            http_get(&mut stream, path).await,
-            Some(403),
-            "ingress on {path}"
-        );
+        assert_eq!(http_get(stream, path).await, Some(403), "ingress on {path}");
     }
-    let mut stream = https_as(&config, "operator", dash.https_addr)
+    let stream = https_as(&config, "operator", dash.https_addr)
         .await
         .expect("TLS");
-    assert_eq!(http_get(&mut stream, "/").await, Some(200));
-    let mut stream = https_as(&config, "operator", dash.https_addr)
+    assert_eq!(http_get(stream, "/").await, Some(200));
+    let stream = https_as(&config, "operator", dash.https_addr)
         .await
         .expect("TLS");
-    assert_eq!(http_get(&mut stream, "/api/snapshot").await, Some(200));
+    assert_eq!(http_get(stream, "/api/snapshot").await, Some(200));
 
     // A client that expects another server identity refuses to talk.
     let wrong_server = txmesh::net::mtls_channel(

@@ -238,27 +238,26 @@ pub async fn read_some<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, wait: Du
     }
 }
 
-/// Sends a plain HTTP/1.1 request on `stream` and returns the status code.
-pub async fn http_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    stream: &mut S,
-    path: &str,
-) -> Option<u16> {
-    use tokio::io::AsyncWriteExt;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.ok()?;
-    let head = read_some(stream, Duration::from_secs(5)).await;
-    let text = String::from_utf8_lossy(&head);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+/// `GET path` on an open TLS stream: the status code, `None` when the
+/// connection gives no complete response (refused, closed).
+pub async fn http_get<S>(stream: S, path: &str) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let exchange = txmesh::net::http::get(stream, "localhost", path, &[]);
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(response)) => Some(response.status.as_u16()),
+        _ => None,
+    }
 }
 
-/// `GET /metrics` as `identity`: (status line, body).
+/// `GET /metrics` as `identity` from `server`: (status, body).
 pub async fn scrape(
     config: &TxmeshConfig,
     identity: &str,
     server: &str,
     addr: SocketAddr,
 ) -> (String, String) {
-    use tokio::io::AsyncWriteExt;
     let tls = txmesh_certs::client_config(
         &material(config, identity),
         &spiffe(config, server),
@@ -266,30 +265,17 @@ pub async fn scrape(
     )
     .expect("client config");
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+    let conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
         .connect(
             rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
             tcp,
         )
         .await
         .expect("handshake");
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    let response = txmesh::net::http::get(conn, "localhost", "/metrics", &[])
         .await
-        .expect("write");
-    let mut text = Vec::new();
-    loop {
-        let chunk = read_some(&mut conn, Duration::from_secs(3)).await;
-        if chunk.is_empty() {
-            break;
-        }
-        text.extend(chunk);
-    }
-    let text = String::from_utf8_lossy(&text).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or_default().to_owned(),
-        body.to_owned(),
-    )
+        .expect("a response");
+    (response.status.to_string(), response.text())
 }
 
 pub fn value(body: &str, series: &str) -> f64 {

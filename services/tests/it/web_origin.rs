@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use crate::support::*;
-use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
 
 /// A WebSocket upgrade as the operator, with `origin` (if any): the
@@ -36,23 +35,29 @@ async fn upgrade(
     }
 }
 
-/// `GET path` as the operator with extra header lines: the response head.
+/// `GET path` as the operator with extra headers: the response head
+/// (status line and headers), lowercased.
 async fn get(
     config: &txmesh::config::TxmeshConfig,
     addr: std::net::SocketAddr,
     path: &str,
-    extra: &str,
+    headers: &[(&str, &str)],
 ) -> String {
-    let mut conn = https_as(config, "operator", addr)
+    let conn = https_as(config, "operator", addr)
         .await
         .expect("operator connects");
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\n{extra}Connection: close\r\n\r\n",
-        addr.port()
-    );
-    conn.write_all(req.as_bytes()).await.expect("write");
-    let head = read_some(&mut conn, Duration::from_secs(5)).await;
-    String::from_utf8_lossy(&head).to_lowercase()
+    let host = format!("localhost:{}", addr.port());
+    let response = txmesh::net::http::get(conn, &host, path, headers)
+        .await
+        .expect("a response");
+    let mut head = format!("http/1.1 {}\r\n", response.status.as_u16());
+    for (name, value) in &response.headers {
+        head.push_str(&format!(
+            "{name}: {}\r\n",
+            value.to_str().unwrap_or_default()
+        ));
+    }
+    head.to_lowercase()
 }
 
 #[actix_rt::test]
@@ -88,7 +93,7 @@ async fn only_the_dashboards_own_origin_may_open_the_feed_and_every_page_carries
         &config,
         addr,
         "/api/snapshot",
-        "Origin: https://evil.example\r\n",
+        &[("origin", "https://evil.example")],
     )
     .await;
     assert!(foreign.starts_with("http/1.1 403"), "{foreign}");
@@ -96,24 +101,18 @@ async fn only_the_dashboards_own_origin_may_open_the_feed_and_every_page_carries
         &config,
         addr,
         "/api/snapshot",
-        "Sec-Fetch-Site: cross-site\r\n",
+        &[("sec-fetch-site", "cross-site")],
     )
     .await;
     assert!(cross_site.starts_with("http/1.1 403"), "{cross_site}");
-    let same = get(
-        &config,
-        addr,
-        "/api/snapshot",
-        &format!("Origin: {own}\r\n"),
-    )
-    .await;
+    let same = get(&config, addr, "/api/snapshot", &[("origin", &own)]).await;
     assert!(same.starts_with("http/1.1 200"), "{same}");
 
     let (_, body) = scrape(&config, "operator", "dashboard", addr).await;
     assert_eq!(value(&body, "txmesh_dashboard_origin_refusals_total"), 4.0);
 
     for path in ["/", "/app.js", "/app.css"] {
-        let head = get(&config, addr, path, "").await;
+        let head = get(&config, addr, path, &[]).await;
         assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
         assert!(
             head.contains("x-content-type-options: nosniff"),

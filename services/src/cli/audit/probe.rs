@@ -26,7 +26,7 @@ pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// A minimal HTTP/1.1 request.
 pub(crate) const HTTP_GET: &[u8] = b"GET / HTTP/1.1\r\nHost: audit\r\nConnection: close\r\n\r\n";
 
-const IO_WAIT: Duration = Duration::from_secs(3);
+pub(crate) const IO_WAIT: Duration = Duration::from_secs(3);
 
 /// A client certificate chain and key, PEM.
 #[derive(Clone)]

@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use parking_lot::Mutex;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use txmesh_certs::{CaStep, CertAuthority, CertStore, Forgery, SpiffeId, StateLayout};
 use txmesh_chaos::{
     experiment::{
@@ -143,32 +142,36 @@ impl SystemDriver {
         let tls =
             txmesh_certs::client_config(&self.operator, &self.server_id(server)?, &[b"http/1.1"])
                 .map_err(certs_error)?;
-        let exchange = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            let mut conn = tokio_rustls::TlsConnector::from(Arc::new(tls))
-                .connect(name, tcp)
-                .await?;
-            conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: txmesh\r\nConnection: close\r\n\r\n")
-                .await?;
-            let mut raw = Vec::new();
-            // A peer that closes without close_notify after the body is
-            // fine: the length or chunking says where the body ends.
-            let _ = conn.read_to_end(&mut raw).await;
-            Ok::<_, std::io::Error>(raw)
-        };
         let unreachable = |reason: String| DriverError::Unreachable {
             component: format!("{server} /metrics"),
             reason,
         };
-        let raw = tokio::time::timeout(Duration::from_secs(5), exchange)
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let conn = tokio_rustls::TlsConnector::from(Arc::new(tls))
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(conn)
+        };
+        let conn = tokio::time::timeout(Duration::from_secs(5), exchange)
             .await
-            .map_err(|_| unreachable("no answer within 5 s".into()))?
+            .map_err(|_| unreachable("no TLS connection within 5 s".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
-        http_body(&raw).map_err(|reason| DriverError::Refused {
-            component: format!("{server} /metrics"),
-            reason,
-        })
+        let response = tokio::time::timeout(
+            Duration::from_secs(5),
+            crate::net::http::get(conn, "txmesh", "/metrics", &[]),
+        )
+        .await
+        .map_err(|_| unreachable("no answer within 5 s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        if response.status != http::StatusCode::OK {
+            return Err(DriverError::Refused {
+                component: format!("{server} /metrics"),
+                reason: format!("answered {}", response.status),
+            });
+        }
+        Ok(response.text())
     }
 }
 
@@ -190,45 +193,6 @@ fn certs_error(e: impl std::fmt::Display) -> DriverError {
         what: "certificates",
         reason: e.to_string(),
     }
-}
-
-/// The body of an HTTP/1.1 200 response (plain or chunked). Chunks are cut
-/// by byte counts, so the body is put together as bytes and decoded once at
-/// the end: a character split across two chunks stays whole.
-fn http_body(raw: &[u8]) -> Result<String, String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("truncated response")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let body = &raw[split + 4..];
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        return Err(format!("answered {status:?}"));
-    }
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Ok(String::from_utf8_lossy(body).into_owned());
-    }
-    let mut out = Vec::new();
-    let mut rest = body;
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&rest[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-            .ok_or("bad chunk size")?;
-        let after = &rest[eol + 2..];
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.extend_from_slice(&after[..size]);
-        rest = after[size..]
-            .strip_prefix(b"\r\n")
-            .unwrap_or(&after[size..]);
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The figures of a txgen report that probes check.
@@ -457,20 +421,5 @@ impl Driver for SystemDriver {
         Ok(format!(
             "wrote an expired certificate for {identity}; it must keep presenting its last good one"
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::http_body;
-
-    #[test]
-    fn a_character_split_across_chunks_stays_whole() {
-        // "é" is two bytes, one in each chunk.
-        let raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\na\xc3\r\n2\r\n\xa9b\r\n0\r\n\r\n";
-        assert_eq!(http_body(raw).as_deref(), Ok("a\u{e9}b"));
-        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nx\xc3\xa9";
-        assert_eq!(http_body(plain).as_deref(), Ok("x\u{e9}"));
-        assert!(http_body(b"HTTP/1.1 403 Forbidden\r\n\r\n").is_err());
     }
 }
