@@ -292,21 +292,17 @@ impl Problems {
     /// # Errors
     /// [`ActorError::Config`] listing every bad key and its reason.
     pub fn into_result(self) -> Result<(), ActorError> {
-        if self.found.is_empty() {
-            return Ok(());
-        }
-        let key = self
-            .found
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let reason = self
-            .found
-            .iter()
-            .map(|(k, r)| format!("{k} {r}"))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let (key, reason) = match self.found.as_slice() {
+            [] => return Ok(()),
+            [(key, reason)] => (key.clone(), reason.clone()),
+            many => (
+                format!("{} keys", many.len()),
+                many.iter()
+                    .map(|(k, r)| format!("{k} {r}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        };
         Err(ActorError::Config { key, reason })
     }
 }

@@ -473,6 +473,19 @@ impl TxmeshConfig {
             "dashboard.session_queue",
             "must be at least 1",
         );
+        p.bad_if(
+            self.ingress.stream_idle_timeout_ms == 0,
+            "ingress.stream_idle_timeout_ms",
+            "must be at least 1",
+        );
+        let c = &self.connections;
+        for (key, value) in [
+            ("connections.max_per_identity", c.max_per_identity as u64),
+            ("connections.keepalive_interval_ms", c.keepalive_interval_ms),
+            ("connections.keepalive_timeout_ms", c.keepalive_timeout_ms),
+        ] {
+            p.bad_if(value == 0, key, "must be at least 1");
+        }
         p.into_result().map_err(|e| match e {
             txmesh_actors::ActorError::Config { key, reason } => ServiceError::config(key, reason),
             other => ServiceError::config("configuration", other.to_string()),
@@ -601,13 +614,19 @@ mod tests {
             "bad",
             "[txgen]\ninject_ratio = 3.0\naccounts = 0\n[actors.rules.high_amount]\nZZZ = 5\n",
         );
-        let err = TxmeshConfig::load(&sources(&file))
+        let mut with_env = sources(&file);
+        with_env.env = HashMap::from([(
+            "TXMESH__CONNECTIONS__MAX_PER_IDENTITY".to_owned(),
+            "0".to_owned(),
+        )]);
+        let err = TxmeshConfig::load(&with_env)
             .expect_err("bad values")
             .to_string();
         for key in [
             "txgen.inject_ratio",
             "txgen.accounts",
             "actors.rules.high_amount.ZZZ",
+            "connections.max_per_identity",
         ] {
             assert!(err.contains(key), "{key} missing from: {err}");
         }
