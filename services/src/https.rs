@@ -34,9 +34,58 @@ pub(crate) struct PeerIdentity(pub(crate) Option<SpiffeId>, pub(crate) Option<i6
 pub(crate) struct MetricsState {
     pub(crate) policy: Arc<AuthzPolicy>,
     pub(crate) metrics: Arc<Metrics>,
+    /// The listener's name in metrics.
+    pub(crate) https_name: &'static str,
 }
 
-/// `on_connect` hook: records the peer's SPIFFE ID for the handlers.
+/// The connection's place under its identity's limit; `None` when the
+/// identity already held the most connections allowed. Dropped (and the
+/// place given back) with the connection.
+pub(crate) struct HttpsSlot(Option<crate::net::ConnectionSlot>);
+
+/// `on_connect` hook: records the peer's SPIFFE ID for the handlers and
+/// takes its place under `limit`.
+pub(crate) fn record_peer_within(
+    limit: Arc<crate::net::IdentityLimit>,
+) -> impl Fn(&dyn Any, &mut Extensions) + Send + Sync + 'static {
+    move |conn, ext| {
+        record_peer(conn, ext);
+        let slot = ext
+            .get::<PeerIdentity>()
+            .and_then(|p| p.0.as_ref())
+            .and_then(|id| limit.admit(id.as_str()));
+        ext.insert(HttpsSlot(slot));
+    }
+}
+
+/// Middleware: a request on a connection over its identity's limit is
+/// answered 429 and the connection closed; counted.
+pub(crate) async fn within_limit(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let admitted = req
+        .conn_data::<HttpsSlot>()
+        .is_some_and(|slot| slot.0.is_some());
+    if admitted {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    if let Some(state) = req.app_data::<web::Data<MetricsState>>() {
+        state
+            .metrics
+            .connection_refused(state.https_name, "identity_limit");
+    }
+    tracing::warn!(
+        path = req.path(),
+        "HTTPS request refused: this identity holds the most connections allowed (connections.max_per_identity)"
+    );
+    let response = HttpResponse::TooManyRequests()
+        .insert_header((header::CONNECTION, "close"))
+        .body("too many connections for this identity (connections.max_per_identity)\n");
+    Ok(req.into_response(response))
+}
+
+/// Records the peer's SPIFFE ID and certificate expiry for the handlers.
 pub(crate) fn record_peer(conn: &dyn Any, ext: &mut Extensions) {
     let leaf = conn
         .downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()

@@ -186,7 +186,9 @@ impl Foundation {
         let metrics_state = crate::https::MetricsState {
             policy: self.policy.clone(),
             metrics: self.metrics.clone(),
+            https_name: self.spec.https_name,
         };
+        let limit = IdentityLimit::new(self.connections.max_per_identity);
         let server = actix_web::HttpServer::new(move || {
             let headers = crate::https::SECURITY_HEADERS
                 .iter()
@@ -194,6 +196,7 @@ impl Foundation {
                     h.add(*kv)
                 });
             actix_web::App::new()
+                .wrap(actix_web::middleware::from_fn(crate::https::within_limit))
                 .wrap(headers)
                 .app_data(actix_web::web::Data::new(metrics_state.clone()))
                 .route("/metrics", actix_web::web::get().to(crate::https::metrics))
@@ -205,12 +208,13 @@ impl Foundation {
         .client_request_timeout(timeout)
         // Set before the listener is added: it applies to listeners bound after.
         .tls_handshake_timeout(timeout)
-        .on_connect(crate::https::record_peer)
+        .on_connect(crate::https::record_peer_within(limit))
         .listen_rustls_0_23(listener, tls)
         .map_err(bind_err)?
         .run();
         let handle = server.handle();
-        actix_rt::spawn(server);
+        let span = tracing::info_span!("https.server", listener = self.spec.https_name);
+        actix_rt::spawn(tracing::Instrument::instrument(server, span));
         Ok((local, handle))
     }
 }

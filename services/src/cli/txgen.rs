@@ -93,10 +93,13 @@ pub(super) fn command(args: &TxgenArgs, config: TxmeshConfig) -> anyhow::Result<
     let trigger = stop.clone();
     let progress = Arc::new(txgen::TxgenProgress::default());
     let report = runtime::block_on(2, async move {
-        let ctrl_c = tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            trigger.cancel();
-        });
+        let ctrl_c = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _ = tokio::signal::ctrl_c().await;
+                trigger.cancel();
+            },
+            tracing::info_span!("ctrl_c"),
+        ));
         let report = txgen::run(&config, stop, progress).await;
         ctrl_c.abort();
         report

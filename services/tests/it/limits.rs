@@ -66,6 +66,48 @@ async fn an_identity_holds_at_most_its_connection_limit() {
 }
 
 #[actix_rt::test]
+async fn an_identity_holds_at_most_its_connection_limit_on_https_too() {
+    let dir = TempDir::new("https-limit");
+    let mut config = test_config(&dir.0);
+    config.connections.max_per_identity = 2;
+    let (dash, ing, _machine) = start_system(&mut config).await;
+    let addr = dash.https_addr;
+    // Two connections held open (a browser's tabs, say).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(https_as(&config, "operator", addr).await.expect("TLS"));
+    }
+    let third = https_as(&config, "operator", addr).await.expect("TLS");
+    assert_eq!(http_get(third, "/api/snapshot").await, Some(429));
+    // Another identity is not limited by the operator's connections (it is
+    // refused by authorization instead).
+    let other = https_as(&config, "txgen", addr).await.expect("TLS");
+    assert_eq!(http_get(other, "/api/snapshot").await, Some(403));
+    // A closed connection gives its place back.
+    held.pop();
+    let mut admitted = None;
+    for _ in 0..50 {
+        let conn = https_as(&config, "operator", addr).await.expect("TLS");
+        admitted = http_get(conn, "/api/snapshot").await;
+        if admitted == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(admitted, Some(200), "room again after a connection closed");
+    drop(held);
+    let (_, body) = scrape(&config, "operator", "dashboard", addr).await;
+    assert!(
+        value(
+            &body,
+            "txmesh_connections_refused_total{listener=\"dashboard-https\",reason=\"identity_limit\"}"
+        ) >= 1.0
+    );
+    ing.stop(Duration::from_secs(5)).await;
+    dash.stop().await;
+}
+
+#[actix_rt::test]
 async fn an_idle_screen_stream_is_closed_with_a_status_that_says_why() {
     let dir = TempDir::new("idle-stream");
     let mut config = test_config(&dir.0);
