@@ -274,6 +274,11 @@ impl Problems {
         }
     }
 
+    /// Records `key` as bad when `value` is zero.
+    pub fn at_least_one(&mut self, key: &str, value: u64) {
+        self.bad_if(value == 0, key, "must be at least 1");
+    }
+
     /// Runs `check` with keys relative to `section` (`"actors."`).
     pub fn within(&mut self, section: &str, check: impl FnOnce(&mut Self)) {
         let outer = std::mem::take(&mut self.prefix);
@@ -321,54 +326,21 @@ impl ActorsConfig {
 
     /// Records every bad value in `p`.
     pub fn check(&self, p: &mut Problems) {
-        let s = &self.shards;
-        p.bad_if(
-            s.shard_mailbox == 0,
-            "shards.shard_mailbox",
-            "must be at least 1",
-        );
-        p.bad_if(
-            s.account_mailbox == 0,
-            "shards.account_mailbox",
-            "must be at least 1",
-        );
-        p.bad_if(s.max_batch == 0, "shards.max_batch", "must be at least 1");
-        p.bad_if(
-            s.passivate_after_secs == 0,
-            "shards.passivate_after_secs",
-            "must be at least 1",
-        );
-        p.bad_if(
-            s.passivation_sweep_ms == 0,
-            "shards.passivation_sweep_ms",
-            "must be at least 1",
-        );
-        let v = &self.supervision;
-        p.bad_if(
-            v.restart_window_secs == 0,
-            "supervision.restart_window_secs",
-            "must be at least 1",
-        );
-        p.bad_if(
-            v.quarantine_secs == 0,
-            "supervision.quarantine_secs",
-            "must be at least 1",
-        );
-        p.bad_if(
-            v.poison_attempts == 0,
-            "supervision.poison_attempts",
-            "must be at least 1",
-        );
-        p.bad_if(
-            self.window.max_entries == 0,
-            "window.max_entries",
-            "must be at least 1",
-        );
-        p.bad_if(
-            self.window.max_age_secs == 0,
-            "window.max_age_secs",
-            "must be at least 1",
-        );
+        let (s, v) = (&self.shards, &self.supervision);
+        for (key, value) in [
+            ("shards.shard_mailbox", s.shard_mailbox as u64),
+            ("shards.account_mailbox", s.account_mailbox as u64),
+            ("shards.max_batch", s.max_batch as u64),
+            ("shards.passivate_after_secs", s.passivate_after_secs),
+            ("shards.passivation_sweep_ms", s.passivation_sweep_ms),
+            ("supervision.restart_window_secs", v.restart_window_secs),
+            ("supervision.quarantine_secs", v.quarantine_secs),
+            ("supervision.poison_attempts", u64::from(v.poison_attempts)),
+            ("window.max_entries", self.window.max_entries as u64),
+            ("window.max_age_secs", self.window.max_age_secs),
+        ] {
+            p.at_least_one(key, value);
+        }
         self.rules.check(p);
         self.publisher.check(p);
     }

@@ -432,7 +432,6 @@ impl TxmeshConfig {
             "txgen.inject_ratio",
             "must be between 0 and 1",
         );
-        p.bad_if(t.accounts == 0, "txgen.accounts", "must be at least 1");
         p.bad_if(
             t.batch_size == 0 || t.batch_size > self.actors.shards.max_batch,
             "txgen.batch_size",
@@ -441,50 +440,30 @@ impl TxmeshConfig {
                 self.actors.shards.max_batch
             ),
         );
-        p.bad_if(t.streams == 0, "txgen.streams", "must be at least 1");
-        p.bad_if(
-            t.max_in_flight == 0,
-            "txgen.max_in_flight",
-            "must be at least 1",
-        );
         t.retry.check(&mut p);
-        p.bad_if(
-            self.tls.reload_interval_ms == 0,
-            "tls.reload_interval_ms",
-            "must be at least 1",
-        );
-        p.bad_if(
-            self.ingress.max_in_flight_batches == 0,
-            "ingress.max_in_flight_batches",
-            "must be at least 1",
-        );
         p.bad_if(
             self.ingress.max_message_bytes < 1024,
             "ingress.max_message_bytes",
             "must be at least 1024",
         );
-        p.bad_if(
-            self.dashboard.push_interval_ms == 0,
-            "dashboard.push_interval_ms",
-            "must be at least 1",
-        );
-        p.bad_if(
-            self.dashboard.session_queue == 0,
-            "dashboard.session_queue",
-            "must be at least 1",
-        );
-        p.bad_if(
-            self.ingress.stream_idle_timeout_ms == 0,
-            "ingress.stream_idle_timeout_ms",
-            "must be at least 1",
-        );
-        let c = &self.connections;
+        let (ing, dash, c) = (&self.ingress, &self.dashboard, &self.connections);
         for (key, value) in [
+            ("txgen.accounts", t.accounts),
+            ("txgen.streams", t.streams as u64),
+            ("txgen.max_in_flight", t.max_in_flight as u64),
+            ("tls.reload_interval_ms", self.tls.reload_interval_ms),
+            (
+                "ingress.max_in_flight_batches",
+                ing.max_in_flight_batches as u64,
+            ),
+            ("ingress.stream_idle_timeout_ms", ing.stream_idle_timeout_ms),
+            ("dashboard.push_interval_ms", dash.push_interval_ms),
+            ("dashboard.session_queue", dash.session_queue as u64),
             ("connections.max_per_identity", c.max_per_identity as u64),
             ("connections.keepalive_interval_ms", c.keepalive_interval_ms),
             ("connections.keepalive_timeout_ms", c.keepalive_timeout_ms),
         ] {
-            p.bad_if(value == 0, key, "must be at least 1");
+            p.at_least_one(key, value);
         }
         p.into_result().map_err(|e| match e {
             txmesh_actors::ActorError::Config { key, reason } => ServiceError::config(key, reason),
