@@ -102,6 +102,9 @@ pub struct ConnectionsConfig {
     /// A connection whose PING is not answered within this is closed, ms.
     #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub keepalive_timeout_ms: u64,
+    /// A gRPC connection with no stream open for this long is closed, ms.
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ConnectionsConfig {
@@ -110,6 +113,7 @@ impl Default for ConnectionsConfig {
             max_per_identity: 64,
             keepalive_interval_ms: 30_000,
             keepalive_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
         }
     }
 }
@@ -462,6 +466,7 @@ impl TxmeshConfig {
             ("connections.max_per_identity", c.max_per_identity as u64),
             ("connections.keepalive_interval_ms", c.keepalive_interval_ms),
             ("connections.keepalive_timeout_ms", c.keepalive_timeout_ms),
+            ("connections.idle_timeout_ms", c.idle_timeout_ms),
         ] {
             p.at_least_one(key, value);
         }

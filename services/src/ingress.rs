@@ -154,6 +154,11 @@ impl IngressHandle {
         &self.server.connections
     }
 
+    /// Open gRPC connections, idle or not.
+    pub fn open_connections(&self) -> usize {
+        self.server.idle.live()
+    }
+
     /// Per-shard supervision, passivation and overload counters.
     pub fn screening(&self) -> &ScreeningStats {
         self.router.stats()

@@ -28,6 +28,7 @@ use crate::{
 
 mod expiry;
 pub mod http;
+pub mod idle;
 
 pub use expiry::{until_unix, Expiring, ExpiringTls};
 
@@ -96,6 +97,14 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// What a listener admits beyond a valid certificate: connections per
+/// identity, and how long a connection may stay without a stream.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub limit: Arc<IdentityLimit>,
+    pub idle: Arc<idle::IdleRegistry>,
+}
+
 /// A bound mTLS listener whose accepted, verified connections feed tonic's
 /// `serve_with_incoming`.
 pub struct MtlsIncoming {
@@ -115,7 +124,7 @@ pub async fn mtls_incoming(
     tls: rustls::ServerConfig,
     handshake_timeout: Duration,
     name: &'static str,
-    limit: Arc<IdentityLimit>,
+    admission: Admission,
     shutdown: CancellationToken,
     metrics: Arc<Metrics>,
 ) -> Result<MtlsIncoming, ServiceError> {
@@ -151,7 +160,7 @@ pub async fn mtls_incoming(
             let tx = tx.clone();
             let stats = loop_stats.clone();
             let metrics = metrics.clone();
-            let limit = limit.clone();
+            let admission = admission.clone();
             let span = tracing::debug_span!("tls.accept", listener = name, %peer);
             let handshake = async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
@@ -166,15 +175,16 @@ pub async fn mtls_incoming(
                             .and_then(|leaf| txmesh_certs::peer_spiffe_id(leaf).ok())
                             .map(|id| id.to_string())
                             .unwrap_or_default();
-                        let Some(slot) = limit.admit(&identity) else {
+                        let Some(slot) = admission.limit.admit(&identity) else {
                             metrics.connection_refused(name, "identity_limit");
                             tracing::warn!(
-                                listener = name, %peer, %identity, max = limit.max,
+                                listener = name, %peer, %identity, max = admission.limit.max,
                                 "connection refused: this identity holds the most connections allowed (connections.max_per_identity)"
                             );
                             return;
                         };
-                        let _ = tx.send(Ok(ExpiringTls::accepted(tls, slot))).await;
+                        let idle = admission.idle.watch(peer);
+                        let _ = tx.send(Ok(ExpiringTls::accepted(tls, slot, idle))).await;
                     }
                     Ok(Err(e)) => {
                         stats.failed.fetch_add(1, Ordering::Relaxed);

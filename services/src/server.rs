@@ -21,7 +21,10 @@ use crate::{
     error::ServiceError,
     health::Readiness,
     metrics::Metrics,
-    net::{mtls_incoming, HandshakeStats, IdentityLimit},
+    net::{
+        idle::{IdleRegistry, TrackStreams},
+        mtls_incoming, Admission, HandshakeStats, IdentityLimit,
+    },
 };
 
 /// What differs between services' listeners.
@@ -111,13 +114,16 @@ impl Foundation {
         F: Fn(&mut actix_web::web::ServiceConfig) + Clone + Send + 'static,
     {
         let spec = &self.spec;
-        let limit = IdentityLimit::new(self.connections.max_per_identity);
+        let admission = Admission {
+            limit: IdentityLimit::new(self.connections.max_per_identity),
+            idle: IdleRegistry::new(Duration::from_millis(self.connections.idle_timeout_ms)),
+        };
         let incoming = mtls_incoming(
             spec.grpc_listen,
             txmesh_certs::server_config(&self.certs, &[txmesh_certs::ALPN_H2])?,
             spec.handshake_timeout,
             spec.grpc_name,
-            limit.clone(),
+            admission.clone(),
             self.shutdown.clone(),
             self.metrics.clone(),
         )
@@ -135,6 +141,7 @@ impl Foundation {
             // A peer that stops answering PINGs is closed, not kept forever.
             .http2_keepalive_interval(Some(Duration::from_millis(keepalive.keepalive_interval_ms)))
             .http2_keepalive_timeout(Some(Duration::from_millis(keepalive.keepalive_timeout_ms)))
+            .layer(TrackStreams::layer(admission.idle.clone()))
             .add_routes(grpc(
                 std::mem::take(&mut self.common)
                     .add_service(crate::grpc::reflection_service()?)
@@ -154,7 +161,8 @@ impl Foundation {
             grpc_addr,
             https_addr,
             grpc_handshakes: incoming.stats,
-            connections: limit,
+            connections: admission.limit,
+            idle: admission.idle,
             certs: self.certs,
             chaos: self.chaos,
             shutdown: self.shutdown,
@@ -228,6 +236,8 @@ pub struct MeshServer {
     pub grpc_handshakes: Arc<HandshakeStats>,
     /// Open gRPC connections per client identity.
     pub connections: Arc<IdentityLimit>,
+    /// Open gRPC connections and their streams.
+    pub idle: Arc<IdleRegistry>,
     /// The live certificates (reloaded from disk).
     pub certs: CertStore,
     /// The faults injected over Admin.

@@ -27,6 +27,9 @@ pub struct Expiring<S> {
     expiry: Pin<Box<Sleep>>,
     /// The connection's place under its identity's limit (server side).
     _slot: Option<super::ConnectionSlot>,
+    /// Ends the connection once it has had no stream for the idle timeout
+    /// (server side).
+    idle: Option<super::idle::IdleWatch>,
 }
 
 /// An accepted server-side connection that ends at its client's expiry.
@@ -43,18 +46,37 @@ impl<S> Expiring<S> {
             inner,
             expiry: Box::pin(tokio::time::sleep_until(Instant::now() + left)),
             _slot: None,
+            idle: None,
         }
     }
 
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.expiry.as_mut().poll(cx).is_ready()
+    /// Why the connection must end now, if it must.
+    fn ended(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        if self.expiry.as_mut().poll(cx).is_ready() {
+            return Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "peer certificate expired",
+            ));
+        }
+        if self.idle.as_mut().is_some_and(|idle| idle.expired(cx)) {
+            return Some(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no stream for connections.idle_timeout_ms: idle connection closed",
+            ));
+        }
+        None
     }
 }
 
 impl ExpiringTls {
-    /// Wraps an accepted connection until its client certificate expires;
-    /// it holds `slot` until it closes.
-    pub fn accepted(inner: TlsStream<TcpStream>, slot: super::ConnectionSlot) -> Self {
+    /// Wraps an accepted connection until its client certificate expires
+    /// or `idle` says it has had no stream for too long; it holds `slot`
+    /// until it closes.
+    pub fn accepted(
+        inner: TlsStream<TcpStream>,
+        slot: super::ConnectionSlot,
+        idle: super::idle::IdleWatch,
+    ) -> Self {
         let leaf = inner
             .get_ref()
             .1
@@ -63,6 +85,7 @@ impl ExpiringTls {
             .cloned();
         let mut accepted = Self::new(inner, leaf.as_ref());
         accepted._slot = Some(slot);
+        accepted.idle = Some(idle);
         accepted
     }
 }
@@ -75,18 +98,14 @@ pub fn until_unix(unix: i64) -> Duration {
     Duration::from_secs(u64::try_from(unix).unwrap_or(0)).saturating_sub(now)
 }
 
-fn expired_error() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "peer certificate expired")
-}
-
 impl<S: AsyncRead + Unpin> AsyncRead for Expiring<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.expired(cx) {
-            return Poll::Ready(Err(expired_error()));
+        if let Some(e) = self.ended(cx) {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
@@ -98,8 +117,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Expiring<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.expired(cx) {
-            return Poll::Ready(Err(expired_error()));
+        if let Some(e) = self.ended(cx) {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }

@@ -2,7 +2,9 @@
 //! `connections.max_per_identity` connections (one more is closed right
 //! after its handshake, and counted), and a Screen stream that sends
 //! nothing with nothing in flight is closed after
-//! `ingress.stream_idle_timeout_ms` with a status that says so.
+//! `ingress.stream_idle_timeout_ms` with a status that says so; a
+//! connection with no stream for `connections.idle_timeout_ms` is closed,
+//! one with a stream open is not.
 
 use std::time::Duration;
 
@@ -133,6 +135,63 @@ async fn an_idle_screen_stream_is_closed_with_a_status_that_says_why() {
     drop(tx);
     let (_, body) = scrape(&config, "operator", "ingress", ing.metrics_addr).await;
     assert_eq!(value(&body, "txmesh_screen_streams_idle_closed_total"), 1.0);
+    ing.stop(Duration::from_secs(5)).await;
+    dash.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_connection_without_streams_is_closed_and_one_with_a_stream_is_not() {
+    let dir = TempDir::new("idle-conn");
+    let mut config = test_config(&dir.0);
+    config.connections.idle_timeout_ms = 300;
+    let (dash, ing, _machine) = start_system(&mut config).await;
+    // Connections to the ingress before this test opens any.
+    let baseline = ing.open_connections();
+    let channel = channel_as(&config, "txgen", "ingress", ing.local_addr);
+    healthy(channel.clone()).await.expect("health");
+    until(
+        "the idle connection is closed",
+        Duration::from_secs(5),
+        || ing.open_connections() == baseline,
+    )
+    .await;
+
+    // A connection with a stream open outlives the idle timeout.
+    let mut client = IngressClient::new(channel_as(&config, "txgen", "ingress", ing.local_addr));
+    let (tx, rx) = tokio::sync::mpsc::channel::<ScreenRequest>(1);
+    let mut responses = client
+        .screen(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    assert_eq!(ing.open_connections(), baseline + 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        ing.open_connections(),
+        baseline + 1,
+        "not idle: a stream is open"
+    );
+    tx.send(ScreenRequest {
+        request_id: 1,
+        ..ScreenRequest::default()
+    })
+    .await
+    .expect("send");
+    let answer = responses
+        .message()
+        .await
+        .expect("answer")
+        .expect("a response");
+    assert_eq!(answer.request_id, 1);
+    drop(tx);
+    drop(responses);
+    until(
+        "closed once its stream ended",
+        Duration::from_secs(5),
+        || ing.open_connections() == baseline,
+    )
+    .await;
+    assert_eq!(dash.snapshot().await.expect("snapshot").totals.verdicts, 0);
     ing.stop(Duration::from_secs(5)).await;
     dash.stop().await;
 }
