@@ -20,6 +20,8 @@ pub enum ActorError {
     BatchTooLarge { got: usize, max: usize },
     #[error("transaction was dropped before it was answered")]
     Dropped,
+    #[error("held to keep account order: an earlier transaction of this account was refused and its retry is awaited")]
+    Held { retry_after_ms: u32 },
     #[error("transaction {transaction_id} crashed its account actor on all {attempts} attempts; recorded as poison, do not retry")]
     Poison {
         transaction_id: String,
@@ -34,7 +36,11 @@ impl ActorError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::Overloaded { .. } | Self::AccountFailed(_) | Self::Dropped | Self::ShuttingDown
+            Self::Overloaded { .. }
+                | Self::Held { .. }
+                | Self::AccountFailed(_)
+                | Self::Dropped
+                | Self::ShuttingDown
         )
     }
 
@@ -44,6 +50,7 @@ impl ActorError {
             Self::Overloaded { retry_after_ms, .. } => {
                 (TxnErrorCode::ResourceExhausted, *retry_after_ms)
             }
+            Self::Held { retry_after_ms } => (TxnErrorCode::Held, *retry_after_ms),
             Self::AccountFailed(_) => (TxnErrorCode::Unavailable, 10),
             Self::ShuttingDown => (TxnErrorCode::ShuttingDown, 1000),
             Self::BatchTooLarge { .. } => (TxnErrorCode::InvalidRequest, 0),

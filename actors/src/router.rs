@@ -509,7 +509,9 @@ impl Handler<ScreenPart> for Shard {
                 now,
                 hold_ms,
             ) {
-                overloaded(&self.env.stats, &self.config, reply, "account (order hold)");
+                reply.error(&ActorError::Held {
+                    retry_after_ms: self.config.overload_retry_after_ms,
+                });
                 continue;
             }
             let msg = ScreenTxn {

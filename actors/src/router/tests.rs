@@ -106,25 +106,29 @@ async fn oversized_batches_and_full_mailboxes_answer_with_errors() {
     )
     .await;
     // A prefix is screened; from the first refusal on, the account is held,
-    // so everything after it is refused too (order kept for the retries).
+    // so everything after it is refused too (order kept for the retries):
+    // for load (the mailbox) or, once held, with HELD (not load).
     let first_refused = results
         .iter()
         .position(|r| matches!(&r.outcome, Some(Outcome::Error(e)) if e.retryable && e.retry_after_ms > 0))
         .expect("a mailbox of 1 must overflow");
     assert!(first_refused > 0, "the first transaction fits");
-    for r in &results[first_refused..] {
+    let mut for_load = 0;
+    for (i, r) in results[first_refused..].iter().enumerate() {
         match &r.outcome {
             Some(Outcome::Error(e)) => {
-                assert_eq!(e.code(), TxnErrorCode::ResourceExhausted);
                 assert!(e.retryable);
+                match e.code() {
+                    TxnErrorCode::ResourceExhausted => for_load += 1,
+                    TxnErrorCode::Held if i > 0 => {}
+                    other => panic!("{}: {other:?}", r.transaction_id),
+                }
             }
             other => panic!("{} must be refused, got {other:?}", r.transaction_id),
         }
     }
-    assert_eq!(
-        router.stats().total(|s| &s.overloaded),
-        (50 - first_refused) as u64
-    );
+    assert!(for_load >= 1);
+    assert_eq!(router.stats().total(|s| &s.overloaded), for_load);
     // Another transaction of the held account is refused until the first
     // refused one comes back; then both go through, in that order.
     let refused = results[first_refused].transaction_id.clone();

@@ -64,6 +64,16 @@ pub struct InFlight {
     pub lost: bool,
 }
 
+impl InFlight {
+    /// Whether its last answer was a hold (kept behind its account's
+    /// earlier, refused transaction) rather than a refusal for load.
+    pub fn held(&self) -> bool {
+        self.last_error
+            .as_ref()
+            .is_some_and(|e| e.code() == txmesh_proto::v1::TxnErrorCode::Held)
+    }
+}
+
 /// Transactions waiting to be resent, per account, in original order.
 #[derive(Debug, Default)]
 pub struct RetryQueues {
@@ -206,8 +216,10 @@ impl RetryQueues {
                     let Some((_, item)) = queue.front_mut() else {
                         break;
                     };
-                    if item.lost {
-                        // Not a retry of a refusal: its stream failed.
+                    if item.lost || item.held() {
+                        // Not a retry of a refusal for load: its stream
+                        // failed, or it was held behind this account's
+                        // earlier transaction, which goes first.
                     } else if item.attempt == 0 {
                         budget.earn(1);
                     } else if !budget.try_spend() {

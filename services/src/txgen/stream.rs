@@ -596,6 +596,7 @@ async fn receive(
         }
         let now = Instant::now();
         let mut finals = 0u64;
+        // A hold is the server keeping an account's order, not load.
         let overloaded = response.results.iter().any(|r| {
             matches!(&r.outcome, Some(Outcome::Error(e)) if e.code() == TxnErrorCode::ResourceExhausted)
         });
