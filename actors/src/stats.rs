@@ -31,7 +31,8 @@ pub struct ShardStats {
     pub restarts: Counter,
     pub quarantines: Counter,
     pub poison: Counter,
-    /// Transactions answered RESOURCE_EXHAUSTED (full mailbox, order hold).
+    /// Transactions answered RESOURCE_EXHAUSTED (a full mailbox; order holds
+    /// answer HELD and are not counted here).
     pub overloaded: Counter,
     pub passivations: Counter,
     /// Accounts started again from their passivated state.

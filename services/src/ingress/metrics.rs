@@ -188,7 +188,7 @@ pub(super) fn register(
         ),
         (
             "txmesh_mailbox_full_rejections_total",
-            "Transactions refused RESOURCE_EXHAUSTED (mailbox full or order hold), per shard.",
+            "Transactions refused RESOURCE_EXHAUSTED because a mailbox was full, per shard (order holds answer HELD, counted in txmesh_transaction_errors_total{code=\"held\"}).",
             COUNTER,
             |s| &s.overloaded,
         ),

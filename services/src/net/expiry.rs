@@ -26,6 +26,7 @@ pub struct Expiring<S> {
     inner: S,
     expiry: Pin<Box<Sleep>>,
     /// The connection's place under its identity's limit (server side).
+    /// Held for its `Drop`, which gives the place back on close.
     _slot: Option<super::ConnectionSlot>,
     /// Ends the connection once it has had no stream for the idle timeout
     /// (server side).
@@ -83,10 +84,11 @@ impl ExpiringTls {
             .peer_certificates()
             .and_then(|c| c.first())
             .cloned();
-        let mut accepted = Self::new(inner, leaf.as_ref());
-        accepted._slot = Some(slot);
-        accepted.idle = Some(idle);
-        accepted
+        Self {
+            _slot: Some(slot),
+            idle: Some(idle),
+            ..Self::new(inner, leaf.as_ref())
+        }
     }
 }
 
