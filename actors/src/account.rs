@@ -51,6 +51,13 @@ impl Message for ScreenTxn {
 /// (the quarantine must run its course in a live actor).
 pub struct Passivate;
 
+/// Asks an account for a copy of its window (for a snapshot).
+pub struct PeekWindow;
+
+impl Message for PeekWindow {
+    type Result = Box<[WindowEntry]>;
+}
+
 impl Message for Passivate {
     type Result = Option<AccountState>;
 }
@@ -77,6 +84,9 @@ pub struct AccountEnv {
     pub chaos: Option<Arc<txmesh_chaos::Registry>>,
     /// How long later transactions wait for the retry of a crashed one.
     pub order_hold_ms: u64,
+    /// The shard's journal: every verdict is answered through it, once
+    /// its record is written.
+    pub journal: crate::journal::ShardJournal,
     pub overload_retry_after_ms: u32,
 }
 
@@ -179,7 +189,7 @@ impl Handler<ScreenTxn> for AccountActor {
                 if let Some(trace) = &msg.trace {
                     verdict.traceparent = trace.to_string();
                 }
-                msg.reply.verdict(verdict);
+                self.env.journal.commit(&msg.txn, verdict, false, msg.reply);
                 return;
             }
             if !state.admit(&msg.txn.transaction_id, now) {
@@ -208,17 +218,17 @@ impl Handler<ScreenTxn> for AccountActor {
             Ok((evaluation, kill)) => (Ok(evaluation), kill),
             Err(panic) => (Err(panic), false),
         };
-        let mut verdict = match outcome {
+        let (mut verdict, learned) = match outcome {
             Ok(Evaluation::Fresh(mut verdict)) => {
                 verdict.processing_time_us = elapsed_us;
                 self.window.record(&msg.txn, &verdict);
-                verdict
+                (verdict, true)
             }
             Ok(Evaluation::Rejected(mut verdict)) => {
                 verdict.processing_time_us = elapsed_us;
-                verdict
+                (verdict, false)
             }
-            Ok(Evaluation::Replay(verdict)) => verdict,
+            Ok(Evaluation::Replay(verdict)) => (verdict, false),
             Err(panic) => {
                 self.crashed(msg, &*panic);
                 // Stopping hands the actor back to its supervisor, which
@@ -233,7 +243,11 @@ impl Handler<ScreenTxn> for AccountActor {
         if let Some(trace) = &msg.trace {
             verdict.traceparent = trace.to_string();
         }
-        msg.reply.verdict(verdict);
+        // Answered once the record is written (the journal's writer
+        // thread completes the slot).
+        self.env
+            .journal
+            .commit(&msg.txn, verdict, learned, msg.reply);
         if kill {
             // An injected kill, after the answer: the supervisor restarts
             // the actor on the same value, its mailbox kept.
@@ -272,11 +286,20 @@ impl Handler<Passivate> for AccountActor {
                 return MessageResult(None);
             }
         }
-        let window = std::mem::replace(&mut self.window, HistoryWindow::new(&self.env.window));
+        // A copy, not a move: a snapshot may still ask this actor for its
+        // window before it stops.
         MessageResult(Some(AccountState {
-            entries: window.into_entries(),
+            entries: self.window.entries().cloned().collect(),
             supervision: self.supervision.take(),
         }))
+    }
+}
+
+impl Handler<PeekWindow> for AccountActor {
+    type Result = MessageResult<PeekWindow>;
+
+    fn handle(&mut self, _msg: PeekWindow, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.window.entries().cloned().collect())
     }
 }
 

@@ -2,6 +2,9 @@
 //! compiled defaults; `validate` names the first bad key.
 
 pub mod duration;
+mod journal;
+
+pub use journal::{JournalConfig, SyncPolicy};
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -18,6 +21,7 @@ pub struct ActorsConfig {
     pub window: WindowConfig,
     pub rules: RulesConfig,
     pub publisher: PublisherConfig,
+    pub journal: JournalConfig,
 }
 
 /// How accounts are spread over arbiters.
@@ -125,13 +129,11 @@ pub struct RulesConfig {
     pub risk_weights: BTreeMap<String, u32>,
 }
 
-/// The dashboard publisher's outbox, batching, retries and breaker.
+/// The dashboard publisher's batching, retries and breaker (its outbox is
+/// the journal: see [`JournalConfig`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PublisherConfig {
-    /// Most verdicts held while the dashboard is slow or down; past this,
-    /// new verdicts are shed and counted.
-    pub outbox_capacity: usize,
     /// Most verdicts per batch.
     pub max_batch: usize,
     /// Most batches sent and not yet acknowledged.
@@ -241,7 +243,6 @@ impl Default for RulesConfig {
 impl Default for PublisherConfig {
     fn default() -> Self {
         Self {
-            outbox_capacity: 2_000_000,
             max_batch: 2048,
             max_in_flight: 16,
             flush_interval_ms: 5,
@@ -343,6 +344,7 @@ impl ActorsConfig {
         }
         self.rules.check(p);
         self.publisher.check(p);
+        self.journal.check(p);
     }
 
     /// The number of shards to start: `shards.count`, or one per core.
@@ -451,12 +453,7 @@ impl PublisherConfig {
             };
             p.bad_if(true, key, e.to_string());
         }
-        let checks: [(&str, bool, &str); 8] = [
-            (
-                "publisher.outbox_capacity",
-                self.outbox_capacity > 0,
-                "must be at least 1",
-            ),
+        let checks: [(&str, bool, &str); 7] = [
             (
                 "publisher.max_batch",
                 self.max_batch > 0,

@@ -29,6 +29,8 @@ pub enum ActorError {
     },
     #[error("invalid configuration: {key}: {reason}")]
     Config { key: String, reason: String },
+    #[error("the journal cannot write (disk full or unwritable): nothing is screened that could not be recorded; retry later")]
+    JournalUnavailable { retry_after_ms: u32 },
 }
 
 impl ActorError {
@@ -41,6 +43,7 @@ impl ActorError {
                 | Self::AccountFailed(_)
                 | Self::Dropped
                 | Self::ShuttingDown
+                | Self::JournalUnavailable { .. }
         )
     }
 
@@ -57,6 +60,9 @@ impl ActorError {
             Self::Dropped => (TxnErrorCode::Internal, 10),
             Self::Poison { .. } => (TxnErrorCode::Poison, 0),
             Self::Config { .. } => (TxnErrorCode::Internal, 0),
+            Self::JournalUnavailable { retry_after_ms } => {
+                (TxnErrorCode::Unavailable, *retry_after_ms)
+            }
         };
         TxnError {
             code: code as i32,
@@ -86,5 +92,39 @@ impl PublishError {
     /// Whether only a change of configuration (not time) can fix it.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::Refused(_))
+    }
+}
+
+/// Why the journal could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {fault}; txmesh will not read or overwrite it (move it away, or set state_dir to another directory)", path.display())]
+    Foreign {
+        path: std::path::PathBuf,
+        fault: String,
+    },
+    #[error("journal {} is in use by another txmesh process", path.display())]
+    Locked { path: std::path::PathBuf },
+    #[error("journal {} was written by {found} shards, but actors.shards.count gives {configured}: set actors.shards.count = {found} to use it", path.display())]
+    ShardCount {
+        path: std::path::PathBuf,
+        found: usize,
+        configured: usize,
+    },
+    #[error("the journal is closed")]
+    Closed,
+}
+
+impl JournalError {
+    /// Whether trying again later may succeed (a full disk, a directory
+    /// made writable again), as opposed to a journal that must be looked at.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Io { .. })
     }
 }

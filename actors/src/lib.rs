@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod currency;
 mod error;
+pub mod journal;
 pub mod publisher;
 pub mod reply;
 pub mod router;
@@ -36,8 +37,8 @@ pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use config::{
     ActorsConfig, PublisherConfig, RulesConfig, ShardsConfig, SupervisionConfig, WindowConfig,
 };
-pub use error::ActorError;
-pub use publisher::{DashboardPublisher, Outbox, PublishTransport, PublisherStatusView};
+pub use error::{ActorError, JournalError};
+pub use publisher::{DashboardPublisher, PublishTransport, PublisherStatusView};
 pub use reply::{BatchReply, ReplySlot};
 pub use router::{Location, RouterOptions, ShardRouter};
 pub use stats::{mask_account, ScreeningStats};

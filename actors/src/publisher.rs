@@ -1,15 +1,17 @@
-//! DashboardPublisher: drains the [`Outbox`] into numbered batches and
+//! DashboardPublisher: reads every shard's journal beyond the dashboard's
+//! acknowledged position (the outbox is the journal) into batches and
 //! streams them to the dashboard through a [`PublishTransport`].
 //!
-//! Delivery: every batch keeps its sequence number until acknowledged. When
-//! the stream fails (or an ack does not come within the ack timeout) the
-//! unacknowledged batches are sent again, in order, on the next stream; the
-//! dashboard drops sequence numbers it already applied, so nothing is lost
-//! and nothing is counted twice. Reconnects wait an exponential, jittered
-//! backoff (the one [`crate::backoff`] policy) and are guarded by a [`Breaker`].
+//! Delivery: a batch is a contiguous run of journal positions of one
+//! shard. When the stream fails (or an ack does not come within the ack
+//! timeout) the unacknowledged batches are sent again, in order, on the
+//! next stream; after a restart the publisher (same id, kept with the
+//! journal) resumes from the acknowledged positions. The dashboard drops
+//! positions it already applied, so nothing is lost and nothing is counted
+//! twice. Reconnects wait an exponential, jittered backoff (the one
+//! [`crate::backoff`] policy) and are guarded by a [`Breaker`].
 
 pub mod breaker;
-pub mod outbox;
 #[cfg(test)]
 mod tests;
 
@@ -32,11 +34,19 @@ use rand::{rngs::SmallRng, SeedableRng};
 use txmesh_proto::v1::{Ack, BreakerState as WireBreaker, PublisherStatus, VerdictBatch};
 
 pub use breaker::{Breaker, BreakerState};
-pub use outbox::Outbox;
 
 pub use crate::error::PublishError;
 
-use crate::{backoff::Backoff, config::PublisherConfig, stats::ScreeningStats};
+use crate::{
+    backoff::Backoff,
+    config::PublisherConfig,
+    journal::{DiskCursor, Journals},
+    stats::ScreeningStats,
+};
+
+/// How often acknowledged positions are persisted (a crash resends at most
+/// what was acknowledged since; the dashboard drops it as duplicate).
+const PERSIST_ACKED_EVERY: Duration = Duration::from_millis(200);
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -95,7 +105,14 @@ pub struct PublisherStatusView {
 pub struct DashboardPublisher {
     id: String,
     config: PublisherConfig,
-    outbox: Outbox,
+    journals: Journals,
+    /// Per shard: the next journal position to read into a batch.
+    next_read: Vec<u64>,
+    cursors: Vec<DiskCursor>,
+    /// Shard to read first at the next batch formation (fairness).
+    next_shard: usize,
+    acked_dirty: bool,
+    acked_saved_at: Instant,
     transport: Arc<dyn PublishTransport>,
     /// Formed batches not yet acknowledged, in sequence order.
     pending: VecDeque<VerdictBatch>,
@@ -103,7 +120,6 @@ pub struct DashboardPublisher {
     sent: usize,
     /// When the oldest unacknowledged batch was sent.
     oldest_sent_at: Option<Instant>,
-    next_seq: u64,
     link: Link,
     generation: u64,
     next_attempt: Instant,
@@ -140,11 +156,13 @@ impl Message for Connected {
 }
 
 impl DashboardPublisher {
-    /// A publisher named `id` (unique per process run) draining `outbox`.
+    /// A publisher named `id` (stable across restarts when the journal is
+    /// durable) sending what `journals` hold beyond their acknowledged
+    /// positions.
     pub fn new(
         id: String,
         config: PublisherConfig,
-        outbox: Outbox,
+        journals: Journals,
         transport: Arc<dyn PublishTransport>,
     ) -> Self {
         let backoff = Backoff::new(config.backoff()).unwrap_or_else(|e| {
@@ -157,15 +175,25 @@ impl DashboardPublisher {
             Duration::from_millis(config.breaker_open_ms),
             Duration::from_millis(config.breaker_open_max_ms),
         );
+        let next_read = journals.shards().iter().map(|j| j.acked() + 1).collect();
+        let cursors = journals
+            .shards()
+            .iter()
+            .map(|_| DiskCursor::default())
+            .collect();
         Self {
             id,
             config,
-            outbox,
+            journals,
+            next_read,
+            cursors,
+            next_shard: 0,
+            acked_dirty: false,
+            acked_saved_at: Instant::now(),
             transport,
             pending: VecDeque::new(),
             sent: 0,
             oldest_sent_at: None,
-            next_seq: 1,
             link: Link::Down,
             generation: 0,
             next_attempt: Instant::now(),
@@ -246,25 +274,57 @@ impl DashboardPublisher {
         if matches!(self.link, Link::Down) && now >= self.next_attempt && self.breaker.allow(now) {
             self.connect(ctx);
         }
+        self.persist_acked(false);
         self.publish_stats();
     }
 
     fn form_batches(&mut self) {
-        while self.pending.len() < self.config.max_in_flight {
-            let verdicts = self.outbox.take(self.config.max_batch);
-            if verdicts.is_empty() {
-                break;
+        let shards = self.journals.shards().len();
+        let mut idle = 0;
+        while self.pending.len() < self.config.max_in_flight && idle < shards {
+            let j = self.next_shard;
+            self.next_shard = (j + 1) % shards;
+            let journal = &self.journals.shards()[j];
+            let Some(read) = journal.read(
+                self.next_read[j],
+                self.config.max_batch,
+                &mut self.cursors[j],
+            ) else {
+                idle += 1;
+                continue;
+            };
+            idle = 0;
+            if read.skipped > 0 {
+                tracing::warn!(publisher = %self.id, shard = j, missing = read.skipped, from = self.next_read[j], "verdicts no longer in the journal were given up: the dashboard shows the gap");
             }
+            self.next_read[j] = read.last + 1;
+            journal.mark_read(read.last);
             self.stats
                 .unacked_verdicts
-                .fetch_add(verdicts.len() as u64, Ordering::Relaxed);
+                .fetch_add(read.verdicts.len() as u64, Ordering::Relaxed);
             self.pending.push_back(VerdictBatch {
                 publisher_id: self.id.clone(),
-                sequence: self.next_seq,
-                verdicts,
+                sequence: read.last,
+                verdicts: read.verdicts,
                 status: None,
+                journal: u32::try_from(j).unwrap_or(u32::MAX),
+                first_sequence: read.first,
             });
-            self.next_seq += 1;
+        }
+    }
+
+    /// Persists the acknowledged positions, at most every
+    /// [`PERSIST_ACKED_EVERY`] (or `now`).
+    fn persist_acked(&mut self, now: bool) {
+        if !self.acked_dirty || !now && self.acked_saved_at.elapsed() < PERSIST_ACKED_EVERY {
+            return;
+        }
+        self.acked_saved_at = Instant::now();
+        match self.journals.persist_acked(&self.id) {
+            Ok(()) => self.acked_dirty = false,
+            Err(e) => {
+                tracing::warn!(publisher = %self.id, error = %e, "acknowledged positions not saved (a restart resends more; the dashboard drops duplicates)")
+            }
         }
     }
 
@@ -302,18 +362,24 @@ impl DashboardPublisher {
     }
 
     fn on_ack(&mut self, ack: &Ack) {
-        let mut acked = 0;
-        while self
+        // The dashboard acknowledges batches in the order sent.
+        let matches = self
             .pending
             .front()
-            .is_some_and(|b| b.sequence <= ack.sequence)
-            && self.sent > 0
-        {
-            if let Some(batch) = self.pending.pop_front() {
-                acked += batch.verdicts.len() as u64;
-            }
-            self.sent -= 1;
+            .is_some_and(|b| b.sequence == ack.sequence && b.journal == ack.journal);
+        if !matches || self.sent == 0 {
+            tracing::warn!(publisher = %self.id, journal = ack.journal, sequence = ack.sequence, "acknowledgement for a batch not in flight ignored");
+            return;
         }
+        let mut acked = 0;
+        if let Some(batch) = self.pending.pop_front() {
+            acked = batch.verdicts.len() as u64;
+            if let Some(journal) = self.journals.shards().get(batch.journal as usize) {
+                journal.ack(batch.sequence);
+                self.acked_dirty = true;
+            }
+        }
+        self.sent -= 1;
         self.oldest_sent_at = (self.sent > 0).then(Instant::now);
         self.stats.acks.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -335,9 +401,9 @@ impl DashboardPublisher {
             self.stats.refusals.fetch_add(1, Ordering::Relaxed);
             if !self.stats.refused.swap(true, Ordering::Relaxed) {
                 tracing::error!(
-                    publisher = %self.id, error = %why, held = self.outbox.depth(),
-                    "the dashboard refuses this publisher: verdicts are kept in the outbox \
-                     (and shed when it is full) until the dashboard's authz.publish admits it; \
+                    publisher = %self.id, error = %why, held = self.journals.backlog(),
+                    "the dashboard refuses this publisher: verdicts are kept in the journal \
+                     (up to journal.max_bytes) until the dashboard's authz.publish admits it; \
                      trying again every {:?}", self.breaker.longest_open()
                 );
             }
@@ -368,8 +434,8 @@ impl DashboardPublisher {
         };
         PublisherStatus {
             breaker: breaker as i32,
-            outbox_depth: self.outbox.depth() as u64,
-            shed_total: self.outbox.shed_total(),
+            outbox_depth: self.journals.backlog(),
+            shed_total: self.journals.given_up(),
             retries_total: self.stats.retries.load(Ordering::Relaxed),
             breaker_transitions_total: self.breaker.transitions(),
             screening: self.screening.as_ref().map(ScreeningStats::to_wire),
@@ -390,27 +456,27 @@ impl DashboardPublisher {
 }
 
 impl PublisherStats {
-    /// Waits until every verdict handed to the publisher through `outbox`
-    /// is acknowledged (woken by each acknowledgement, not polled), or
-    /// `deadline`. Returns whether it drained.
-    pub async fn wait_drained(&self, outbox: &Outbox, deadline: tokio::time::Instant) -> bool {
+    /// Waits until every verdict written to `journals` is acknowledged
+    /// (woken by each acknowledgement, not polled), or `deadline`. Returns
+    /// whether it drained.
+    pub async fn wait_drained(&self, journals: &Journals, deadline: tokio::time::Instant) -> bool {
         loop {
             let acked = self.acked.notified();
             tokio::pin!(acked);
             // Registered before the check: an ack in between is not missed.
             acked.as_mut().enable();
-            if self.view(outbox).drained() {
+            if self.view(journals).drained() {
                 return true;
             }
             tokio::select! {
                 () = acked => {}
-                () = tokio::time::sleep_until(deadline) => return self.view(outbox).drained(),
+                () = tokio::time::sleep_until(deadline) => return self.view(journals).drained(),
             }
         }
     }
 
     /// A consistent-enough snapshot for display.
-    pub fn view(&self, outbox: &Outbox) -> PublisherStatusView {
+    pub fn view(&self, journals: &Journals) -> PublisherStatusView {
         let breaker = match self.breaker.load(Ordering::Relaxed) {
             1 => BreakerState::Open,
             2 => BreakerState::HalfOpen,
@@ -419,9 +485,11 @@ impl PublisherStats {
         PublisherStatusView {
             breaker,
             breaker_transitions: self.breaker_transitions.load(Ordering::Relaxed),
-            outbox_depth: outbox.depth() as u64,
+            outbox_depth: journals
+                .backlog()
+                .saturating_sub(self.unacked_verdicts.load(Ordering::Relaxed)),
             unacked: self.unacked_verdicts.load(Ordering::Relaxed),
-            shed_total: outbox.shed_total(),
+            shed_total: journals.given_up(),
             refused: self.refused.load(Ordering::Relaxed),
             refusals_total: self.refusals.load(Ordering::Relaxed),
             retries_total: self.retries.load(Ordering::Relaxed),
@@ -443,6 +511,10 @@ impl Actor for DashboardPublisher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.config.flush_interval(), |act, ctx| act.tick(ctx));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.persist_acked(true);
     }
 }
 

@@ -26,14 +26,20 @@ use actix::{
     dev::SendError, Actor, ActorContext, ActorFutureExt, Addr, Arbiter, AsyncContext, Context,
     Handler, MailboxError, Message, Supervisor, WrapFuture,
 };
+use futures_util::{future::join_all, FutureExt};
 use txmesh_proto::v1::{Transaction, TxnResult};
 
 use crate::{
-    account::{AccountActor, AccountEnv, AccountState, EvaluationHook, Kill, Passivate, ScreenTxn},
+    account::{
+        AccountActor, AccountEnv, AccountState, EvaluationHook, Kill, Passivate, PeekWindow,
+        ScreenTxn,
+    },
     clock::{SharedClock, SystemClock},
     config::{ActorsConfig, ShardsConfig},
+    journal::{snapshot::AccountWindow, JournalHistograms, Journals},
     reply::{BatchReply, ReplySlot},
     stats::{PoisonLog, ScreeningStats, ShardStats},
+    window::HistoryWindow,
     ActorError,
 };
 use holds::Holds;
@@ -41,6 +47,9 @@ use holds::Holds;
 /// Most passivations one sweep starts, so a shard with many idle accounts
 /// spreads the work over several sweeps instead of stalling its mailbox.
 const MAX_PASSIVATIONS_PER_SWEEP: usize = 20_000;
+
+/// The retry delay suggested while a shard's journal cannot write.
+const JOURNAL_RETRY_AFTER_MS: u32 = 1_000;
 
 /// Where an account lives. Today always a local shard; with several ingress
 /// replicas this is where "another replica" will be answered.
@@ -67,6 +76,7 @@ pub struct ShardRouter {
     clock: SharedClock,
     stats: ScreeningStats,
     arbiters: Arc<parking_lot::Mutex<Vec<Arbiter>>>,
+    journals: Journals,
 }
 
 struct ShardHandle {
@@ -102,6 +112,8 @@ pub struct Shard {
     holds: Arc<Holds>,
     active: HashMap<Box<str>, ActiveAccount>,
     passive: HashMap<Box<str>, AccountState>,
+    /// How often the windows are snapshotted (`None`: journal in memory).
+    snapshot_every: Option<Duration>,
 }
 
 struct ActiveAccount {
@@ -129,10 +141,32 @@ impl ShardRouter {
         Self::start_with(config, RouterOptions::default())
     }
 
-    /// Starts one shard per configured arbiter. Must run inside an actix
-    /// `System`.
+    /// Starts one shard per configured arbiter, journaling in memory only
+    /// (nothing survives a restart). Must run inside an actix `System`.
     pub fn start_with(config: &ActorsConfig, options: RouterOptions) -> Self {
         let count = config.shard_count();
+        let (journals, recovered) = Journals::open(
+            None,
+            &config.journal,
+            &config.window,
+            count,
+            &JournalHistograms::default(),
+        )
+        .expect("a memory journal opens without touching the disk");
+        Self::start_recovered(config, options, journals, recovered.windows)
+    }
+
+    /// Starts one shard per journal in `journals`, each with the windows
+    /// `recovered` from it (held passivated until first used). Must run
+    /// inside an actix `System`.
+    pub fn start_recovered(
+        config: &ActorsConfig,
+        options: RouterOptions,
+        journals: Journals,
+        recovered: Vec<HashMap<Box<str>, HistoryWindow>>,
+    ) -> Self {
+        let count = journals.shards().len();
+        let mut recovered = recovered.into_iter();
         let shards_config = Arc::new(config.shards.clone());
         let poison = Arc::new(PoisonLog::default());
         let mut arbiters = Vec::with_capacity(count);
@@ -153,14 +187,31 @@ impl ShardRouter {
                 chaos: options.chaos.clone(),
                 order_hold_ms: config.shards.order_hold_ms,
                 overload_retry_after_ms: config.shards.overload_retry_after_ms,
+                journal: journals.shards()[index].clone(),
             });
+            let passive: HashMap<Box<str>, AccountState> = recovered
+                .next()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(account, window)| {
+                    let state = AccountState {
+                        entries: window.into_entries(),
+                        supervision: None,
+                    };
+                    (account, state)
+                })
+                .collect();
+            stats.passivated.set(passive.len() as u64);
             let shard = Shard {
                 env,
                 shard_count: count,
                 config: shards_config.clone(),
                 holds: holds.clone(),
                 active: HashMap::new(),
-                passive: HashMap::new(),
+                passive,
+                snapshot_every: journals
+                    .is_durable()
+                    .then(|| Duration::from_secs(config.journal.snapshot_interval_secs)),
             };
             let capacity = shards_config.shard_mailbox;
             let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |ctx| {
@@ -185,7 +236,13 @@ impl ShardRouter {
             clock: options.clock,
             stats,
             arbiters: Arc::new(parking_lot::Mutex::new(arbiters)),
+            journals,
         }
+    }
+
+    /// The shards' journals (the publisher reads them).
+    pub fn journals(&self) -> &Journals {
+        &self.journals
     }
 
     /// The one place that decides where an account lives.
@@ -253,6 +310,15 @@ impl ShardRouter {
                 continue;
             }
             let handle = &self.shards[shard];
+            if !self.journals.shards()[shard].is_healthy() {
+                // Nothing is screened that could not be recorded.
+                for (_, slot) in items {
+                    slot.error(&ActorError::JournalUnavailable {
+                        retry_after_ms: JOURNAL_RETRY_AFTER_MS,
+                    });
+                }
+                continue;
+            }
             let stamp = handle.stamps.fetch_add(1, Ordering::Relaxed);
             match handle.addr.try_send(ScreenPart {
                 items,
@@ -279,13 +345,16 @@ impl ShardRouter {
         }
     }
 
-    /// Stops every shard's arbiter (their actors stop with them). Pending
-    /// transactions are answered through their dropped slots.
+    /// Stops every shard's arbiter (their actors stop with them), then
+    /// the journals' writers once they have written what they hold.
+    /// Transactions not yet decided are answered through their dropped
+    /// slots.
     pub fn stop(&self) {
         let arbiters = std::mem::take(&mut *self.arbiters.lock());
         for arbiter in arbiters {
             arbiter.stop();
         }
+        self.journals.close();
     }
 }
 
@@ -303,6 +372,9 @@ impl Actor for Shard {
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = Duration::from_millis(self.config.passivation_sweep_ms);
         ctx.run_interval(every, |shard, ctx| shard.sweep(ctx));
+        if let Some(every) = self.snapshot_every {
+            ctx.run_interval(every, |shard, ctx| shard.snapshot(ctx));
+        }
     }
 }
 
@@ -455,6 +527,47 @@ impl Shard {
                     .map(move |answer, shard, _ctx| shard.passivated(key, answer)),
             );
         }
+    }
+
+    /// Snapshots every account's window (see [`crate::journal::snapshot`]):
+    /// passivated ones from here, live ones by asking them, then writes the
+    /// snapshot off this thread.
+    fn snapshot(&mut self, ctx: &mut Context<Self>) {
+        let journal = self.env.journal.clone();
+        if !journal.wants_snapshot() {
+            return;
+        }
+        let lsn = journal.committed();
+        let mut windows: Vec<AccountWindow> = self
+            .passive
+            .iter()
+            .map(|(k, s)| (k.clone(), s.entries.clone()))
+            .collect();
+        let asks: Vec<_> = self
+            .active
+            .iter()
+            .map(|(k, a)| {
+                let key = k.clone();
+                a.addr.send(PeekWindow).map(move |answer| (key, answer))
+            })
+            .collect();
+        ctx.spawn(join_all(asks).into_actor(self).map(move |answers, shard, _ctx| {
+            for (key, answer) in answers {
+                match answer {
+                    Ok(entries) => windows.push((key, entries)),
+                    // Passivated meanwhile: its state is here now.
+                    Err(_) => match shard.passive.get(&key) {
+                        Some(state) => windows.push((key, state.entries.clone())),
+                        None => {
+                            tracing::warn!(shard = shard.env.shard, "snapshot skipped: an account's window could not be read");
+                            journal.snapshot_abandoned();
+                            return;
+                        }
+                    },
+                }
+            }
+            journal.write_snapshot(lsn, windows);
+        }));
     }
 
     /// The account's answer to [`Passivate`].

@@ -100,15 +100,12 @@ impl HistoryWindow {
     /// Records a screened transaction, then evicts what is too old or too
     /// many. Called only after the verdict is decided.
     pub fn record(&mut self, txn: &Transaction, verdict: &Verdict) {
-        let entry = WindowEntry {
-            transaction_id: txn.transaction_id.as_str().into(),
-            fingerprint: fingerprint(txn),
-            amount_minor: txn.amount_minor,
-            currency: code::<3>(&txn.currency),
-            country: code::<2>(&txn.country),
-            timestamp_unix_ms: txn.timestamp_unix_ms,
-            verdict: StoredVerdict::from_verdict(verdict),
-        };
+        self.learn(WindowEntry::of(txn, verdict, fingerprint(txn)));
+    }
+
+    /// Adds an entry (screened now, or read back from the journal), then
+    /// evicts what is too old or too many.
+    pub fn learn(&mut self, entry: WindowEntry) {
         self.newest_ms = self.newest_ms.max(entry.timestamp_unix_ms);
         self.entries.push_back(entry);
         self.evict();
@@ -130,7 +127,7 @@ impl HistoryWindow {
 }
 
 impl StoredVerdict {
-    fn from_verdict(verdict: &Verdict) -> Self {
+    pub(crate) fn from_verdict(verdict: &Verdict) -> Self {
         let reasons = verdict
             .reasons
             .iter()
@@ -163,7 +160,7 @@ pub fn fingerprint(txn: &Transaction) -> u64 {
 }
 
 /// A fixed-size code; valid transactions always fit (validated before).
-fn code<const N: usize>(s: &str) -> [u8; N] {
+pub(crate) fn code<const N: usize>(s: &str) -> [u8; N] {
     let mut out = [0u8; N];
     for (o, b) in out.iter_mut().zip(s.bytes()) {
         *o = b;
@@ -172,6 +169,19 @@ fn code<const N: usize>(s: &str) -> [u8; N] {
 }
 
 impl WindowEntry {
+    /// What the window keeps of `txn`, screened as `verdict`.
+    pub fn of(txn: &Transaction, verdict: &Verdict, fingerprint: u64) -> Self {
+        Self {
+            transaction_id: txn.transaction_id.as_str().into(),
+            fingerprint,
+            amount_minor: txn.amount_minor,
+            currency: code::<3>(&txn.currency),
+            country: code::<2>(&txn.country),
+            timestamp_unix_ms: txn.timestamp_unix_ms,
+            verdict: StoredVerdict::from_verdict(verdict),
+        }
+    }
+
     /// The currency code as text.
     pub fn currency_str(&self) -> &str {
         std::str::from_utf8(&self.currency).unwrap_or("")

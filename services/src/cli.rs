@@ -8,6 +8,7 @@ pub mod certs;
 pub mod chaos;
 mod config;
 pub mod health;
+pub mod journal;
 mod serve;
 mod txgen;
 pub mod up;
@@ -62,6 +63,9 @@ pub enum Command {
     /// Chaos experiments.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
+    /// The durable journal under the state directory: inspect it, verify its checksums.
+    #[command(subcommand)]
+    Journal(journal::JournalCommand),
 }
 
 impl Command {
@@ -77,6 +81,7 @@ impl Command {
             Command::Audit(_) => "audit",
             Command::Health(_) => "health",
             Command::Chaos(_) => "chaos",
+            Command::Journal(_) => "journal",
         }
     }
 
@@ -133,6 +138,7 @@ pub fn run(cli: Cli, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
         Command::Audit(args) => audit::command(&args, &config),
         Command::Health(args) => health::command(args, config),
         Command::Chaos(command) => chaos::command(command, config),
+        Command::Journal(command) => journal::command(&command, &config),
     }
 }
 

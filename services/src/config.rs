@@ -198,6 +198,10 @@ pub struct RetryConfig {
     /// extra load) on top of `budget_reserve` tokens; a retry spends one.
     pub budget_ratio: f64,
     pub budget_reserve: u32,
+    /// Tokens also come at this steady rate, per second (Finagle's
+    /// `minRetriesPerSec`), so that retries never starve once first sends
+    /// stop (at the end of a run) or slow down.
+    pub budget_min_per_sec: f64,
 }
 
 impl Default for RetryConfig {
@@ -209,6 +213,7 @@ impl Default for RetryConfig {
             deadline_ms: 30_000,
             budget_ratio: 0.2,
             budget_reserve: 100,
+            budget_min_per_sec: 1_000.0,
         }
     }
 }
@@ -328,6 +333,11 @@ impl RetryConfig {
             !(0.0..=10.0).contains(&self.budget_ratio),
             "txgen.retry.budget_ratio",
             "must be between 0 and 10",
+        );
+        p.bad_if(
+            !(0.001..=1e6).contains(&self.budget_min_per_sec),
+            "txgen.retry.budget_min_per_sec",
+            "must be between 0.001 and 1000000",
         );
     }
 }

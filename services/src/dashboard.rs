@@ -70,9 +70,14 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
     let session_stats = broadcast_stats.clone();
     let broadcaster = broadcaster::Broadcaster::new(broadcast_stats.clone()).start();
     let ingest = Arc::new(aggregator::IngestCounters::default());
-    let state_file = (!dash.state_file.is_empty()).then(|| config.state_dir.join(&dash.state_file));
+    let state = (!dash.state_file.is_empty()).then(|| {
+        aggregator::DurableState::beside(
+            &config.state_dir.join(&dash.state_file),
+            config.actors.journal.clone(),
+        )
+    });
     let aggregator = Aggregator::new(
-        state_file,
+        state.as_ref(),
         broadcaster.clone(),
         broadcast_stats,
         Duration::from_millis(dash.push_interval_ms),

@@ -25,6 +25,8 @@ pub enum ServiceError {
     Failed { what: &'static str, reason: String },
     #[error("the {0} has stopped")]
     Stopped(&'static str),
+    #[error("journal")]
+    Journal(#[from] txmesh_actors::JournalError),
     #[error("I/O on {path}")]
     Io {
         path: PathBuf,

@@ -1,21 +1,27 @@
 //! The ingress: the `Ingress` gRPC service over mTLS, the shard router and
 //! the dashboard publisher, in one process.
 //!
-//! Start order: certificates, shards, publisher, then the listener (so no
-//! call arrives before it can be screened). Stop order: listener (no new
-//! streams), shards, then the publisher keeps flushing until its outbox is
-//! drained or the grace period ends.
+//! Start order: certificates, the journal (recovered into account windows
+//! before anything is screened), shards, publisher, then the listener (so
+//! no call arrives before it can be screened). Stop order: listener (no new
+//! streams), then the publisher keeps sending until the dashboard has
+//! acknowledged everything journaled or the grace period ends, then the
+//! shards and the journal's writers.
 
+mod journal_metrics;
 mod metrics;
 mod publish_client;
 mod service;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use tokio_util::sync::CancellationToken;
+
 use actix::Actor;
 use txmesh_actors::{
-    publisher::PublisherStats, DashboardPublisher, Outbox, PublisherStatusView, RouterOptions,
-    ScreeningStats, ShardRouter,
+    journal::{JournalHistograms, Journals, Recovered},
+    publisher::PublisherStats,
+    DashboardPublisher, PublisherStatusView, RouterOptions, ScreeningStats, ShardRouter,
 };
 use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::ingress_server::IngressServer;
@@ -45,7 +51,7 @@ pub struct IngressHandle {
     pub handshakes: Arc<HandshakeStats>,
     server: MeshServer,
     router: ShardRouter,
-    outbox: Outbox,
+    journals: Journals,
     publisher: Arc<PublisherStats>,
 }
 
@@ -79,8 +85,11 @@ pub async fn start_with(
     };
     let base = Foundation::new(config, spec, options.chaos.clone()).await?;
     options.chaos = Some(base.chaos.clone());
-    let router = ShardRouter::start_with(&config.actors, options);
-    let outbox = Outbox::new(config.actors.publisher.outbox_capacity);
+    let histograms = JournalHistograms::default();
+    let (journals, recovered) = open_journal(config, histograms.clone()).await?;
+    let recovery = recovered.report;
+    let router =
+        ShardRouter::start_recovered(&config.actors, options, journals.clone(), recovered.windows);
 
     let dashboard_id = SpiffeId::for_workload(&config.trust_domain, "dashboard")?;
     let transport = publish_client::GrpcPublishTransport::new(
@@ -88,15 +97,13 @@ pub async fn start_with(
         &base.certs,
         &dashboard_id,
     )?;
-    let publisher_id = format!(
-        "{}-{:08x}",
-        base.certs.spiffe_id().path(),
-        rand::random::<u32>()
-    );
+    let spiffe_path = base.certs.spiffe_id().path().to_owned();
+    let publisher_id =
+        journals.publisher_id(|| format!("{spiffe_path}-{:08x}", rand::random::<u32>()))?;
     let publisher = DashboardPublisher::new(
         publisher_id,
         config.actors.publisher.clone(),
-        outbox.clone(),
+        journals.clone(),
         Arc::new(transport),
     )
     .with_screening(router.stats().clone())
@@ -112,11 +119,12 @@ pub async fn start_with(
         &counters,
         router.stats(),
         &publisher_stats,
-        &outbox,
+        &journals,
+        &histograms,
+        &recovery,
     );
     let service = IngressService::new(
         router.clone(),
-        outbox.clone(),
         base.policy.clone(),
         base.metrics.clone(),
         counters.clone(),
@@ -132,7 +140,9 @@ pub async fn start_with(
     let ingress =
         IngressServer::new(service).max_decoding_message_size(config.ingress.max_message_bytes);
     // The HTTPS listener serves /metrics only.
+    let shutdown = base.shutdown.clone();
     let server = base.serve(|r| r.add_service(ingress), |_| {}).await?;
+    watch_journal(&journals, server.readiness.clone(), shutdown);
     Ok(IngressHandle {
         chaos: server.chaos.clone(),
         readiness: server.readiness.clone(),
@@ -143,9 +153,70 @@ pub async fn start_with(
         handshakes: server.grpc_handshakes.clone(),
         server,
         router,
-        outbox,
+        journals,
         publisher: publisher_stats,
     })
+}
+
+/// Reports NOT_SERVING while a shard's journal cannot write (new work is
+/// refused meanwhile) and SERVING again once it can, until shutdown.
+fn watch_journal(journals: &Journals, readiness: Readiness, shutdown: CancellationToken) {
+    let mut changes = journals.health_changes();
+    let journals = journals.clone();
+    let task = async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if journals.is_healthy() {
+                readiness.serving().await;
+            } else {
+                readiness.not_serving().await;
+            }
+        }
+    };
+    tokio::spawn(tracing::Instrument::instrument(
+        task,
+        tracing::info_span!("ingress.journal_health"),
+    ));
+}
+
+/// Opens the journal under `state_dir/journal` (or in memory when
+/// `actors.journal.enabled` is false) and replays it into windows, off the
+/// async threads. Logs what recovery read and dropped.
+async fn open_journal(
+    config: &TxmeshConfig,
+    histograms: JournalHistograms,
+) -> Result<(Journals, Recovered), ServiceError> {
+    let dir = config
+        .actors
+        .journal
+        .enabled
+        .then(|| config.state_dir.join("journal"));
+    let journal = config.actors.journal.clone();
+    let window = config.actors.window.clone();
+    let shards = config.actors.shard_count();
+    let (journals, recovered) = tokio::task::spawn_blocking(move || {
+        Journals::open(dir.as_deref(), &journal, &window, shards, &histograms)
+    })
+    .await
+    .map_err(|e| ServiceError::config("actors.journal", e.to_string()))??;
+    let report = &recovered.report;
+    for (path, offset, bytes, why) in &report.dropped {
+        tracing::error!(path = %path.display(), offset, bytes, why, "journal damage cut away at recovery: the records before it are kept");
+    }
+    tracing::info!(
+        durable = journals.is_durable(),
+        records = report.records,
+        accounts = report.accounts,
+        took_ms = report.took.as_millis() as u64,
+        "journal recovered"
+    );
+    Ok((journals, recovered))
 }
 
 impl IngressHandle {
@@ -164,16 +235,26 @@ impl IngressHandle {
         self.router.stats()
     }
 
+    /// Whether every shard's journal can write.
+    pub fn journal_healthy(&self) -> bool {
+        self.journals.is_healthy()
+    }
+
+    /// Verdicts written to the journal since it was created (every shard).
+    pub fn journaled(&self) -> u64 {
+        self.journals.shards().iter().map(|s| s.committed()).sum()
+    }
+
     /// The publisher's state.
     pub fn publisher(&self) -> PublisherStatusView {
-        self.publisher.view(&self.outbox)
+        self.publisher.view(&self.journals)
     }
 
     /// Waits until every verdict handed to the publisher is acknowledged by
     /// the dashboard, or `within` passes. Returns whether it drained.
     pub async fn wait_drained(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
-        self.publisher.wait_drained(&self.outbox, deadline).await
+        self.publisher.wait_drained(&self.journals, deadline).await
     }
 
     /// Stops within `grace` in all: probes see NOT_SERVING, no new
@@ -185,7 +266,7 @@ impl IngressHandle {
         if !self.server.stop(deadline).await {
             tracing::warn!(?grace, "Screen streams still open at the shutdown deadline");
         }
-        let drained = self.publisher.wait_drained(&self.outbox, deadline).await;
+        let drained = self.publisher.wait_drained(&self.journals, deadline).await;
         self.router.stop();
         drained
     }

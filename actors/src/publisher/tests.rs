@@ -1,20 +1,23 @@
 //! The publisher's delivery contract against an in-process dashboard end
 //! (the same `PublishTransport` seam the gRPC client plugs into): batches
-//! carry consecutive sequence numbers; an ack covers every batch up to its
-//! sequence; a broken stream resends every unacknowledged batch, in order,
-//! with its original sequence (the dashboard drops what it already
-//! applied); nothing is drained until everything is acknowledged.
+//! are contiguous runs of journal positions, in order; each ack answers the
+//! oldest batch in flight; a broken stream resends every unacknowledged
+//! batch, in order, with its original positions (the dashboard drops what
+//! it already applied); nothing is drained until everything is
+//! acknowledged.
 
 use std::{sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use txmesh_proto::v1::{Ack, Verdict, VerdictBatch};
+use txmesh_proto::v1::{Ack, Transaction, Verdict, VerdictBatch};
 
-use super::{
-    BoxFuture, DashboardPublisher, Outbox, PublishConnection, PublishError, PublishTransport,
+use super::{BoxFuture, DashboardPublisher, PublishConnection, PublishError, PublishTransport};
+use crate::{
+    config::{JournalConfig, PublisherConfig, WindowConfig},
+    journal::{JournalHistograms, Journals},
+    reply::BatchReply,
 };
-use crate::config::PublisherConfig;
 
 /// The dashboard's side of one Publish stream.
 struct Stream {
@@ -58,16 +61,36 @@ fn config() -> PublisherConfig {
     }
 }
 
-fn verdicts(ids: std::ops::Range<u32>) -> Vec<Verdict> {
-    ids.map(|i| Verdict {
-        transaction_id: format!("t{i}"),
-        ..Verdict::default()
-    })
-    .collect()
+/// Journals verdicts `t{ids}` (as the account actors do) and waits until
+/// they are written.
+async fn push(journals: &Journals, ids: std::ops::Range<u32>) {
+    let len = ids.len();
+    let batch = BatchReply::new(len, |_| {});
+    let shard = &journals.shards()[0];
+    let target = shard.committed() + len as u64;
+    for (i, id) in ids.enumerate() {
+        let txn = Transaction {
+            transaction_id: format!("t{id}"),
+            ..Transaction::default()
+        };
+        let verdict = Verdict {
+            transaction_id: txn.transaction_id.clone(),
+            ..Verdict::default()
+        };
+        shard.commit(&txn, verdict, false, batch.slot(i, &txn.transaction_id));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while shard.committed() < target {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "journal written in time"
+        );
+        tokio::task::yield_now().await;
+    }
 }
 
 struct Rig {
-    outbox: Outbox,
+    journals: Journals,
     stats: Arc<super::PublisherStats>,
     opened: mpsc::UnboundedReceiver<Stream>,
     transport: Arc<InProcess>,
@@ -80,13 +103,20 @@ fn start(config: PublisherConfig) -> Rig {
         opened: opened_tx,
         refuse: parking_lot::Mutex::new(None),
     });
-    let outbox = Outbox::new(1_000);
+    let (journals, _) = Journals::open(
+        None,
+        &JournalConfig::default(),
+        &WindowConfig::default(),
+        1,
+        &JournalHistograms::default(),
+    )
+    .expect("memory journal");
     let publisher =
-        DashboardPublisher::new("p-1".into(), config, outbox.clone(), transport.clone());
+        DashboardPublisher::new("p-1".into(), config, journals.clone(), transport.clone());
     let stats = publisher.stats();
     publisher.start();
     Rig {
-        outbox,
+        journals,
         stats,
         opened,
         transport,
@@ -115,59 +145,73 @@ fn ids(batch: &VerdictBatch) -> Vec<&str> {
         .collect()
 }
 
-fn ack(sequence: u64) -> Result<Ack, PublishError> {
+fn ack(batch: &VerdictBatch) -> Result<Ack, PublishError> {
     Ok(Ack {
         publisher_id: "p-1".into(),
-        sequence,
+        sequence: batch.sequence,
         duplicate: false,
+        journal: batch.journal,
     })
 }
 
 #[actix_rt::test]
-async fn batches_are_numbered_acks_are_cumulative_and_a_broken_stream_resends_in_order() {
+async fn batches_are_runs_of_positions_and_a_broken_stream_resends_them_in_order() {
     let mut rig = start(config());
-    rig.outbox.push(verdicts(0..6));
+    push(&rig.journals, 0..6).await;
     let mut stream = opened(&mut rig).await;
-    let sent: Vec<VerdictBatch> = vec![
-        next(&mut stream.batches).await,
-        next(&mut stream.batches).await,
-        next(&mut stream.batches).await,
-    ];
-    assert_eq!(
-        sent.iter().map(|b| b.sequence).collect::<Vec<_>>(),
-        [1, 2, 3],
-        "consecutive sequence numbers from 1"
-    );
-    assert_eq!(ids(&sent[0]), ["t0", "t1"], "outbox order, max_batch each");
-    assert!(sent
-        .iter()
-        .all(|b| b.publisher_id == "p-1" && b.status.is_some()));
+    let mut sent: Vec<VerdictBatch> = Vec::new();
+    while sent.last().is_none_or(|b| b.sequence < 6) {
+        sent.push(next(&mut stream.batches).await);
+    }
+    let mut expect = 1;
+    for b in &sent {
+        assert_eq!(b.first_sequence, expect, "contiguous positions from 1");
+        assert_eq!(b.verdicts.len() as u64, b.sequence - b.first_sequence + 1);
+        assert!(b.verdicts.len() <= 2, "max_batch");
+        assert!(b.publisher_id == "p-1" && b.status.is_some());
+        expect = b.sequence + 1;
+    }
+    assert_eq!(ids(&sent[0])[0], "t0", "journal order");
 
-    // One ack covers batches 1 and 2.
-    stream.acks.send(ack(2)).await.expect("ack");
+    // Every batch but the last is acknowledged.
+    for b in &sent[..sent.len() - 1] {
+        stream.acks.send(ack(b)).await.expect("ack");
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
     assert!(
-        !rig.stats.wait_drained(&rig.outbox, deadline).await,
-        "batch 3 is still unacknowledged"
+        !rig.stats.wait_drained(&rig.journals, deadline).await,
+        "the last batch is still unacknowledged"
     );
-    assert_eq!(rig.stats.view(&rig.outbox).unacked, 2);
-    assert_eq!(rig.stats.view(&rig.outbox).delivered, 4);
+    let last = sent.last().expect("batches").clone();
+    assert_eq!(
+        rig.stats.view(&rig.journals).unacked,
+        last.verdicts.len() as u64
+    );
+    assert_eq!(rig.journals.shards()[0].acked(), last.first_sequence - 1);
 
-    // The stream breaks: the next one gets batch 3 again, same number,
-    // then the new verdicts after it.
+    // The stream breaks: the next one gets the last batch again, same
+    // positions, then the new verdicts after it.
     drop(stream);
-    rig.outbox.push(verdicts(6..8));
+    push(&rig.journals, 6..8).await;
     let mut stream = opened(&mut rig).await;
     let resent = next(&mut stream.batches).await;
-    assert_eq!(resent.sequence, 3, "the unacknowledged batch, same number");
-    assert_eq!(ids(&resent), ["t4", "t5"]);
-    let fresh = next(&mut stream.batches).await;
-    assert_eq!((fresh.sequence, ids(&fresh)), (4, vec!["t6", "t7"]));
-
-    stream.acks.send(ack(4)).await.expect("ack");
+    assert_eq!(
+        (resent.first_sequence, resent.sequence),
+        (last.first_sequence, last.sequence)
+    );
+    assert_eq!(ids(&resent), ids(&last));
+    let mut fresh = vec![next(&mut stream.batches).await];
+    while fresh.last().is_some_and(|b| b.sequence < 8) {
+        fresh.push(next(&mut stream.batches).await);
+    }
+    assert_eq!(fresh[0].first_sequence, 7);
+    stream.acks.send(ack(&resent)).await.expect("ack");
+    for b in &fresh {
+        stream.acks.send(ack(b)).await.expect("ack");
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    assert!(rig.stats.wait_drained(&rig.outbox, deadline).await);
-    let view = rig.stats.view(&rig.outbox);
+    assert!(rig.stats.wait_drained(&rig.journals, deadline).await);
+    let view = rig.stats.view(&rig.journals);
     assert_eq!((view.delivered, view.unacked), (8, 0));
     assert!(view.retries_total >= 1);
 }
@@ -178,7 +222,7 @@ async fn an_ack_timeout_counts_as_a_broken_stream() {
         ack_timeout_ms: 100,
         ..config()
     });
-    rig.outbox.push(verdicts(0..2));
+    push(&rig.journals, 0..1).await;
     let mut stream = opened(&mut rig).await;
     assert_eq!(next(&mut stream.batches).await.sequence, 1);
     // Never acknowledged: after the timeout the batch goes out again on a
@@ -192,24 +236,24 @@ async fn an_ack_timeout_counts_as_a_broken_stream() {
 async fn a_refusal_is_reported_and_cleared_when_the_dashboard_admits_the_publisher_again() {
     let mut rig = start(config());
     *rig.transport.refuse.lock() = Some(PublishError::Refused("PERMISSION_DENIED".into()));
-    rig.outbox.push(verdicts(0..2));
+    push(&rig.journals, 0..2).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !rig.stats.view(&rig.outbox).refused {
+    while !rig.stats.view(&rig.journals).refused {
         assert!(tokio::time::Instant::now() < deadline, "refusal reported");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Refusals wait the breaker's longest pause (50 ms here), not the
     // backoff's first step (5 ms).
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let refusals = rig.stats.view(&rig.outbox).refusals_total;
+    let refusals = rig.stats.view(&rig.journals).refusals_total;
     assert!((1..=3).contains(&refusals), "{refusals} attempts in 120 ms");
 
     *rig.transport.refuse.lock() = None;
     let mut stream = opened(&mut rig).await;
     let batch = next(&mut stream.batches).await;
-    assert_eq!(batch.sequence, 1);
-    stream.acks.send(ack(1)).await.expect("ack");
+    assert_eq!((batch.first_sequence, batch.sequence), (1, 2));
+    stream.acks.send(ack(&batch)).await.expect("ack");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    assert!(rig.stats.wait_drained(&rig.outbox, deadline).await);
-    assert!(!rig.stats.view(&rig.outbox).refused, "admitted again");
+    assert!(rig.stats.wait_drained(&rig.journals, deadline).await);
+    assert!(!rig.stats.view(&rig.journals).refused, "admitted again");
 }

@@ -2,13 +2,18 @@
 //! batches in sequence order per publisher (dropping duplicates), keeps
 //! totals by status and reason, per-second throughput, recent alerts and
 //! each publisher's reported state, and pushes a snapshot to the
-//! Broadcaster on every tick. Totals and sequence watermarks are saved on
-//! shutdown and reloaded at start, so a restarted dashboard neither forgets
-//! nor double-counts.
+//! Broadcaster on every tick. Totals and each publisher's applied positions
+//! are durable ([`durable`]): a batch is acknowledged only once what it
+//! changed is written, so a dashboard killed at any moment restarts with
+//! exactly what it acknowledged, neither forgetting nor double-counting. A
+//! batch that starts past the next expected position is a gap: applied,
+//! counted and shown, never silently accepted.
+
+mod durable;
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -23,6 +28,7 @@ use txmesh_proto::v1::{BreakerState, PoisonRecord, ShardStatus, VerdictBatch, Ve
 use crate::{error::ServiceError, grpc::reason_name};
 
 use super::broadcaster::{Broadcast, BroadcastStats, Broadcaster};
+use durable::{Delta, Saved};
 
 /// Verdict totals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +70,14 @@ pub struct Alert {
 /// What the dashboard knows of one publisher.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PublisherRecord {
-    pub applied_seq: u64,
+    /// The journal position applied up to, per journal (shard) of the
+    /// publisher.
+    #[serde(default)]
+    pub applied: BTreeMap<u32, u64>,
+    /// Positions that never arrived (given up by the publisher): a gap in
+    /// the totals, shown to operators.
+    #[serde(default)]
+    pub gap_verdicts: u64,
     pub duplicates: u64,
     pub breaker: String,
     pub outbox_depth: u64,
@@ -120,18 +133,12 @@ pub struct Snapshot {
     pub dropped_updates: u64,
 }
 
-/// What is saved across restarts.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Saved {
-    totals: Totals,
-    publishers: BTreeMap<String, PublisherRecord>,
-}
-
-/// Apply one batch; answers whether it was a duplicate.
+/// Apply one batch; answers whether it was a duplicate, once what it
+/// changed is durable.
 pub struct ApplyBatch(pub VerdictBatch);
 
 impl Message for ApplyBatch {
-    type Result = bool;
+    type Result = Result<bool, ServiceError>;
 }
 
 /// Ask for the current snapshot.
@@ -141,7 +148,7 @@ impl Message for GetSnapshot {
     type Result = Snapshot;
 }
 
-/// Save totals and watermarks now.
+/// Write a snapshot of totals and positions now.
 pub struct Persist;
 
 impl Message for Persist {
@@ -156,54 +163,52 @@ pub struct Aggregator {
     throughput_window: usize,
     alerts: VecDeque<Alert>,
     max_alerts: usize,
-    state_file: Option<PathBuf>,
+    /// `None` when `dashboard.state_file` is empty: nothing is kept.
+    durable: Option<durable::Durable>,
+    /// The applied-batch log position of the last applied batch.
+    log_position: u64,
     broadcaster: Addr<Broadcaster>,
     broadcast_stats: Arc<BroadcastStats>,
     push_interval: Duration,
-    /// Something changed since the state was last saved.
-    dirty: bool,
     counters: Arc<IngestCounters>,
 }
 
 impl Aggregator {
-    /// A new aggregator, reloading `state_file` when it exists.
+    /// A new aggregator, with the state kept at `state` (its snapshot and
+    /// the applied-batch log after it) reloaded.
     ///
     /// # Errors
-    /// When the state file exists but cannot be read or parsed (it is never
-    /// silently replaced).
+    /// When the snapshot exists but cannot be read or parsed (it is never
+    /// silently replaced), or the log cannot be opened.
     pub fn new(
-        state_file: Option<PathBuf>,
+        state: Option<&DurableState>,
         broadcaster: Addr<Broadcaster>,
         broadcast_stats: Arc<BroadcastStats>,
         push_interval: Duration,
         max_alerts: usize,
         throughput_window: usize,
-    ) -> Result<Self, crate::error::ServiceError> {
-        let saved = match &state_file {
-            Some(path) if path.exists() => {
-                let bytes =
-                    std::fs::read(path).map_err(|source| crate::error::ServiceError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
-                serde_json::from_slice::<Saved>(&bytes).map_err(|e| {
-                    crate::error::ServiceError::config(
-                        "dashboard.state_file",
-                        format!("{}: {e}", path.display()),
-                    )
-                })?
+    ) -> Result<Self, ServiceError> {
+        let (durable, saved) = match state {
+            Some(state) => {
+                let (durable, saved) = durable::Durable::open(
+                    &state.snapshot,
+                    &state.log_dir,
+                    &state.journal,
+                    apply_delta,
+                )?;
+                (Some(durable), saved)
             }
-            _ => Saved::default(),
+            None => (None, Saved::default()),
         };
         Ok(Self {
-            dirty: false,
             totals: saved.totals,
             publishers: saved.publishers,
+            log_position: saved.log_position,
             throughput: VecDeque::new(),
             throughput_window: throughput_window.max(1),
             alerts: VecDeque::new(),
             max_alerts,
-            state_file,
+            durable,
             broadcaster,
             broadcast_stats,
             push_interval,
@@ -230,8 +235,7 @@ impl Aggregator {
         c.duplicate_batches.store(duplicates, Ordering::Relaxed);
     }
 
-    fn apply(&mut self, batch: VerdictBatch) -> bool {
-        self.dirty = true;
+    fn apply(&mut self, batch: VerdictBatch) -> Result<bool, ServiceError> {
         let now_ms = txmesh_actors::clock::system_unix_ms();
         let record = self
             .publishers
@@ -249,13 +253,46 @@ impl Aggregator {
                 record.poison = screening.poison.iter().map(PoisonRow::from).collect();
             }
         }
-        if batch.sequence <= record.applied_seq {
+        let applied = record.applied.get(&batch.journal).copied().unwrap_or(0);
+        if batch.sequence <= applied {
             record.duplicates += 1;
-            return true;
+            return Ok(true);
         }
-        record.applied_seq = batch.sequence;
+        // Positions already applied (a batch resent with more in it) are
+        // skipped; positions missing before it are a gap.
+        let first = batch.first_sequence.max(1);
+        let already = usize::try_from((applied + 1).saturating_sub(first)).unwrap_or(usize::MAX);
+        let gap = first.saturating_sub(applied + 1);
+        if gap > 0 {
+            tracing::warn!(publisher = %batch.publisher_id, journal = batch.journal, expected = applied + 1, got = first, missing = gap, "a gap in a publisher's verdicts: counted and shown");
+        }
+        let fresh: Vec<_> = batch.verdicts.into_iter().skip(already).collect();
+        let delta = delta_of(
+            &batch.publisher_id,
+            batch.journal,
+            batch.sequence,
+            gap,
+            &fresh,
+        );
+        if let Some(durable) = &mut self.durable {
+            self.log_position = durable.append(&delta)?;
+        }
+        let mut saved = Saved {
+            totals: std::mem::take(&mut self.totals),
+            publishers: std::mem::take(&mut self.publishers),
+            log_position: self.log_position,
+        };
+        apply_delta(&mut saved, &delta);
+        self.totals = saved.totals;
+        self.publishers = saved.publishers;
+        self.note_alerts(now_ms, fresh);
+        Ok(false)
+    }
+
+    /// Throughput and the recent alerts (not durable: what is live).
+    fn note_alerts(&mut self, now_ms: i64, verdicts: Vec<txmesh_proto::v1::Verdict>) {
         let second = now_ms / 1000;
-        let count = batch.verdicts.len() as u64;
+        let count = verdicts.len() as u64;
         match self.throughput.back_mut() {
             Some((s, n)) if *s == second => *n += count,
             _ => self.throughput.push_back((second, count)),
@@ -263,21 +300,8 @@ impl Aggregator {
         while self.throughput.len() > self.throughput_window {
             self.throughput.pop_front();
         }
-        for v in batch.verdicts {
-            let t = &mut self.totals;
-            t.verdicts += 1;
-            if v.replayed {
-                t.replayed += 1;
-            }
+        for v in verdicts {
             let status = v.status();
-            match status {
-                VerdictStatus::Approved => t.approved += 1,
-                VerdictStatus::Flagged => t.flagged += 1,
-                _ => t.rejected += 1,
-            }
-            for r in &v.reasons {
-                *t.by_reason.entry(reason_name(*r)).or_default() += 1;
-            }
             if status != VerdictStatus::Approved && !v.replayed {
                 self.alerts.push_front(Alert {
                     account: txmesh_actors::mask_account(&v.account_id),
@@ -289,10 +313,9 @@ impl Aggregator {
                     country: v.country,
                     transaction_id: v.transaction_id,
                 });
-                self.alerts.truncate(self.max_alerts);
             }
         }
-        false
+        self.alerts.truncate(self.max_alerts);
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -326,28 +349,107 @@ impl Aggregator {
         self.broadcast_stats.get()
     }
 
+    /// Writes the snapshot (and removes the log it covers).
     fn persist(&mut self) -> Result<(), ServiceError> {
-        let Some(path) = &self.state_file else {
+        let Some(durable) = &mut self.durable else {
             return Ok(());
         };
-        if !self.dirty {
-            return Ok(());
-        }
         let saved = Saved {
             totals: self.totals.clone(),
             publishers: self.publishers.clone(),
+            log_position: self.log_position,
         };
-        let tmp = path.with_extension("tmp");
-        let io = |path: &std::path::Path| {
-            let path = path.to_owned();
-            move |source| ServiceError::Io { path, source }
-        };
-        let bytes = serde_json::to_vec_pretty(&saved).map_err(|e| io(&tmp)(e.into()))?;
-        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))?;
-        self.dirty = false;
-        Ok(())
+        durable.snapshot(&saved)
     }
+
+    /// The periodic sync and snapshot.
+    fn maintain(&mut self) {
+        let due = match &mut self.durable {
+            Some(durable) => durable.tick(),
+            None => return,
+        };
+        let result = match due {
+            Ok(true) => self.persist(),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "dashboard state not synced or snapshotted");
+        }
+    }
+}
+
+/// Where the dashboard keeps its durable state.
+#[derive(Debug, Clone)]
+pub struct DurableState {
+    /// The snapshot file (`dashboard.state_file`).
+    pub snapshot: PathBuf,
+    /// The applied-batch log's directory.
+    pub log_dir: PathBuf,
+    /// Segment size and sync policy, shared with the ingress's journal.
+    pub journal: txmesh_actors::config::JournalConfig,
+}
+
+impl DurableState {
+    /// The snapshot at `snapshot` and the log beside it.
+    pub fn beside(snapshot: &Path, journal: txmesh_actors::config::JournalConfig) -> Self {
+        Self {
+            snapshot: snapshot.to_owned(),
+            log_dir: snapshot.with_extension("log"),
+            journal,
+        }
+    }
+}
+
+/// What `verdicts` (the new part of a batch) change.
+fn delta_of(
+    publisher: &str,
+    journal: u32,
+    sequence: u64,
+    gap: u64,
+    verdicts: &[txmesh_proto::v1::Verdict],
+) -> Delta {
+    let mut d = Delta {
+        publisher: publisher.to_owned(),
+        journal,
+        sequence,
+        gap,
+        ..Delta::default()
+    };
+    let mut reasons: BTreeMap<i32, u64> = BTreeMap::new();
+    for v in verdicts {
+        d.verdicts += 1;
+        d.replayed += u64::from(v.replayed);
+        match v.status() {
+            VerdictStatus::Approved => d.approved += 1,
+            VerdictStatus::Flagged => d.flagged += 1,
+            _ => d.rejected += 1,
+        }
+        for r in &v.reasons {
+            *reasons.entry(*r).or_default() += 1;
+        }
+    }
+    d.by_reason = reasons
+        .into_iter()
+        .map(|(r, n)| (reason_name(r), n))
+        .collect();
+    d
+}
+
+/// Applies one batch's changes to the durable state.
+fn apply_delta(saved: &mut Saved, d: &Delta) {
+    let t = &mut saved.totals;
+    t.verdicts += d.verdicts;
+    t.approved += d.approved;
+    t.flagged += d.flagged;
+    t.rejected += d.rejected;
+    t.replayed += d.replayed;
+    for (reason, n) in &d.by_reason {
+        *t.by_reason.entry(reason.clone()).or_default() += n;
+    }
+    let record = saved.publishers.entry(d.publisher.clone()).or_default();
+    record.applied.insert(d.journal, d.sequence);
+    record.gap_verdicts += d.gap;
 }
 
 impl Actor for Aggregator {
@@ -355,6 +457,7 @@ impl Actor for Aggregator {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.push_interval, |act, _ctx| {
+            act.maintain();
             match serde_json::to_string(&act.snapshot()) {
                 Ok(json) => {
                     // A full broadcaster mailbox only delays this update to
@@ -374,9 +477,9 @@ impl Actor for Aggregator {
 }
 
 impl Handler<ApplyBatch> for Aggregator {
-    type Result = bool;
+    type Result = Result<bool, ServiceError>;
 
-    fn handle(&mut self, msg: ApplyBatch, _ctx: &mut Self::Context) -> bool {
+    fn handle(&mut self, msg: ApplyBatch, _ctx: &mut Self::Context) -> Self::Result {
         let duplicate = self.apply(msg.0);
         self.mirror();
         duplicate
@@ -438,93 +541,5 @@ fn breaker_name(state: BreakerState) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    //! Exactly-once totals over at-least-once delivery: a batch at or below
-    //! its publisher's applied sequence is a duplicate (acknowledged, not
-    //! counted), per publisher, and the watermarks survive a restart.
-
-    use txmesh_proto::v1::{Verdict, VerdictBatch, VerdictStatus};
-
-    use super::*;
-
-    fn aggregator(state_file: Option<PathBuf>) -> Aggregator {
-        let stats = Arc::new(BroadcastStats::default());
-        let broadcaster = Broadcaster::new(stats.clone()).start();
-        Aggregator::new(
-            state_file,
-            broadcaster,
-            stats,
-            Duration::from_secs(1),
-            10,
-            60,
-        )
-        .expect("aggregator")
-    }
-
-    fn batch(publisher: &str, sequence: u64, statuses: &[VerdictStatus]) -> VerdictBatch {
-        VerdictBatch {
-            publisher_id: publisher.into(),
-            sequence,
-            verdicts: statuses
-                .iter()
-                .enumerate()
-                .map(|(i, s)| Verdict {
-                    transaction_id: format!("{publisher}-{sequence}-{i}"),
-                    status: *s as i32,
-                    ..Verdict::default()
-                })
-                .collect(),
-            status: None,
-        }
-    }
-
-    const A: VerdictStatus = VerdictStatus::Approved;
-    const F: VerdictStatus = VerdictStatus::Flagged;
-
-    #[actix_rt::test]
-    async fn a_resent_batch_is_acknowledged_as_a_duplicate_and_not_counted_again() {
-        let mut agg = aggregator(None);
-        assert!(!agg.apply(batch("p", 1, &[A, F])));
-        assert!(!agg.apply(batch("p", 2, &[A])));
-        // Resends after a broken stream: the same numbers again.
-        assert!(agg.apply(batch("p", 2, &[A])), "same sequence");
-        assert!(agg.apply(batch("p", 1, &[A, F])), "older sequence");
-        assert_eq!((agg.totals.verdicts, agg.totals.approved), (3, 2));
-        assert_eq!(agg.totals.flagged, 1);
-        assert_eq!(agg.publishers["p"].duplicates, 2);
-        assert_eq!(agg.publishers["p"].applied_seq, 2);
-        assert_eq!(agg.alerts.len(), 1, "a duplicate raises no second alert");
-
-        // A gap is applied (the publisher numbers what it sends; a shed
-        // verdict never had a batch).
-        assert!(!agg.apply(batch("p", 5, &[A])));
-        // Another publisher has its own numbering.
-        assert!(!agg.apply(batch("q", 1, &[F])));
-        assert_eq!(agg.totals.verdicts, 5);
-    }
-
-    #[actix_rt::test]
-    async fn watermarks_and_totals_survive_a_restart() {
-        let dir = std::env::temp_dir().join(format!(
-            "txmesh-aggregator-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let file = dir.join("dashboard.json");
-        let mut agg = aggregator(Some(file.clone()));
-        agg.apply(batch("p", 1, &[A, A]));
-        agg.apply(batch("p", 2, &[F]));
-        agg.persist().expect("saved");
-
-        let mut again = aggregator(Some(file));
-        assert_eq!(again.totals.verdicts, 3, "totals reloaded");
-        assert!(
-            again.apply(batch("p", 2, &[F])),
-            "a batch applied before the restart is still a duplicate"
-        );
-        assert!(!again.apply(batch("p", 3, &[A])));
-        assert_eq!(again.totals.verdicts, 4);
-        std::fs::remove_dir_all(&dir).ok();
-    }
-}
+#[path = "aggregator/tests.rs"]
+mod tests;

@@ -87,7 +87,7 @@ impl Dashboard for PublishService {
                     break;
                 }
                 let publisher_id = batch.publisher_id.clone();
-                let sequence = batch.sequence;
+                let (sequence, journal) = (batch.sequence, batch.journal);
                 // Traced verdicts (sampled at txgen) end their trace here.
                 let traced: Vec<tracing::Span> = batch
                     .verdicts
@@ -103,12 +103,20 @@ impl Dashboard for PublishService {
                         span
                     })
                     .collect();
+                // Acknowledged only once what the batch changed is durable.
                 let ack = match aggregator.send(ApplyBatch(batch)).await {
-                    Ok(duplicate) => Ok(Ack {
+                    Ok(Ok(duplicate)) => Ok(Ack {
                         publisher_id,
                         sequence,
                         duplicate,
+                        journal,
                     }),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "batch not applied: its state could not be written; the publisher will send it again");
+                        Err(Status::unavailable(format!(
+                            "dashboard cannot record the batch: {e}"
+                        )))
+                    }
                     Err(_) => Err(Status::unavailable("dashboard is shutting down")),
                 };
                 drop(traced);

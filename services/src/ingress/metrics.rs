@@ -6,7 +6,11 @@
 use std::sync::{atomic::Ordering, Arc};
 
 use prometheus::{proto::MetricType, Histogram, HistogramOpts};
-use txmesh_actors::{publisher::PublisherStats, Outbox, ScreeningStats};
+use txmesh_actors::{
+    journal::{JournalHistograms, Journals, RecoveryReport},
+    publisher::PublisherStats,
+    ScreeningStats,
+};
 use txmesh_proto::v1::{Reason, TxnErrorCode};
 
 use super::service::{IngressCounters, InputFault, CODES};
@@ -37,8 +41,11 @@ pub(super) fn register(
     counters: &Arc<IngressCounters>,
     screening: &ScreeningStats,
     publisher: &Arc<PublisherStats>,
-    outbox: &Outbox,
+    journals: &Journals,
+    histograms: &JournalHistograms,
+    recovery: &RecoveryReport,
 ) {
+    super::journal_metrics::register(metrics, journals, histograms, recovery);
     use MetricType::{COUNTER, GAUGE};
     let c = counters.clone();
     metrics.sampled(
@@ -203,10 +210,10 @@ pub(super) fn register(
                 .collect()
         });
     }
-    let (p, o) = (publisher.clone(), outbox.clone());
+    let (p, o) = (publisher.clone(), journals.clone());
     metrics.sampled(
         "txmesh_publisher_outbox_depth",
-        "Verdicts waiting in the publisher's outbox.",
+        "Verdicts journaled and not yet sent to the dashboard (the outbox is the journal).",
         GAUGE,
         &[],
         move || vec![(vec![], p.view(&o).outbox_depth as f64)],
@@ -253,15 +260,15 @@ pub(super) fn register(
             vec![(vec![], pick(&p).load(Ordering::Relaxed) as f64)]
         });
     }
-    let o = outbox.clone();
+    let j = journals.clone();
     metrics.sampled(
         "txmesh_publisher_dropped_total",
-        "Verdicts dropped before delivery, by reason.",
+        "Verdicts given up before delivery, by reason (journal_full: past actors.journal.max_bytes, or out of the memory tail with the journal disabled).",
         COUNTER,
         &["reason"],
-        move || vec![(vec!["outbox_full".to_owned()], o.shed_total() as f64)],
+        move || vec![(vec!["journal_full".to_owned()], j.given_up() as f64)],
     );
-    let (p, o) = (publisher.clone(), outbox.clone());
+    let (p, o) = (publisher.clone(), journals.clone());
     metrics.sampled(
         "txmesh_publisher_breaker_state",
         "1 for the breaker's current state, 0 for the others.",

@@ -1,6 +1,7 @@
 //! The `txmesh.v1.Ingress` implementation: authorizes the caller, then hands
 //! each request batch to the shard router. Each completed batch goes back on
-//! the caller's stream and, as verdicts, into the publisher's outbox.
+//! the caller's stream; its verdicts are already in the journal, which the
+//! publisher reads.
 //!
 //! Backpressure: a stream may have `max_in_flight` batches between "read
 //! from the client" and "written back"; past that the handler stops reading,
@@ -25,7 +26,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
-use txmesh_actors::{Outbox, ShardRouter};
+use txmesh_actors::ShardRouter;
 use txmesh_certs::{AuthzPolicy, Service};
 use txmesh_proto::v1::{
     ingress_server::Ingress, txn_result::Outcome, ScreenRequest, ScreenResponse, Transaction,
@@ -45,7 +46,6 @@ pub struct IngressCounters {
     pub flagged: AtomicU64,
     pub rejected: AtomicU64,
     pub errors: AtomicU64,
-    pub shed: AtomicU64,
     /// Verdict reasons, by proto number.
     pub reasons: [AtomicU64; CODES],
     /// Per-transaction errors, by `TxnErrorCode` number.
@@ -68,7 +68,6 @@ impl IngressCounters {
             flagged: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            shed: AtomicU64::new(0),
             reasons: std::array::from_fn(|_| AtomicU64::new(0)),
             error_codes: std::array::from_fn(|_| AtomicU64::new(0)),
             input_faults: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -205,11 +204,10 @@ impl ScreenLimits {
     }
 }
 
-/// The gRPC service. Clones share the router, outbox and counters.
+/// The gRPC service. Clones share the router and counters.
 #[derive(Clone)]
 pub struct IngressService {
     router: ShardRouter,
-    outbox: Outbox,
     policy: Arc<AuthzPolicy>,
     metrics: Arc<crate::metrics::Metrics>,
     counters: Arc<IngressCounters>,
@@ -229,7 +227,6 @@ type Outgoing = Result<(ScreenResponse, Option<OwnedSemaphorePermit>), Status>;
 impl IngressService {
     pub fn new(
         router: ShardRouter,
-        outbox: Outbox,
         policy: Arc<AuthzPolicy>,
         metrics: Arc<crate::metrics::Metrics>,
         counters: Arc<IngressCounters>,
@@ -238,7 +235,6 @@ impl IngressService {
     ) -> Self {
         Self {
             router,
-            outbox,
             policy,
             metrics,
             counters,
@@ -301,7 +297,6 @@ impl IngressService {
         self.counters
             .received
             .fetch_add(txns.len() as u64, Ordering::Relaxed);
-        let outbox = self.outbox.clone();
         let counters = self.counters.clone();
         // A traced request gets a span from receipt to its last verdict;
         // its context rides the actor messages onto every verdict.
@@ -318,13 +313,6 @@ impl IngressService {
             .screen_traced(txns, Instant::now(), trace, move |results| {
                 let _span = span;
                 counters.count(&results);
-                let shed = outbox.push(results.iter().filter_map(|r| match &r.outcome {
-                    Some(Outcome::Verdict(v)) => Some(v.clone()),
-                    _ => None,
-                }));
-                if shed > 0 {
-                    counters.shed.fetch_add(shed, Ordering::Relaxed);
-                }
                 deliver(results);
             });
     }

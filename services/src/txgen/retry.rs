@@ -33,12 +33,15 @@ pub enum Decision {
     GiveUp(GiveUp),
 }
 
-/// Tokens for retries: earned by first sends, spent by retries.
+/// Tokens for retries: earned by first sends and at a steady minimum rate,
+/// spent by retries.
 #[derive(Debug, Clone)]
 pub struct RetryBudget {
     tokens: f64,
     ratio: f64,
     cap: f64,
+    min_per_sec: f64,
+    refilled_at: Instant,
 }
 
 /// A transaction sent and not yet answered, or waiting to be sent again.
@@ -129,6 +132,8 @@ impl RetryBudget {
             // The bucket may grow by the ratio's share of a long run, but
             // never holds more than ten times its reserve at once.
             cap: reserve.max(1.0) * 10.0,
+            min_per_sec: config.budget_min_per_sec,
+            refilled_at: Instant::now(),
         }
     }
 
@@ -137,7 +142,23 @@ impl RetryBudget {
         self.tokens = (self.tokens + self.ratio * n as f64).min(self.cap);
     }
 
-    fn try_spend(&mut self) -> bool {
+    /// Adds the steady minimum's tokens for the time since the last refill.
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.min_per_sec).min(self.cap);
+        self.refilled_at = now;
+    }
+
+    /// When the next whole token is there (now, if one is).
+    pub fn next_token(&self) -> Instant {
+        let missing = (1.0 - self.tokens).max(0.0);
+        self.refilled_at + Duration::from_secs_f64(missing / self.min_per_sec.max(1e-3))
+    }
+
+    fn try_spend(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -163,13 +184,19 @@ impl RetryQueues {
     }
 
     /// When the earliest account's oldest transaction becomes due. One that
-    /// already waits for a budget token is not due again until tokens are
-    /// earned (by the next first send), so it is left out.
-    pub fn next_due(&self) -> Option<Instant> {
+    /// already waits for a budget token is due again when the budget's
+    /// steady rate brings the next token (or a first send earns one).
+    pub fn next_due(&self, budget: &RetryBudget) -> Option<Instant> {
         self.accounts
             .values()
-            .filter_map(|q| q.front().filter(|(_, item)| !item.starved))
-            .map(|(due, _)| *due)
+            .filter_map(|q| q.front())
+            .map(|(due, item)| {
+                if item.starved {
+                    (*due).max(budget.next_token())
+                } else {
+                    *due
+                }
+            })
             .min()
     }
 
@@ -222,7 +249,7 @@ impl RetryQueues {
                         // earlier transaction, which goes first.
                     } else if item.attempt == 0 {
                         budget.earn(1);
-                    } else if !budget.try_spend() {
+                    } else if !budget.try_spend(now) {
                         item.starved = true;
                         break;
                     }

@@ -411,7 +411,10 @@ impl Sender<'_> {
     }
 
     fn has_work(&self, now: Instant, phase: Phase, shared: &Shared) -> bool {
-        let retry_due = lock(shared).retries.next_due().is_some_and(|d| d <= now);
+        let retry_due = {
+            let s = lock(shared);
+            s.retries.next_due(&s.budget).is_some_and(|d| d <= now)
+        };
         retry_due || (phase == Phase::Sending && self.new_due(now) > 0)
     }
 
@@ -428,7 +431,7 @@ impl Sender<'_> {
         let (retry, expiry) = {
             let s = lock(shared);
             (
-                can_send.then(|| s.retries.next_due()).flatten(),
+                can_send.then(|| s.retries.next_due(&s.budget)).flatten(),
                 s.retries.next_expiry(deadline),
             )
         };

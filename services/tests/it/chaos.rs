@@ -149,9 +149,10 @@ async fn a_broken_system_fails_with_the_probe_that_caught_it() {
     let _alone = machine_alone().await;
     let dir = TempDir::new("chaos-broken");
     let mut config = test_config(&dir.0);
-    // Broken on purpose: an outbox too small to hold a dashboard outage,
-    // so verdicts are shed instead of delivered late.
-    config.actors.publisher.outbox_capacity = 64;
+    // Broken on purpose: no journal and a memory tail too small to hold a
+    // dashboard outage, so verdicts are given up instead of delivered late.
+    config.actors.journal.enabled = false;
+    config.actors.journal.tail_bytes = 65_536;
     let run = run(config, "dashboard-outage", &dir.0).await;
     let journal = &run.journal;
     println!("{}", journal.summary());

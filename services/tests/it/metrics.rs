@@ -108,7 +108,7 @@ async fn metrics_cover_the_pipeline_and_pass_promtool() {
     assert_eq!(
         value(
             &body,
-            "txmesh_publisher_dropped_total{reason=\"outbox_full\"}"
+            "txmesh_publisher_dropped_total{reason=\"journal_full\"}"
         ),
         0.0
     );

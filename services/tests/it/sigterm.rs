@@ -5,50 +5,9 @@
 //! stream to the ingress that takes its place and runs to its duration;
 //! the dashboard's totals equal what txgen was answered.
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use crate::support::*;
-use tonic_health::pb::health_check_response::ServingStatus;
-
-/// Starts `txmesh ingress` with `--set` pairs, its gRPC listener on
-/// `listen` (port 0: the OS chooses), and returns it with the address it
-/// bound, read from its own log line (never a port guessed beforehand).
-fn spawn_ingress(sets: &[(&str, String)], listen: SocketAddr) -> (Child, SocketAddr) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_txmesh"));
-    command.arg("ingress");
-    for (key, value) in sets {
-        command.args(["--set", &format!("{key}={value}")]);
-    }
-    let mut child = command
-        .args(["--set", &format!("ingress.listen={listen}")])
-        .args(["--set", "ingress.metrics_listen=127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ingress starts");
-    // Read on a thread of its own (the pipe blocks), and keep reading so
-    // the child never blocks on a full pipe.
-    let stdout = child.stdout.take().expect("stdout");
-    let (found, addr) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let event: Option<serde_json::Value> = serde_json::from_str(&line).ok();
-            if let Some(a) = event.and_then(|e| e["fields"]["grpc_addr"].as_str()?.parse().ok()) {
-                let _ = found.send(a);
-            }
-        }
-    });
-    let addr: SocketAddr = addr
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the ingress logs the address it listens on");
-    (child, addr)
-}
 
 #[actix_rt::test]
 async fn sigterm_drains_the_ingress_and_txgen_reconnects_to_its_successor_losing_nothing() {
@@ -62,24 +21,7 @@ async fn sigterm_drains_the_ingress_and_txgen_reconnects_to_its_successor_losing
         ("actors.shards.count", "2".to_owned()),
     ];
     let (mut child, grpc) = spawn_ingress(&sets, "127.0.0.1:0".parse().expect("addr"));
-    let mut ready = false;
-    for _ in 0..100 {
-        let status = txmesh::cli::health::check(
-            &config,
-            grpc,
-            "txgen",
-            "ingress",
-            "",
-            Duration::from_secs(1),
-        )
-        .await;
-        if matches!(status, Ok(ServingStatus::Serving)) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the ingress process became ready");
+    wait_serving(&config, grpc, "ingress").await;
 
     config.txgen.target = grpc;
     config.txgen.rate = 2_000;

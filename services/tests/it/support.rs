@@ -306,3 +306,86 @@ where
     .ok()
     .flatten()
 }
+
+/// Starts `txmesh ingress` with `--set` pairs, its gRPC listener on
+/// `listen` (port 0: the OS chooses), and returns it with the address it
+/// bound, read from its own log line (never a port guessed beforehand).
+pub fn spawn_ingress(
+    sets: &[(&str, String)],
+    listen: SocketAddr,
+) -> (std::process::Child, SocketAddr) {
+    let mut all = sets.to_vec();
+    all.push(("ingress.listen", listen.to_string()));
+    all.push(("ingress.metrics_listen", "127.0.0.1:0".to_owned()));
+    spawn_service("ingress", &all)
+}
+
+/// Starts `txmesh dashboard` likewise, its gRPC listener on `listen`.
+pub fn spawn_dashboard(
+    sets: &[(&str, String)],
+    listen: SocketAddr,
+) -> (std::process::Child, SocketAddr) {
+    let mut all = sets.to_vec();
+    all.push(("dashboard.grpc_listen", listen.to_string()));
+    all.push(("dashboard.https_listen", "127.0.0.1:0".to_owned()));
+    spawn_service("dashboard", &all)
+}
+
+fn spawn_service(command: &str, sets: &[(&str, String)]) -> (std::process::Child, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_txmesh"));
+    child.arg(command);
+    for (key, value) in sets {
+        child.args(["--set", &format!("{key}={value}")]);
+    }
+    let mut child = child
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("service starts");
+    // Read on a thread of its own (the pipe blocks), and keep reading so
+    // the child never blocks on a full pipe.
+    let stdout = child.stdout.take().expect("stdout");
+    let (found, addr) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let event: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+            if let Some(a) = event.and_then(|e| e["fields"]["grpc_addr"].as_str()?.parse().ok()) {
+                let _ = found.send(a);
+            }
+        }
+    });
+    let addr: SocketAddr = addr
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the service logs the address it listens on");
+    (child, addr)
+}
+
+/// Waits until the service `server` at `addr` reports SERVING.
+pub async fn wait_serving(config: &TxmeshConfig, addr: SocketAddr, server: &str) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    for _ in 0..300 {
+        let status =
+            txmesh::cli::health::check(config, addr, "txgen", server, "", Duration::from_secs(1))
+                .await;
+        if matches!(status, Ok(ServingStatus::Serving)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{server} at {addr} did not become ready");
+}
+
+/// Sends `signal` (`-KILL`, `-TERM`) to `child` and waits for it to exit.
+pub async fn signal(mut child: std::process::Child, signal: &str) -> std::process::ExitStatus {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill {signal}");
+    tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("waited")
+        .expect("exit status")
+}

@@ -1,0 +1,195 @@
+//! Window snapshots: every account's window as of a journal position, so
+//! that recovery reads the newest snapshot plus the records after it
+//! (recovery time does not grow with history) and the segments before it
+//! can be removed once the dashboard has them (disk stays bounded).
+//!
+//! A snapshot is a file `snapshot-<lsn>.snap` in the shard's directory, in
+//! the segment format (kind [`LogKind::Snapshot`], base = the position it
+//! covers), one learned verdict record per window entry. It is written to
+//! a temporary name, synced and renamed, so a snapshot file is either
+//! whole or absent; older ones are removed after.
+//!
+//! Consistency: the shard notes the journal's written position P before it
+//! collects the windows. Every record at or below P was learned by its
+//! window before it was written, so the collected windows hold everything
+//! up to P (and perhaps some records after it, which recovery recognises by
+//! their transaction ids and does not learn twice).
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use crate::{error::JournalError, window::HistoryWindow, window::WindowEntry};
+
+use super::{
+    format::{self, LogKind, VerdictRecord, HEADER_LEN},
+    writer::ShardJournal,
+};
+
+/// One account's window, as collected for a snapshot.
+pub type AccountWindow = (Box<str>, Box<[WindowEntry]>);
+
+impl ShardJournal {
+    /// Whether this journal keeps snapshots (it is on disk and none is
+    /// being written).
+    pub fn wants_snapshot(&self) -> bool {
+        self.shared.dir.is_some()
+            && !self
+                .shared
+                .snapshotting
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Writes `windows`, complete up to journal position `lsn`, as a
+    /// snapshot on a thread of its own; the segments it covers become
+    /// removable once it is in place.
+    pub fn write_snapshot(&self, lsn: u64, windows: Vec<AccountWindow>) {
+        let journal = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("snapshot-{}", self.index()))
+            .spawn(move || {
+                let span = tracing::info_span!("journal.snapshot", shard = journal.index(), lsn);
+                let _entered = span.enter();
+                journal.finish_snapshot(lsn, &windows);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "snapshot thread not started");
+            self.snapshot_abandoned();
+        }
+    }
+
+    /// A snapshot that could not be taken (a window could not be read).
+    pub fn snapshot_abandoned(&self) {
+        self.shared
+            .snapshotting
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    fn finish_snapshot(&self, lsn: u64, windows: &[AccountWindow]) {
+        let Some(dir) = &self.shared.dir else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        match write(dir, lsn, windows) {
+            Ok(bytes) => {
+                self.shared.stats.snapshot_lsn.set(lsn);
+                remove_older(dir, lsn);
+                tracing::info!(
+                    accounts = windows.len(),
+                    bytes,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "window snapshot written"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "window snapshot not written (segments are kept)")
+            }
+        }
+        self.snapshot_abandoned();
+    }
+}
+
+fn path_of(dir: &Path, lsn: u64) -> PathBuf {
+    dir.join(format!("snapshot-{lsn:020}.snap"))
+}
+
+fn write(dir: &Path, lsn: u64, windows: &[AccountWindow]) -> Result<u64, JournalError> {
+    let path = path_of(dir, lsn);
+    let tmp = path.with_extension("tmp");
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| JournalError::Io { path, source }
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + windows.len() * 128);
+    out.extend_from_slice(&format::header(LogKind::Snapshot, lsn));
+    let mut n = 0u64;
+    for (account, entries) in windows {
+        for entry in entries.iter() {
+            n += 1;
+            let record = VerdictRecord {
+                learned: true,
+                replayed: false,
+                entry: entry.clone(),
+                account_id: account.clone(),
+                traceparent: Box::from(""),
+            };
+            format::frame(&mut out, n, |o| record.encode(o));
+        }
+    }
+    std::fs::write(&tmp, &out).map_err(io(&tmp))?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    if let Ok(d) = File::open(dir) {
+        d.sync_all().ok();
+    }
+    Ok(out.len() as u64)
+}
+
+/// The snapshots in `dir`, newest first: (position, path).
+pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let lsn = name
+                .strip_prefix("snapshot-")?
+                .strip_suffix(".snap")?
+                .parse()
+                .ok()?;
+            Some((lsn, e.path()))
+        })
+        .collect();
+    found.sort_by_key(|s| std::cmp::Reverse(s.0));
+    found
+}
+
+fn remove_older(dir: &Path, lsn: u64) {
+    for (older, path) in list(dir) {
+        if older < lsn {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "old snapshot not removed");
+            }
+        }
+    }
+}
+
+/// Loads the newest whole snapshot in `dir` into `windows`; returns the
+/// position it covers (0 without one). A damaged snapshot is reported and
+/// skipped for an older one.
+pub(super) fn load(
+    dir: &Path,
+    windows: &mut HashMap<Box<str>, HistoryWindow>,
+    make: impl Fn() -> HistoryWindow,
+) -> u64 {
+    for (lsn, path) in list(dir) {
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if format::read_header(&bytes, LogKind::Snapshot) != Ok(lsn) {
+            tracing::error!(path = %path.display(), "snapshot header unreadable: skipped");
+            continue;
+        }
+        let mut loaded: HashMap<Box<str>, HistoryWindow> = HashMap::new();
+        let (end, _) = format::scan(&bytes[HEADER_LEN..], |found| {
+            if let Some(record) = VerdictRecord::decode(found.payload) {
+                loaded
+                    .entry(record.account_id)
+                    .or_insert_with(&make)
+                    .learn(record.entry);
+            }
+        });
+        if end != format::ScanEnd::Clean {
+            tracing::error!(path = %path.display(), ?end, "snapshot damaged: skipped for an older one");
+            continue;
+        }
+        *windows = loaded;
+        return lsn;
+    }
+    0
+}

@@ -1,0 +1,257 @@
+//! The journal as the ingress uses it: verdicts are answered once written,
+//! windows come back after a reopen, the publisher reads what is beyond the
+//! acknowledged position (from memory, then from disk after a restart), one
+//! process at a time, with the shard count it was written with.
+
+use std::sync::mpsc;
+
+use txmesh_proto::v1::{txn_result::Outcome, Transaction, TxnResult, Verdict, VerdictStatus};
+
+use super::*;
+use crate::{config::SyncPolicy, reply::BatchReply};
+
+fn dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "txmesh-journal-{name}-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn config() -> JournalConfig {
+    JournalConfig {
+        sync: SyncPolicy::Always,
+        segment_bytes: 4096,
+        ..JournalConfig::default()
+    }
+}
+
+fn open(d: Option<&Path>, shards: usize) -> Result<(Journals, Recovered), JournalError> {
+    Journals::open(
+        d,
+        &config(),
+        &WindowConfig::default(),
+        shards,
+        &JournalHistograms::default(),
+    )
+}
+
+fn txn(account: &str, i: usize) -> Transaction {
+    Transaction {
+        transaction_id: format!("{account}-t{i}"),
+        account_id: account.into(),
+        amount_minor: 100 + i as i64,
+        currency: "EUR".into(),
+        timestamp_unix_ms: 1_700_000_000_000 + i as i64,
+        merchant_id: "m".into(),
+        country: "DE".into(),
+        channel: 1,
+    }
+}
+
+/// Commits `txns` to shard 0 and waits for their answers.
+fn commit(journals: &Journals, txns: &[Transaction], learned: bool) -> Vec<TxnResult> {
+    let (tx, rx) = mpsc::channel();
+    let batch = BatchReply::new(txns.len(), move |r| tx.send(r).expect("receiver"));
+    for (i, t) in txns.iter().enumerate() {
+        let verdict = Verdict {
+            transaction_id: t.transaction_id.clone(),
+            account_id: t.account_id.clone(),
+            status: VerdictStatus::Approved as i32,
+            amount_minor: t.amount_minor,
+            currency: t.currency.clone(),
+            country: t.country.clone(),
+            ..Verdict::default()
+        };
+        journals.shards()[0].commit(t, verdict, learned, batch.slot(i, &t.transaction_id));
+    }
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("answered")
+}
+
+#[test]
+fn answers_come_after_the_write_and_windows_come_back_after_a_reopen() {
+    let d = dir("reopen");
+    let (journals, recovered) = open(Some(&d), 1).expect("open");
+    assert_eq!(recovered.report.records, 0);
+    let txns: Vec<_> = (0..5).map(|i| txn("acct-1", i)).collect();
+    let results = commit(&journals, &txns, true);
+    assert!(results
+        .iter()
+        .all(|r| matches!(r.outcome, Some(Outcome::Verdict(_)))));
+    assert_eq!(journals.shards()[0].committed(), 5);
+    // A replay's answer is journaled but teaches the window nothing.
+    commit(&journals, &txns[..1], false);
+    let id = journals.publisher_id(|| "ingress-abc".into()).expect("id");
+    journals.shards()[0].ack(3);
+    journals.persist_acked(&id).expect("acked saved");
+    journals.close();
+    drop(journals);
+
+    let (journals, recovered) = open(Some(&d), 1).expect("reopen");
+    assert_eq!(recovered.report.records, 6);
+    let window = &recovered.windows[0]["acct-1"];
+    assert_eq!(window.len(), 5, "learned records only");
+    assert!(window.find("acct-1-t4").is_some());
+    assert_eq!(
+        journals.publisher_id(|| "other".into()).expect("id"),
+        "ingress-abc"
+    );
+    assert_eq!(journals.shards()[0].acked(), 3);
+    assert_eq!(journals.backlog(), 3);
+    // After a restart the tail is empty: the publisher reads from disk.
+    let mut cursor = DiskCursor::default();
+    let read = journals.shards()[0]
+        .read(4, 100, &mut cursor)
+        .expect("records 4..6");
+    assert_eq!((read.first, read.last, read.skipped), (4, 6, 0));
+    assert_eq!(read.verdicts[0].transaction_id, "acct-1-t3");
+    assert!(read.verdicts[2].transaction_id == "acct-1-t0" && read.verdicts.len() == 3);
+    journals.close();
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn the_publisher_reads_across_segments_from_disk_and_from_memory() {
+    let d = dir("segments");
+    let (journals, _) = open(Some(&d), 1).expect("open");
+    // 200 records over 4 KiB segments: many segment files.
+    for chunk in 0..10 {
+        let txns: Vec<_> = (0..20).map(|i| txn("acct-2", chunk * 20 + i)).collect();
+        commit(&journals, &txns, true);
+    }
+    let mut cursor = DiskCursor::default();
+    let mut next = 1;
+    while let Some(read) = journals.shards()[0].read(next, 64, &mut cursor) {
+        assert_eq!(read.first, next);
+        assert_eq!(read.verdicts.len() as u64, read.last - read.first + 1);
+        next = read.last + 1;
+    }
+    assert_eq!(next, 201);
+    journals.close();
+    drop(journals);
+    let (journals, _) = open(Some(&d), 1).expect("reopen");
+    let mut cursor = DiskCursor::default();
+    let mut next = 1;
+    while let Some(read) = journals.shards()[0].read(next, 64, &mut cursor) {
+        assert_eq!(read.first, next, "contiguous from disk");
+        next = read.last + 1;
+    }
+    assert_eq!(next, 201);
+    journals.close();
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn one_process_at_a_time_and_with_the_shard_count_it_was_written_with() {
+    let d = dir("lock");
+    let (journals, _) = open(Some(&d), 2).expect("open");
+    let err = open(Some(&d), 2).err().expect("locked");
+    assert!(matches!(err, JournalError::Locked { .. }), "{err}");
+    journals.close();
+    drop(journals);
+    let err = open(Some(&d), 3).err().expect("other shard count");
+    let text = err.to_string();
+    assert!(
+        text.contains("2 shards") && text.contains("actors.shards.count"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn without_a_disk_what_leaves_the_memory_tail_is_reported_as_given_up() {
+    let journal = JournalConfig {
+        tail_bytes: 65_536,
+        ..config()
+    };
+    let (journals, _) = Journals::open(
+        None,
+        &journal,
+        &WindowConfig::default(),
+        1,
+        &JournalHistograms::default(),
+    )
+    .expect("memory journal");
+    for chunk in 0..20 {
+        let txns: Vec<_> = (0..100).map(|i| txn("acct-3", chunk * 100 + i)).collect();
+        commit(&journals, &txns, true);
+    }
+    let mut cursor = DiskCursor::default();
+    let read = journals.shards()[0].read(1, 10, &mut cursor).expect("some");
+    assert!(
+        read.skipped > 0 && read.first == 1 + read.skipped,
+        "{read:?}"
+    );
+    assert_eq!(
+        journals.given_up(),
+        read.skipped,
+        "counted when it left the memory"
+    );
+    journals.close();
+}
+
+#[test]
+fn a_snapshot_lets_acknowledged_segments_go_and_recovery_starts_from_it() {
+    let d = dir("snapshot");
+    let (journals, _) = open(Some(&d), 1).expect("open");
+    let shard = &journals.shards()[0];
+    for chunk in 0..10 {
+        let txns: Vec<_> = (0..20).map(|i| txn("acct-4", chunk * 20 + i)).collect();
+        commit(&journals, &txns, true);
+    }
+    let segments_before = log::list(&d.join("shard-0")).expect("list").len();
+    assert!(segments_before > 3, "{segments_before}");
+    // The window as the account actor holds it (the last 64 of 200).
+    let mut window = HistoryWindow::new(&WindowConfig::default());
+    for i in 0..200 {
+        let t = txn("acct-4", i);
+        let v = Verdict {
+            transaction_id: t.transaction_id.clone(),
+            status: VerdictStatus::Approved as i32,
+            ..Verdict::default()
+        };
+        window.record(&t, &v);
+    }
+    assert!(shard.wants_snapshot());
+    shard.write_snapshot(200, vec![("acct-4".into(), window.into_entries())]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shard.stats().snapshot_lsn.get() < 200 {
+        assert!(Instant::now() < deadline, "snapshot written");
+        std::thread::yield_now();
+    }
+    // Not acknowledged yet: every segment stays (it is the outbox).
+    commit(&journals, &[txn("acct-4", 200)], true);
+    assert!(log::list(&d.join("shard-0")).expect("list").len() >= segments_before);
+    shard.ack(201);
+    commit(&journals, &[txn("acct-4", 201)], true);
+    // Removal follows the write that answered (off the answer's path).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shard.stats().removed_bytes.get() == 0 {
+        assert!(Instant::now() < deadline, "segments removed");
+        std::thread::yield_now();
+    }
+    let after = log::list(&d.join("shard-0")).expect("list");
+    // Only the segment holding position 201 (and any after it) remains.
+    assert!(after.len() < segments_before, "{segments_before} -> {}", after.len());
+    assert!(after[0].base_lsn <= 201 && after.get(1).is_none_or(|s| s.base_lsn > 201), "{after:?}");
+    journals.close();
+    drop(journals);
+
+    let (journals, recovered) = open(Some(&d), 1).expect("reopen");
+    let window = &recovered.windows[0]["acct-4"];
+    assert!(
+        window.find("acct-4-t201").is_some(),
+        "the record after the snapshot"
+    );
+    assert!(window.find("acct-4-t150").is_some(), "from the snapshot");
+    let ids: Vec<&str> = window.entries().map(|e| &*e.transaction_id).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "nothing learned twice");
+    journals.close();
+    std::fs::remove_dir_all(&d).ok();
+}
