@@ -31,6 +31,8 @@ pub enum ActorError {
     Config { key: String, reason: String },
     #[error("the journal cannot write (disk full or unwritable): nothing is screened that could not be recorded; retry later")]
     JournalUnavailable { retry_after_ms: u32 },
+    #[error("the ingress is rebuilding its account windows from its journal; retry shortly")]
+    Recovering,
 }
 
 impl ActorError {
@@ -44,6 +46,7 @@ impl ActorError {
                 | Self::Dropped
                 | Self::ShuttingDown
                 | Self::JournalUnavailable { .. }
+                | Self::Recovering
         )
     }
 
@@ -63,6 +66,7 @@ impl ActorError {
             Self::JournalUnavailable { retry_after_ms } => {
                 (TxnErrorCode::Unavailable, *retry_after_ms)
             }
+            Self::Recovering => (TxnErrorCode::Unavailable, 500),
         };
         TxnError {
             code: code as i32,

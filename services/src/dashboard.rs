@@ -63,6 +63,7 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
         grpc_listen: dash.grpc_listen,
         https_listen: dash.https_listen,
         handshake_timeout: Duration::from_millis(dash.handshake_timeout_ms),
+        ready_on_listen: true,
     };
     let base = Foundation::new(config, spec, None).await?;
 

@@ -1,9 +1,10 @@
 //! The ingress: the `Ingress` gRPC service over mTLS, the shard router and
 //! the dashboard publisher, in one process.
 //!
-//! Start order: certificates, the journal (recovered into account windows
-//! before anything is screened), shards, publisher, then the listener (so
-//! no call arrives before it can be screened). Stop order: listener (no new
+//! Start order: certificates, the listeners (health NOT_SERVING, every
+//! transaction answered with a retryable UNAVAILABLE), the journal
+//! recovered into account windows, shards, publisher, then SERVING (so
+//! nothing is screened before its account's history is back). Stop order: listener (no new
 //! streams), then the publisher keeps sending until the dashboard has
 //! acknowledged everything journaled or the grace period ends, then the
 //! shards and the journal's writers.
@@ -82,49 +83,16 @@ pub async fn start_with(
         grpc_listen: config.ingress.listen,
         https_listen: config.ingress.metrics_listen,
         handshake_timeout: Duration::from_millis(config.ingress.handshake_timeout_ms),
+        ready_on_listen: false,
     };
     let base = Foundation::new(config, spec, options.chaos.clone()).await?;
     options.chaos = Some(base.chaos.clone());
-    let histograms = JournalHistograms::default();
-    let (journals, recovered) = open_journal(config, histograms.clone()).await?;
-    let recovery = recovered.report;
-    let router =
-        ShardRouter::start_recovered(&config.actors, options, journals.clone(), recovered.windows);
-
-    let dashboard_id = SpiffeId::for_workload(&config.trust_domain, "dashboard")?;
-    let transport = publish_client::GrpcPublishTransport::new(
-        config.ingress.dashboard_addr,
-        &base.certs,
-        &dashboard_id,
-    )?;
-    let spiffe_path = base.certs.spiffe_id().path().to_owned();
-    let publisher_id =
-        journals.publisher_id(|| format!("{spiffe_path}-{:08x}", rand::random::<u32>()))?;
-    let publisher = DashboardPublisher::new(
-        publisher_id,
-        config.actors.publisher.clone(),
-        journals.clone(),
-        Arc::new(transport),
-    )
-    .with_screening(router.stats().clone())
-    .with_chaos(base.chaos.clone());
-    let publisher_stats = publisher.stats();
-    publisher.start();
-
     let counters = Arc::new(IngressCounters::new(self::metrics::screening_latency(
         &base.metrics,
     )));
-    self::metrics::register(
-        &base.metrics,
-        &counters,
-        router.stats(),
-        &publisher_stats,
-        &journals,
-        &histograms,
-        &recovery,
-    );
+    let routing = Arc::new(std::sync::OnceLock::new());
     let service = IngressService::new(
-        router.clone(),
+        routing.clone(),
         base.policy.clone(),
         base.metrics.clone(),
         counters.clone(),
@@ -139,9 +107,46 @@ pub async fn start_with(
     .with_chaos(base.chaos.clone());
     let ingress =
         IngressServer::new(service).max_decoding_message_size(config.ingress.max_message_bytes);
-    // The HTTPS listener serves /metrics only.
-    let shutdown = base.shutdown.clone();
+    let (metrics, certs, shutdown) = (
+        base.metrics.clone(),
+        base.certs.clone(),
+        base.shutdown.clone(),
+    );
+    // Listening before the journal is recovered: probes see NOT_SERVING
+    // (and callers a retryable UNAVAILABLE) until it is. The HTTPS listener
+    // serves /metrics only.
     let server = base.serve(|r| r.add_service(ingress), |_| {}).await?;
+
+    let pipeline = match start_pipeline(config, options, &certs, &server.chaos).await {
+        Ok(pipeline) => pipeline,
+        Err(e) => {
+            // Nothing may listen for a service that cannot screen.
+            server
+                .stop(tokio::time::Instant::now() + Duration::from_secs(1))
+                .await;
+            return Err(e);
+        }
+    };
+    let Pipeline {
+        router,
+        journals,
+        publisher: publisher_stats,
+        histograms,
+        recovery,
+    } = pipeline;
+    self::metrics::register(
+        &metrics,
+        &counters,
+        router.stats(),
+        &publisher_stats,
+        &journals,
+        &histograms,
+        &recovery,
+    );
+    let _ = routing.set(router.clone());
+    if !shutdown.is_cancelled() {
+        server.readiness.serving().await;
+    }
     watch_journal(&journals, server.readiness.clone(), shutdown);
     Ok(IngressHandle {
         chaos: server.chaos.clone(),
@@ -155,6 +160,58 @@ pub async fn start_with(
         router,
         journals,
         publisher: publisher_stats,
+    })
+}
+
+/// What screens and publishes: the recovered journal, the shards on it and
+/// the publisher reading it.
+struct Pipeline {
+    router: ShardRouter,
+    journals: Journals,
+    publisher: Arc<PublisherStats>,
+    histograms: JournalHistograms,
+    recovery: txmesh_actors::journal::RecoveryReport,
+}
+
+/// Recovers the journal, starts the shards on its windows, then the
+/// publisher (same id as before the restart, resuming from the dashboard's
+/// acknowledged positions).
+async fn start_pipeline(
+    config: &TxmeshConfig,
+    options: RouterOptions,
+    certs: &CertStore,
+    chaos: &Arc<txmesh_chaos::Registry>,
+) -> Result<Pipeline, ServiceError> {
+    let histograms = JournalHistograms::default();
+    let (journals, recovered) = open_journal(config, histograms.clone()).await?;
+    let recovery = recovered.report;
+    let router =
+        ShardRouter::start_recovered(&config.actors, options, journals.clone(), recovered.windows);
+    let dashboard_id = SpiffeId::for_workload(&config.trust_domain, "dashboard")?;
+    let transport = publish_client::GrpcPublishTransport::new(
+        config.ingress.dashboard_addr,
+        certs,
+        &dashboard_id,
+    )?;
+    let spiffe_path = certs.spiffe_id().path().to_owned();
+    let publisher_id =
+        journals.publisher_id(|| format!("{spiffe_path}-{:08x}", rand::random::<u32>()))?;
+    let publisher = DashboardPublisher::new(
+        publisher_id,
+        config.actors.publisher.clone(),
+        journals.clone(),
+        Arc::new(transport),
+    )
+    .with_screening(router.stats().clone())
+    .with_chaos(chaos.clone());
+    let stats = publisher.stats();
+    publisher.start();
+    Ok(Pipeline {
+        router,
+        journals,
+        publisher: stats,
+        histograms,
+        recovery,
     })
 }
 

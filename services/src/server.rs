@@ -42,6 +42,10 @@ pub struct ServerSpec {
     pub https_listen: SocketAddr,
     /// TLS handshakes (and HTTP requests) that take longer are dropped.
     pub handshake_timeout: Duration,
+    /// Report SERVING as soon as both listeners are bound; when false the
+    /// service reports it itself once it is ready (the ingress, after
+    /// recovering its journal).
+    pub ready_on_listen: bool,
 }
 
 /// Everything a service builds on, before it listens.
@@ -155,7 +159,9 @@ impl Foundation {
             %grpc_addr, %https_addr, identity = %self.certs.spiffe_id(),
             "{} listening (mTLS)", spec.grpc_service
         );
-        self.readiness.serving().await;
+        if spec.ready_on_listen {
+            self.readiness.serving().await;
+        }
         Ok(MeshServer {
             readiness: self.readiness,
             grpc_addr,

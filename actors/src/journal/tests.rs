@@ -235,8 +235,15 @@ fn a_snapshot_lets_acknowledged_segments_go_and_recovery_starts_from_it() {
     }
     let after = log::list(&d.join("shard-0")).expect("list");
     // Only the segment holding position 201 (and any after it) remains.
-    assert!(after.len() < segments_before, "{segments_before} -> {}", after.len());
-    assert!(after[0].base_lsn <= 201 && after.get(1).is_none_or(|s| s.base_lsn > 201), "{after:?}");
+    assert!(
+        after.len() < segments_before,
+        "{segments_before} -> {}",
+        after.len()
+    );
+    assert!(
+        after[0].base_lsn <= 201 && after.get(1).is_none_or(|s| s.base_lsn > 201),
+        "{after:?}"
+    );
     journals.close();
     drop(journals);
 

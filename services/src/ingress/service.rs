@@ -26,7 +26,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
-use txmesh_actors::ShardRouter;
+use txmesh_actors::{ActorError, ShardRouter};
 use txmesh_certs::{AuthzPolicy, Service};
 use txmesh_proto::v1::{
     ingress_server::Ingress, txn_result::Outcome, ScreenRequest, ScreenResponse, Transaction,
@@ -207,7 +207,9 @@ impl ScreenLimits {
 /// The gRPC service. Clones share the router and counters.
 #[derive(Clone)]
 pub struct IngressService {
-    router: ShardRouter,
+    /// Set once the journal is recovered; until then every transaction is
+    /// answered with a retryable UNAVAILABLE (health says NOT_SERVING).
+    router: Arc<std::sync::OnceLock<ShardRouter>>,
     policy: Arc<AuthzPolicy>,
     metrics: Arc<crate::metrics::Metrics>,
     counters: Arc<IngressCounters>,
@@ -226,7 +228,7 @@ type Outgoing = Result<(ScreenResponse, Option<OwnedSemaphorePermit>), Status>;
 
 impl IngressService {
     pub fn new(
-        router: ShardRouter,
+        router: Arc<std::sync::OnceLock<ShardRouter>>,
         policy: Arc<AuthzPolicy>,
         metrics: Arc<crate::metrics::Metrics>,
         counters: Arc<IngressCounters>,
@@ -309,12 +311,23 @@ impl IngressService {
         let trace = Some(crate::telemetry::traceparent(&span))
             .filter(|t| !t.is_empty())
             .map(Arc::from);
-        self.router
-            .screen_traced(txns, Instant::now(), trace, move |results| {
-                let _span = span;
-                counters.count(&results);
-                deliver(results);
-            });
+        let Some(router) = self.router.get() else {
+            let results = txns
+                .iter()
+                .map(|t| TxnResult {
+                    transaction_id: t.transaction_id.clone(),
+                    outcome: Some(Outcome::Error(ActorError::Recovering.to_txn_error())),
+                })
+                .collect::<Vec<_>>();
+            counters.count(&results);
+            deliver(results);
+            return;
+        };
+        router.screen_traced(txns, Instant::now(), trace, move |results| {
+            let _span = span;
+            counters.count(&results);
+            deliver(results);
+        });
     }
 }
 
