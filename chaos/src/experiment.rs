@@ -163,6 +163,15 @@ pub enum Check {
     },
     /// A figure of the load's report, at most `max` (after only).
     Load { field: LoadField, max: f64 },
+    /// A metric's increase over the run equals the sum of figures of the
+    /// load's report within `tolerance` (after only), e.g. the dashboard's
+    /// verdicts and what txgen was answered across a crash.
+    LoadEqual {
+        left: Selector,
+        load: Vec<LoadField>,
+        #[serde(default)]
+        tolerance: f64,
+    },
     /// Faults still active on every component, at most `max` (a fault that
     /// outlives its experiment is a defect).
     ActiveFaults { max: usize },
@@ -184,6 +193,12 @@ pub enum LoadField {
     FalsePositives,
     /// p99 latency, milliseconds.
     P99Ms,
+    /// Verdicts answered.
+    Verdicts,
+    /// Transactions resent after their stream broke and answered with
+    /// their original (replayed) verdict: their first verdict was recorded
+    /// but its answer was lost with the connection.
+    RecoveredByReplay,
 }
 
 /// One step of a method or a rollback.
@@ -243,6 +258,14 @@ pub enum Action {
     ClearFaults {
         #[serde(default)]
         target: Option<Component>,
+    },
+    /// Kills the component's process with SIGKILL (no shutdown, no flush)
+    /// and starts it again on the same state directory and addresses after
+    /// `restart_after_secs`; waits until it is SERVING again.
+    Crash {
+        target: Component,
+        #[serde(default)]
+        restart_after_secs: f64,
     },
 }
 
@@ -403,6 +426,18 @@ impl Action {
                 Some(t) => format!("clear faults on {t:?}"),
                 None => "clear every fault".into(),
             },
+            Action::Crash {
+                target,
+                restart_after_secs,
+            } => format!("kill -9 {target:?}, restart after {restart_after_secs} s"),
+        }
+    }
+
+    /// The component this action kills, if it is a crash.
+    pub fn crashes(&self) -> Option<Component> {
+        match self {
+            Action::Crash { target, .. } => Some(*target),
+            _ => None,
         }
     }
 }

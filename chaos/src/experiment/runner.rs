@@ -47,6 +47,13 @@ pub trait Driver {
     /// Waits for the load to end; `None` when none was started.
     async fn wait_load(&self) -> Result<Option<LoadOutcome>, DriverError>;
     async fn rotate_certs(&self, scope: RotationScope) -> Result<String, DriverError>;
+    /// Kills the component's process (SIGKILL) and starts it again on the
+    /// same state after `restart_after`; resolves once it serves again.
+    async fn crash(
+        &self,
+        target: Component,
+        restart_after: Duration,
+    ) -> Result<String, DriverError>;
     async fn install_expired_cert(&self, identity: &str) -> Result<String, DriverError>;
     /// What the driver itself saw (e.g. wire proxy counters), for the
     /// journal's `observed`.
@@ -292,6 +299,13 @@ async fn execute<D: Driver>(
             let n = driver.clear(*target).await?;
             Ok((format!("{n} still active were cleared"), Duration::ZERO))
         }
+        Action::Crash {
+            target,
+            restart_after_secs,
+        } => {
+            let after = Duration::from_secs_f64(restart_after_secs.max(0.0));
+            Ok((driver.crash(*target, after).await?, Duration::ZERO))
+        }
     }
 }
 
@@ -472,6 +486,25 @@ impl<D: Driver> Probes<'_, D> {
                         Some(format!("{l} vs {r}")),
                     ),
                     (Err(e), _) | (_, Err(e)) => (None, tol, false, Some(e.to_string())),
+                }
+            }
+            Check::LoadEqual {
+                left,
+                load: fields,
+                tolerance,
+            } => {
+                let tol = format!("|left - load| <= {tolerance}");
+                let right: Option<f64> =
+                    fields.iter().map(|f| load.and_then(|l| l.figure(*f))).sum();
+                match (self.value(left, true).await, right) {
+                    (Ok(l), Some(r)) => (
+                        Some(l - r),
+                        tol,
+                        (l - r).abs() <= *tolerance,
+                        Some(format!("{l} vs {r}")),
+                    ),
+                    (Err(e), _) => (None, tol, false, Some(e.to_string())),
+                    (_, None) => (None, tol, false, Some("no load ran".into())),
                 }
             }
             Check::Load { field, max } => {

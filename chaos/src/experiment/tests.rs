@@ -88,6 +88,7 @@ fn every_shipped_experiment_is_valid() {
             "actor-crash-storm.toml",
             "cert-rotation-under-load.toml",
             "dashboard-outage.toml",
+            "ingress-crash.toml",
             "ingress-stream-resets.toml",
             "slow-dashboard-link.toml",
         ]

@@ -11,18 +11,20 @@
 //! component's Admin service as the `chaos` identity; probes read
 //! `/metrics` as the `operator` identity.
 
+mod child;
 mod driver;
 
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::Arc,
     time::Duration,
 };
 
 use clap::{Args, Subcommand};
 
 use txmesh_chaos::{
-    experiment::{self, Experiment, Journal},
+    experiment::{self, Component, Experiment, Journal},
     proxy::WireProxy,
 };
 
@@ -30,6 +32,7 @@ pub use driver::{Endpoints, SystemDriver};
 
 use super::up;
 use crate::{config::TxmeshConfig, dashboard, error::ServiceError, ingress};
+use child::{ChildKind, ChildService};
 
 #[derive(Subcommand)]
 pub enum ChaosCommand {
@@ -140,6 +143,22 @@ pub async fn run(
     })
 }
 
+/// A component of the `--target up` system: in this process, or a child
+/// process when the experiment crashes it.
+enum Running<H> {
+    InProcess(H),
+    Child(Arc<ChildService>),
+}
+
+impl<H> Running<H> {
+    fn child(&self) -> Option<Arc<ChildService>> {
+        match self {
+            Running::Child(c) => Some(c.clone()),
+            Running::InProcess(_) => None,
+        }
+    }
+}
+
 async fn run_against_up(
     mut config: TxmeshConfig,
     experiment: &Experiment,
@@ -159,54 +178,108 @@ async fn run_against_up(
         *addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     }
     config.tls.reload_interval_ms = config.tls.reload_interval_ms.min(500);
-    let dashboard = dashboard::start(&config).await?;
+    // What the experiment kills runs as a child process.
+    let crashed: Vec<Component> = experiment
+        .method
+        .iter()
+        .chain(&experiment.rollbacks)
+        .filter_map(experiment::Action::crashes)
+        .collect();
+    let dashboard = if crashed.contains(&Component::Dashboard) {
+        Running::Child(Arc::new(
+            ChildService::start(ChildKind::Dashboard, &config).await?,
+        ))
+    } else {
+        Running::InProcess(dashboard::start(&config).await?)
+    };
+    let (dash_grpc, dash_https) = match &dashboard {
+        Running::InProcess(d) => (d.grpc_addr, d.https_addr),
+        Running::Child(c) => (c.grpc_addr, c.https_addr),
+    };
     let localhost = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let proxy_error = |e: std::io::Error| ServiceError::Bind {
         addr: localhost,
         source: e,
     };
-    let to_dashboard = WireProxy::start(localhost, dashboard.grpc_addr, MAX_WIRE_LEASE)
+    let to_dashboard = WireProxy::start(localhost, dash_grpc, MAX_WIRE_LEASE)
         .await
         .map_err(proxy_error)?;
     config.ingress.dashboard_addr = to_dashboard.local_addr();
-    let ingress = match ingress::start(&config).await {
+    let started = if crashed.contains(&Component::Ingress) {
+        ChildService::start(ChildKind::Ingress, &config)
+            .await
+            .map(|c| Running::Child(Arc::new(c)))
+    } else {
+        ingress::start(&config).await.map(Running::InProcess)
+    };
+    let ingress = match started {
         Ok(ingress) => ingress,
         Err(e) => {
-            dashboard.stop().await;
+            stop_dashboard(dashboard).await;
             return Err(e);
         }
     };
-    let to_ingress = WireProxy::start(localhost, ingress.local_addr, MAX_WIRE_LEASE)
+    let (ing_grpc, ing_https) = match &ingress {
+        Running::InProcess(i) => (i.local_addr, i.metrics_addr),
+        Running::Child(c) => (c.grpc_addr, c.https_addr),
+    };
+    let to_ingress = WireProxy::start(localhost, ing_grpc, MAX_WIRE_LEASE)
         .await
         .map_err(proxy_error)?;
     let endpoints = Endpoints {
-        ingress_admin: ingress.local_addr,
-        ingress_metrics: ingress.metrics_addr,
-        dashboard_admin: dashboard.grpc_addr,
-        dashboard_metrics: dashboard.https_addr,
+        ingress_admin: ing_grpc,
+        ingress_metrics: ing_https,
+        dashboard_admin: dash_grpc,
+        dashboard_metrics: dash_https,
         txgen_target: to_ingress.local_addr(),
     };
     let target = format!(
-        "up: ingress {} (via proxy {}), dashboard {} (via proxy {})",
-        ingress.local_addr,
+        "up: ingress {ing_grpc}{} (via proxy {}), dashboard {dash_grpc}{} (via proxy {})",
+        if ingress.child().is_some() {
+            " as a child process"
+        } else {
+            ""
+        },
         to_ingress.local_addr(),
-        dashboard.grpc_addr,
+        if dashboard.child().is_some() {
+            " as a child process"
+        } else {
+            ""
+        },
         to_dashboard.local_addr()
     );
     let journal = match SystemDriver::new(config, endpoints, target) {
         Ok(driver) => {
-            let driver = driver
+            let mut driver = driver
                 .with_proxy(experiment::Link::TxgenIngress, to_ingress)
                 .with_proxy(experiment::Link::IngressDashboard, to_dashboard);
+            if let Some(child) = ingress.child() {
+                driver = driver.with_child(Component::Ingress, child);
+            }
+            if let Some(child) = dashboard.child() {
+                driver = driver.with_child(Component::Dashboard, child);
+            }
             Ok(experiment::run(experiment, file, &driver, seed).await)
         }
         Err(e) => Err(e),
     };
     // Shutdown order: the ingress drains its publisher into the dashboard
     // first, then the dashboard saves its totals.
-    ingress.stop(Duration::from_secs(5)).await;
-    dashboard.stop().await;
+    match ingress {
+        Running::InProcess(i) => {
+            i.stop(Duration::from_secs(5)).await;
+        }
+        Running::Child(c) => c.stop(Duration::from_secs(10)).await,
+    }
+    stop_dashboard(dashboard).await;
     journal
+}
+
+async fn stop_dashboard(dashboard: Running<dashboard::DashboardHandle>) {
+    match dashboard {
+        Running::InProcess(d) => d.stop().await,
+        Running::Child(c) => c.stop(Duration::from_secs(10)).await,
+    }
 }
 
 fn default_journal_path(config: &TxmeshConfig, file: &Path, started_ms: u64) -> PathBuf {

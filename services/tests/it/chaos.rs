@@ -135,6 +135,20 @@ async fn shipped_ingress_stream_resets_holds() {
 }
 
 #[actix_rt::test]
+async fn shipped_ingress_crash_holds() {
+    shipped_experiment_holds("ingress-crash", |j| {
+        let method = j["method"].to_string();
+        assert!(method.contains("killed"), "{method}");
+        assert!(
+            j["load"]["reconnects"].as_u64() >= Some(1),
+            "txgen saw the connection die: {}",
+            j["load"]
+        );
+    })
+    .await;
+}
+
+#[actix_rt::test]
 async fn shipped_cert_rotation_under_load_holds() {
     shipped_experiment_holds("cert-rotation-under-load", |j| {
         assert!(observed(j, "ingress.txmesh_cert_reloads_total{result=refused}") > 0.0);

@@ -71,6 +71,8 @@ pub struct SystemDriver {
     operator: CertStore,
     proxies: BTreeMap<Link, WireProxy>,
     load: Mutex<Option<(CancellationToken, LoadTask)>>,
+    /// Components run as child processes, which `crash` may kill.
+    children: BTreeMap<Component, Arc<super::child::ChildService>>,
     /// Stops the certificate watchers with the driver.
     _watching: tokio_util::sync::DropGuard,
 }
@@ -109,8 +111,20 @@ impl SystemDriver {
             operator,
             proxies: BTreeMap::new(),
             load: Mutex::new(None),
+            children: BTreeMap::new(),
             _watching: trigger.drop_guard(),
         })
+    }
+
+    /// `child` runs `component`: a `crash` action kills and restarts it.
+    #[must_use]
+    pub fn with_child(
+        mut self,
+        component: Component,
+        child: Arc<super::child::ChildService>,
+    ) -> Self {
+        self.children.insert(component, child);
+        self
     }
 
     /// Puts `proxy` on `link` for wire faults.
@@ -209,6 +223,14 @@ fn outcome(report: &TxgenReport) -> LoadOutcome {
         (LoadField::MissedPatterns, missed as f64),
         (LoadField::FalsePositives, report.clean.flagged as f64),
         (LoadField::P99Ms, report.latency_ms.p99),
+        (
+            LoadField::Verdicts,
+            report.answered.saturating_sub(report.errors) as f64,
+        ),
+        (
+            LoadField::RecoveredByReplay,
+            report.recovered_by_replay as f64,
+        ),
     ]);
     LoadOutcome {
         figures,
@@ -358,6 +380,26 @@ impl Driver for SystemDriver {
                 reason: e.to_string(),
             }),
         }
+    }
+
+    async fn crash(
+        &self,
+        target: Component,
+        restart_after: Duration,
+    ) -> Result<String, DriverError> {
+        let Some(child) = self.children.get(&target) else {
+            return Err(DriverError::Unsupported(format!(
+                "a crash of the {target:?} needs `--target up` (which then runs it as a child \
+                 process) or, in a cluster, Chaos Mesh (chaos/k8s/ingress-crash.yaml)"
+            )));
+        };
+        child
+            .crash(restart_after)
+            .await
+            .map_err(|e| DriverError::Run {
+                what: "crash",
+                reason: e.to_string(),
+            })
     }
 
     async fn rotate_certs(&self, scope: RotationScope) -> Result<String, DriverError> {
