@@ -272,14 +272,12 @@ fn recover_shard(
     })?;
     let covered = snapshot::load(dir, &mut windows, || HistoryWindow::new(window));
     let mut undecodable = 0u64;
-    let (log, mut recovery) = log::Log::open(
+    let (log, mut recovery) = log::Log::open_after(
         dir,
         LogKind::Verdicts,
         config.segment_bytes,
-        |lsn, payload| {
-            if lsn <= covered {
-                return;
-            }
+        covered,
+        |_, payload| {
             let Some(record) = VerdictRecord::decode(payload) else {
                 undecodable += 1;
                 return;

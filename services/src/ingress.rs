@@ -54,6 +54,7 @@ pub struct IngressHandle {
     router: ShardRouter,
     journals: Journals,
     publisher: Arc<PublisherStats>,
+    recovery: txmesh_actors::journal::RecoveryReport,
 }
 
 /// Starts the ingress described by `config`. Must run inside an actix
@@ -160,6 +161,7 @@ pub async fn start_with(
         router,
         journals,
         publisher: publisher_stats,
+        recovery,
     })
 }
 
@@ -290,6 +292,11 @@ impl IngressHandle {
     /// Per-shard supervision, passivation and overload counters.
     pub fn screening(&self) -> &ScreeningStats {
         self.router.stats()
+    }
+
+    /// What the journal's recovery read and cut away at start.
+    pub fn recovery(&self) -> &txmesh_actors::journal::RecoveryReport {
+        &self.recovery
     }
 
     /// Whether every shard's journal can write.

@@ -137,6 +137,23 @@ impl Log {
         dir: &Path,
         kind: LogKind,
         segment_bytes: u64,
+        each: impl FnMut(u64, &[u8]),
+    ) -> Result<(Self, Recovery), JournalError> {
+        Self::open_after(dir, kind, segment_bytes, 0, each)
+    }
+
+    /// [`Self::open`] for a log whose records up to `covered` are already
+    /// known (a snapshot holds them): segments wholly at or below it are
+    /// kept but not read (`txmesh journal verify` still checks them), and
+    /// `each` sees only the records after it.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub fn open_after(
+        dir: &Path,
+        kind: LogKind,
+        segment_bytes: u64,
+        covered: u64,
         mut each: impl FnMut(u64, &[u8]),
     ) -> Result<(Self, Recovery), JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
@@ -147,14 +164,24 @@ impl Log {
         let mut recovery = Recovery::default();
         let mut next_lsn = segments.first().map_or(1, |s| s.base_lsn);
         let count = segments.len();
+        let bases: Vec<u64> = segments.iter().map(|s| s.base_lsn).collect();
         for (i, segment) in segments.iter_mut().enumerate() {
             let is_last = i + 1 == count;
+            if bases.get(i + 1).is_some_and(|next| *next <= covered + 1) {
+                // Every record here is in the snapshot.
+                next_lsn = bases[i + 1];
+                continue;
+            }
             if is_last && segment.bytes < HEADER_LEN as u64 && header_cut_short(segment)? {
                 // Created, then killed before its header was written.
                 rewrite_header(segment, kind)?;
                 continue;
             }
-            let report = read_segment(segment, kind, &mut each)?;
+            let report = read_segment(segment, kind, |lsn, payload| {
+                if lsn > covered {
+                    each(lsn, payload);
+                }
+            })?;
             recovery.records += report.records;
             if let Some(last) = report.last_lsn {
                 next_lsn = last + 1;

@@ -310,7 +310,9 @@ impl Writer {
         match written {
             Ok(()) => {
                 stats.observe_append(started.elapsed(), group.buf.len(), group.replies.len());
-                self.unsynced = self.setup.sync != SyncPolicy::Always;
+                // Without a disk there is nothing to sync (and a pending
+                // sync would keep waking the writer).
+                self.unsynced = self.setup.log.is_some() && self.setup.sync != SyncPolicy::Always;
                 if !self.shared.healthy.swap(true, Ordering::Relaxed) {
                     tracing::warn!(shard = self.shared.index, "journal writable again");
                     self.shared.health.send_modify(|n| *n += 1);

@@ -16,6 +16,7 @@ mod crash;
 mod end_to_end;
 mod expiry;
 mod health;
+mod journal_cli;
 mod journal_faults;
 mod limits;
 mod metrics;
