@@ -52,9 +52,11 @@ pub struct Journals {
     shards: Arc<[ShardJournal]>,
     /// `None` with the journal disabled.
     dir: Option<PathBuf>,
-    /// Held for the life of the process: one user per journal.
-    _lock: Option<Arc<File>>,
+    /// Held until [`Self::close`]: one user per journal.
+    lock: Arc<parking_lot::Mutex<Option<File>>>,
     health: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The publisher's id, once asked for.
+    publisher: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Account windows rebuilt from the journal, per shard.
@@ -109,8 +111,9 @@ impl Journals {
                 Self {
                     shards,
                     dir: None,
-                    _lock: None,
+                    lock: Arc::default(),
                     health,
+                    publisher: Arc::default(),
                 },
                 recovered,
             ));
@@ -148,8 +151,9 @@ impl Journals {
         let journals = Self {
             shards: shards.into(),
             dir: Some(dir.to_owned()),
-            _lock: Some(Arc::new(lock)),
+            lock: Arc::new(parking_lot::Mutex::new(Some(lock))),
             health,
+            publisher: Arc::default(),
         };
         Ok((journals, Recovered { windows, report }))
     }
@@ -204,6 +208,7 @@ impl Journals {
             state.acked = self.shards.iter().map(ShardJournal::acked).collect();
             write_publisher(dir, &state)?;
         }
+        let _ = self.publisher.set(state.id.clone());
         Ok(state.id)
     }
 
@@ -215,6 +220,10 @@ impl Journals {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
+        if self.lock.lock().is_none() {
+            // Closed: the journal may belong to someone else now.
+            return Ok(());
+        }
         let state = PublisherFile {
             id: id.to_owned(),
             acked: self.shards.iter().map(ShardJournal::acked).collect(),
@@ -222,11 +231,20 @@ impl Journals {
         write_publisher(dir, &state)
     }
 
-    /// Writes what is pending and stops every writer thread.
+    /// Writes what is pending and stops every writer thread; saves the
+    /// acknowledged positions (a graceful stop resends nothing); lets go of
+    /// the journal's lock.
     pub fn close(&self) {
         for shard in self.shards.iter() {
             shard.close();
         }
+        if let Some(id) = self.publisher.get() {
+            if let Err(e) = self.persist_acked(id) {
+                tracing::warn!(error = %e, "acknowledged positions not saved at close");
+            }
+        }
+        // Another process (or a restart in this one) may use it now.
+        drop(self.lock.lock().take());
     }
 }
 

@@ -151,6 +151,22 @@ enum StreamEvent {
 
 struct Connected(u64, Result<PublishConnection, PublishError>);
 
+/// Stops the publisher (after its drain): it saves its acknowledged
+/// positions as it stops.
+pub struct StopPublisher;
+
+impl Message for StopPublisher {
+    type Result = ();
+}
+
+impl Handler<StopPublisher> for DashboardPublisher {
+    type Result = ();
+
+    fn handle(&mut self, _msg: StopPublisher, ctx: &mut Self::Context) {
+        actix::ActorContext::stop(ctx);
+    }
+}
+
 impl Message for Connected {
     type Result = ();
 }

@@ -163,14 +163,15 @@ pub enum Check {
     },
     /// A figure of the load's report, at most `max` (after only).
     Load { field: LoadField, max: f64 },
-    /// A metric's increase over the run equals the sum of figures of the
-    /// load's report within `tolerance` (after only), e.g. the dashboard's
-    /// verdicts and what txgen was answered across a crash.
-    LoadEqual {
+    /// A metric's increase over the run minus the sum of figures of the
+    /// load's report, within `min`..=`max` (after only), e.g. every verdict
+    /// txgen was answered (and every original of an answer lost with a
+    /// crashed process) is on the dashboard: `min = 0`.
+    LoadDifference {
         left: Selector,
         load: Vec<LoadField>,
-        #[serde(default)]
-        tolerance: f64,
+        min: Option<f64>,
+        max: Option<f64>,
     },
     /// Faults still active on every component, at most `max` (a fault that
     /// outlives its experiment is a defect).

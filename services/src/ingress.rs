@@ -4,10 +4,11 @@
 //! Start order: certificates, the listeners (health NOT_SERVING, every
 //! transaction answered with a retryable UNAVAILABLE), the journal
 //! recovered into account windows, shards, publisher, then SERVING (so
-//! nothing is screened before its account's history is back). Stop order: listener (no new
-//! streams), then the publisher keeps sending until the dashboard has
-//! acknowledged everything journaled or the grace period ends, then the
-//! shards and the journal's writers.
+//! nothing is screened before its account's history is back). Stop order:
+//! listener (no new streams), then the publisher keeps sending until the
+//! dashboard has acknowledged everything journaled or the grace period
+//! ends and stops (saving its acknowledged positions), then the shards and
+//! the journal's writers, whose lock is let go last.
 
 mod journal_metrics;
 mod metrics;
@@ -54,6 +55,7 @@ pub struct IngressHandle {
     router: ShardRouter,
     journals: Journals,
     publisher: Arc<PublisherStats>,
+    publisher_addr: actix::Addr<DashboardPublisher>,
     recovery: txmesh_actors::journal::RecoveryReport,
 }
 
@@ -132,6 +134,7 @@ pub async fn start_with(
         router,
         journals,
         publisher: publisher_stats,
+        publisher_addr,
         histograms,
         recovery,
     } = pipeline;
@@ -161,6 +164,7 @@ pub async fn start_with(
         router,
         journals,
         publisher: publisher_stats,
+        publisher_addr,
         recovery,
     })
 }
@@ -171,6 +175,7 @@ struct Pipeline {
     router: ShardRouter,
     journals: Journals,
     publisher: Arc<PublisherStats>,
+    publisher_addr: actix::Addr<DashboardPublisher>,
     histograms: JournalHistograms,
     recovery: txmesh_actors::journal::RecoveryReport,
 }
@@ -207,11 +212,12 @@ async fn start_pipeline(
     .with_screening(router.stats().clone())
     .with_chaos(chaos.clone());
     let stats = publisher.stats();
-    publisher.start();
+    let publisher_addr = publisher.start();
     Ok(Pipeline {
         router,
         journals,
         publisher: stats,
+        publisher_addr,
         histograms,
         recovery,
     })
@@ -331,6 +337,12 @@ impl IngressHandle {
             tracing::warn!(?grace, "Screen streams still open at the shutdown deadline");
         }
         let drained = self.publisher.wait_drained(&self.journals, deadline).await;
+        // The publisher first (it saves its acknowledged positions), then
+        // the shards and the journal, whose lock is let go last.
+        let _ = self
+            .publisher_addr
+            .send(txmesh_actors::publisher::StopPublisher)
+            .await;
         self.router.stop();
         drained
     }

@@ -58,6 +58,8 @@ pub(super) struct Shared {
     health: Arc<tokio::sync::watch::Sender<u64>>,
     /// A snapshot is being taken.
     pub(super) snapshotting: AtomicBool,
+    /// The writer thread, joined at close.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -109,6 +111,7 @@ impl ShardJournal {
             dir,
             health,
             snapshotting: AtomicBool::new(false),
+            thread: Mutex::new(None),
         });
         let thread = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -118,11 +121,15 @@ impl ShardJournal {
                 let _entered = span.enter();
                 Writer::new(thread, setup).run();
             });
-        if let Err(e) = spawned {
-            // Without its writer nothing is ever answered: say so loudly;
-            // every pending slot is answered as dropped when the journal goes.
-            tracing::error!(shard = index, error = %e, "journal writer thread not started");
-            shared.healthy.store(false, Ordering::Relaxed);
+        match spawned {
+            Ok(handle) => *shared.thread.lock() = Some(handle),
+            Err(e) => {
+                // Without its writer nothing is ever answered: say so
+                // loudly; every pending slot is answered as dropped when the
+                // journal goes.
+                tracing::error!(shard = index, error = %e, "journal writer thread not started");
+                shared.healthy.store(false, Ordering::Relaxed);
+            }
         }
         Self { shared }
     }
@@ -193,10 +200,17 @@ impl ShardJournal {
         &self.shared.stats
     }
 
-    /// Writes what is pending, then stops the writer thread.
+    /// Writes what is pending, then stops the writer thread and waits
+    /// for it.
     pub fn close(&self) {
         self.shared.pending.lock().stop = true;
         self.shared.wake.notify_one();
+        let thread = self.shared.thread.lock().take();
+        if let Some(thread) = thread {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
     }
 }
 

@@ -412,12 +412,7 @@ impl<D: Driver> Probes<'_, D> {
                     metric: metric.clone(),
                     labels: labels.clone(),
                 };
-                let tolerance = match (min, max) {
-                    (Some(lo), Some(hi)) => format!("in [{lo}, {hi}]"),
-                    (Some(lo), None) => format!(">= {lo}"),
-                    (None, Some(hi)) => format!("<= {hi}"),
-                    (None, None) => "any value".to_owned(),
-                };
+                let tolerance = bounds(*min, *max);
                 match self.value(&s, *increase).await {
                     Ok(v) => (Some(v), tolerance, within(v, *min, *max), None),
                     Err(e) => (None, tolerance, false, Some(e.to_string())),
@@ -488,20 +483,21 @@ impl<D: Driver> Probes<'_, D> {
                     (Err(e), _) | (_, Err(e)) => (None, tol, false, Some(e.to_string())),
                 }
             }
-            Check::LoadEqual {
+            Check::LoadDifference {
                 left,
                 load: fields,
-                tolerance,
+                min,
+                max,
             } => {
-                let tol = format!("|left - load| <= {tolerance}");
+                let tol = bounds(*min, *max);
                 let right: Option<f64> =
                     fields.iter().map(|f| load.and_then(|l| l.figure(*f))).sum();
                 match (self.value(left, true).await, right) {
                     (Ok(l), Some(r)) => (
                         Some(l - r),
                         tol,
-                        (l - r).abs() <= *tolerance,
-                        Some(format!("{l} vs {r}")),
+                        within(l - r, *min, *max),
+                        Some(format!("{l} - {r}")),
                     ),
                     (Err(e), _) => (None, tol, false, Some(e.to_string())),
                     (_, None) => (None, tol, false, Some("no load ran".into())),
@@ -567,4 +563,14 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The tolerance of a `min`..=`max` check, for the journal.
+fn bounds(min: Option<f64>, max: Option<f64>) -> String {
+    match (min, max) {
+        (Some(lo), Some(hi)) => format!("in [{lo}, {hi}]"),
+        (Some(lo), None) => format!(">= {lo}"),
+        (None, Some(hi)) => format!("<= {hi}"),
+        (None, None) => "any value".to_owned(),
+    }
 }

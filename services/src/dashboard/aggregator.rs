@@ -51,6 +51,8 @@ pub struct IngestCounters {
     pub replayed: AtomicU64,
     /// Batches dropped as duplicates (resent after a lost ack).
     pub duplicate_batches: AtomicU64,
+    /// Publisher positions that never arrived (gaps).
+    pub gap_verdicts: AtomicU64,
 }
 
 /// One flagged or rejected transaction, for the alert list.
@@ -233,6 +235,8 @@ impl Aggregator {
         c.replayed.store(t.replayed, Ordering::Relaxed);
         let duplicates = self.publishers.values().map(|p| p.duplicates).sum();
         c.duplicate_batches.store(duplicates, Ordering::Relaxed);
+        let gaps = self.publishers.values().map(|p| p.gap_verdicts).sum();
+        c.gap_verdicts.store(gaps, Ordering::Relaxed);
     }
 
     fn apply(&mut self, batch: VerdictBatch) -> Result<bool, ServiceError> {

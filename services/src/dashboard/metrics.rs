@@ -51,6 +51,14 @@ pub(super) fn register(
         &[],
         move || vec![(vec![], i.duplicate_batches.load(Ordering::Relaxed) as f64)],
     );
+    let i = ingest.clone();
+    metrics.sampled(
+        "txmesh_dashboard_gap_verdicts_total",
+        "Verdicts that never arrived: publisher journal positions skipped between batches (given up by the publisher); the totals miss them.",
+        MetricType::COUNTER,
+        &[],
+        move || vec![(vec![], i.gap_verdicts.load(Ordering::Relaxed) as f64)],
+    );
     let b = broadcast.clone();
     metrics.sampled(
         "txmesh_websocket_sessions",

@@ -56,6 +56,19 @@ pub(super) fn register(
     );
     let j = journals.clone();
     metrics.sampled(
+        "txmesh_journal_position",
+        "The journal position of the last verdict written, per shard: positions continue across restarts, so its increase counts verdicts journaled whatever the process did meanwhile.",
+        GAUGE,
+        &["shard"],
+        move || {
+            j.shards()
+                .iter()
+                .map(|s| (vec![s.index().to_string()], s.committed() as f64))
+                .collect()
+        },
+    );
+    let j = journals.clone();
+    metrics.sampled(
         "txmesh_journal_healthy",
         "1 while every shard's journal can write; 0 while writes fail (new work is refused UNAVAILABLE).",
         GAUGE,

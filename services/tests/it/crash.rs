@@ -135,15 +135,17 @@ async fn a_killed_ingress_loses_nothing_it_answered_and_remembers_every_window()
     learned.sort_unstable();
     learned.dedup();
     assert_eq!(learned.len(), all, "a transaction was screened twice");
-    // The dashboard counted every journaled verdict once: txgen's answers,
-    // the originals of the answers lost with the process (answered again
-    // as replays), and this test's own 12.
+    // The dashboard counted every journaled verdict exactly once, and so
+    // every answer txgen got, every original of an answer lost with the
+    // process (answered again as a replay) and this test's own 12. (It may
+    // count more: a rejected transaction whose answer was lost is screened
+    // again when resent, as rejected input never enters a window.)
     let totals = dash.snapshot().await.expect("snapshot").totals;
     assert_eq!(totals.verdicts, records.len() as u64);
-    assert_eq!(
+    assert!(
+        totals.verdicts >= report.answered + report.recovered_by_replay + 12,
+        "{} verdicts: {}",
         totals.verdicts,
-        report.answered + report.recovered_by_replay + 12,
-        "{}",
         report.summary()
     );
     dash.stop().await;

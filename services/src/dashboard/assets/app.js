@@ -9,7 +9,8 @@ function render(s) {
   for (const [name, n] of Object.entries(s.totals.by_reason)) { const r = reasons.insertRow(); cell(r, name); cell(r, n.toLocaleString()); }
   const pubs = $("publishers").tBodies[0]; pubs.replaceChildren();
   for (const [id, p] of Object.entries(s.publishers)) {
-    const r = pubs.insertRow(); cell(r, id); cell(r, p.breaker, p.breaker); cell(r, p.outbox_depth); cell(r, p.shed_total); cell(r, p.retries_total);
+    const r = pubs.insertRow(); cell(r, id); cell(r, p.breaker, p.breaker); cell(r, p.outbox_depth); cell(r, p.shed_total);
+    cell(r, p.gap_verdicts || 0, p.gap_verdicts ? "OPEN" : ""); cell(r, p.retries_total);
   }
   const shards = $("shards").tBodies[0]; shards.replaceChildren();
   const poison = $("poison").tBodies[0]; poison.replaceChildren();
