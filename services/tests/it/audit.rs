@@ -50,7 +50,10 @@ async fn a_correct_system_passes_and_weakened_listeners_fail_by_name() {
     let mut config = test_config(&dir.0);
     config.ingress.handshake_timeout_ms = 1_000;
     config.dashboard.handshake_timeout_ms = 1_000;
-    let (dash, ing, _machine) = start_system(&mut config).await;
+    // The check of this process's listening ports needs no other test's
+    // servers in it: this test holds the machine alone.
+    let _alone = machine_alone().await;
+    let (dash, ing) = launch(&mut config, txmesh_actors::RouterOptions::default()).await;
     let mut options = AuditOptions::for_config(&config);
     options.pids = vec![std::process::id()];
 

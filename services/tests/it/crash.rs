@@ -59,6 +59,32 @@ fn journal_records(config: &TxmeshConfig) -> Vec<(String, bool)> {
     out
 }
 
+/// Runs txgen at 5,000 tx/s for 8 s, kills `child` with SIGKILL once
+/// `kill_after` transactions are answered, starts its successor at once
+/// with `restart`, and returns txgen's report and the successor.
+async fn kill_mid_run(
+    config: &TxmeshConfig,
+    child: std::process::Child,
+    kill_after: u64,
+    restart: impl FnOnce() -> std::process::Child,
+) -> (txmesh::txgen::TxgenReport, std::process::Child) {
+    let mut config = config.clone();
+    config.txgen.rate = 5_000;
+    config.txgen.duration_secs = 8;
+    let (load, progress) = spawn_txgen_watched(&config);
+    answered_at_least(&progress, kill_after).await;
+    let killed = signal(child, "-KILL").await;
+    assert!(!killed.success(), "killed, not exited: {killed:?}");
+    let restarted = restart();
+    let report = tokio::time::timeout(Duration::from_secs(90), load)
+        .await
+        .expect("txgen finished its run")
+        .expect("txgen task")
+        .expect("txgen runs");
+    println!("{}", report.summary());
+    (report, restarted)
+}
+
 #[actix_rt::test]
 async fn a_killed_ingress_loses_nothing_it_answered_and_remembers_every_window() {
     let dir = TempDir::new("kill-ingress");
@@ -86,20 +112,8 @@ async fn a_killed_ingress_loses_nothing_it_answered_and_remembers_every_window()
         .all(|v| !v.reasons.contains(&(Reason::Velocity as i32))));
 
     config.txgen.target = grpc;
-    config.txgen.rate = 5_000;
-    config.txgen.duration_secs = 8;
-    let (load, progress) = spawn_txgen_watched(&config);
-    answered_at_least(&progress, 8_000).await;
-    let killed = signal(child, "-KILL").await;
-    assert!(!killed.success(), "killed, not exited: {killed:?}");
-    let (restarted, _) = spawn_ingress(&sets, grpc);
-
-    let report = tokio::time::timeout(Duration::from_secs(90), load)
-        .await
-        .expect("txgen finished its run")
-        .expect("txgen task")
-        .expect("txgen runs");
-    println!("{}", report.summary());
+    let (report, restarted) =
+        kill_mid_run(&config, child, 8_000, || spawn_ingress(&sets, grpc).0).await;
     assert!(report.ended_early.is_none(), "{}", report.summary());
     assert!(report.reconnects >= 1, "{}", report.summary());
     assert_eq!(report.unanswered, 0, "{}", report.summary());
@@ -165,20 +179,10 @@ async fn a_killed_dashboard_comes_back_with_every_total_it_acknowledged() {
     config.ingress.dashboard_addr = dash_addr;
     let ing = txmesh::ingress::start(&config).await.expect("ingress");
     config.txgen.target = ing.local_addr;
-    config.txgen.rate = 5_000;
-    config.txgen.duration_secs = 8;
-    let (load, progress) = spawn_txgen_watched(&config);
-    answered_at_least(&progress, 10_000).await;
-    let killed = signal(child, "-KILL").await;
-    assert!(!killed.success(), "{killed:?}");
-    let (restarted, _) = spawn_dashboard(&sets, dash_addr);
-
-    let report = tokio::time::timeout(Duration::from_secs(90), load)
-        .await
-        .expect("txgen finished its run")
-        .expect("txgen task")
-        .expect("txgen runs");
-    println!("{}", report.summary());
+    let (report, restarted) = kill_mid_run(&config, child, 10_000, || {
+        spawn_dashboard(&sets, dash_addr).0
+    })
+    .await;
     assert_eq!(report.unanswered, 0, "{}", report.summary());
     assert_eq!(report.errors, 0, "{}", report.summary());
     assert!(
