@@ -67,6 +67,11 @@ pub struct Generator {
     rules: RulesConfig,
     inject_ratio: f64,
     stream: usize,
+    /// This run's id (its start, Unix ms) in every transaction and account
+    /// id: the ingress remembers accounts and ids across its restarts, and
+    /// the report's detection figures assume accounts whose history is this
+    /// run's alone (the same seed replays the same traffic under new ids).
+    run: u64,
     next_id: u64,
 }
 
@@ -172,6 +177,7 @@ impl Generator {
             rules,
             inject_ratio,
             stream,
+            run: now_ms.unsigned_abs(),
             next_id: 0,
         }
     }
@@ -364,7 +370,7 @@ impl Generator {
         let amount = baseline(account) * self.rng.random_range(50..=150) / 100;
         let txn = Transaction {
             transaction_id: self.new_id(),
-            account_id: format!("acct-{account:08}"),
+            account_id: format!("acct-{:x}-{account:08}", self.run),
             amount_minor: amount,
             currency: CURRENCIES[(account % 3) as usize].to_owned(),
             timestamp_unix_ms: clock_ms,
@@ -378,7 +384,11 @@ impl Generator {
     fn invalid(&mut self, now_ms: i64) -> Planned {
         let mut txn = Transaction {
             transaction_id: self.new_id(),
-            account_id: format!("acct-{:08}", self.accounts.first().copied().unwrap_or(0)),
+            account_id: format!(
+                "acct-{:x}-{:08}",
+                self.run,
+                self.accounts.first().copied().unwrap_or(0)
+            ),
             amount_minor: 1_000,
             currency: "EUR".into(),
             timestamp_unix_ms: now_ms,
@@ -401,7 +411,7 @@ impl Generator {
 
     fn new_id(&mut self) -> String {
         self.next_id += 1;
-        format!("s{}-{:010}", self.stream, self.next_id)
+        format!("r{:x}-s{}-{:010}", self.run, self.stream, self.next_id)
     }
 }
 
