@@ -112,22 +112,33 @@ fn commit(
                     .or_insert_with(|| HistoryWindow::new(&config.window))
                     .record(&t, &v);
             }
-            journals.shards()[shard].commit(&t, v, true, batch.slot(slot, &t.transaction_id));
+            let fingerprint = txmesh_actors::window::fingerprint(&t);
+            journals.shards()[shard].commit(
+                &t,
+                v,
+                Some(fingerprint),
+                batch.slot(slot, &t.transaction_id),
+            );
         }
         rx.recv_timeout(Duration::from_secs(60)).expect("written");
     }
 }
 
-fn write(dir: &Path, accounts: u64, verdicts: u64, recent: u64) {
+/// Opens (and recovers) the journal under `dir` as the ingress does.
+fn open(dir: &Path) -> (Journals, txmesh_actors::journal::Recovered) {
     let config = config();
-    let (journals, _) = Journals::open(
+    Journals::open(
         Some(dir),
         &config.journal,
         &config.window,
         SHARDS,
         &JournalHistograms::default(),
     )
-    .expect("journal opens");
+    .expect("journal opens")
+}
+
+fn write(dir: &Path, accounts: u64, verdicts: u64, recent: u64) {
+    let (journals, _) = open(dir);
     let started = Instant::now();
     let before = verdicts - recent;
     let mut windows: Vec<HashMap<Box<str>, HistoryWindow>> =
@@ -174,14 +185,7 @@ fn write(dir: &Path, accounts: u64, verdicts: u64, recent: u64) {
 fn recover(dir: &Path) {
     let config = config();
     let started = Instant::now();
-    let (journals, recovered) = Journals::open(
-        Some(dir),
-        &config.journal,
-        &config.window,
-        SHARDS,
-        &JournalHistograms::default(),
-    )
-    .expect("journal opens");
+    let (journals, recovered) = open(dir);
     let opened = started.elapsed();
     let report = recovered.report.clone();
     actix_rt::System::new().block_on(async move {

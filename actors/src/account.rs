@@ -189,7 +189,7 @@ impl Handler<ScreenTxn> for AccountActor {
                 if let Some(trace) = &msg.trace {
                     verdict.traceparent = trace.to_string();
                 }
-                self.env.journal.commit(&msg.txn, verdict, false, msg.reply);
+                self.env.journal.commit(&msg.txn, verdict, None, msg.reply);
                 return;
             }
             if !state.admit(&msg.txn.transaction_id, now) {
@@ -221,14 +221,14 @@ impl Handler<ScreenTxn> for AccountActor {
         let (mut verdict, learned) = match outcome {
             Ok(Evaluation::Fresh(mut verdict)) => {
                 verdict.processing_time_us = elapsed_us;
-                self.window.record(&msg.txn, &verdict);
-                (verdict, true)
+                let fingerprint = self.window.record(&msg.txn, &verdict);
+                (verdict, Some(fingerprint))
             }
             Ok(Evaluation::Rejected(mut verdict)) => {
                 verdict.processing_time_us = elapsed_us;
-                (verdict, false)
+                (verdict, None)
             }
-            Ok(Evaluation::Replay(verdict)) => (verdict, false),
+            Ok(Evaluation::Replay(verdict)) => (verdict, None),
             Err(panic) => {
                 self.crashed(msg, &*panic);
                 // Stopping hands the actor back to its supervisor, which

@@ -284,10 +284,8 @@ fn recover_shard(
     window: &WindowConfig,
 ) -> Result<ShardRecovery, JournalError> {
     let mut windows: HashMap<Box<str>, HistoryWindow> = HashMap::new();
-    std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
+    // (A shard seen for the first time has no directory yet: no snapshot;
+    // the log creates it.)
     let covered = snapshot::load(dir, &mut windows, || HistoryWindow::new(window));
     let mut undecodable = 0u64;
     let (log, mut recovery) = log::Log::open_after(
@@ -303,12 +301,9 @@ fn recover_shard(
             if !record.learned {
                 return;
             }
-            let account = match windows.get_mut(&*record.account_id) {
-                Some(w) => w,
-                None => windows
-                    .entry(record.account_id.clone())
-                    .or_insert_with(|| HistoryWindow::new(window)),
-            };
+            let account = windows
+                .entry(record.account_id)
+                .or_insert_with(|| HistoryWindow::new(window));
             if covered == 0 || account.find(&record.entry.transaction_id).is_none() {
                 account.learn(record.entry);
             }

@@ -106,8 +106,6 @@ pub struct DashboardPublisher {
     id: String,
     config: PublisherConfig,
     journals: Journals,
-    /// Per shard: the next journal position to read into a batch.
-    next_read: Vec<u64>,
     cursors: Vec<DiskCursor>,
     /// Shard to read first at the next batch formation (fairness).
     next_shard: usize,
@@ -191,7 +189,6 @@ impl DashboardPublisher {
             Duration::from_millis(config.breaker_open_ms),
             Duration::from_millis(config.breaker_open_max_ms),
         );
-        let next_read = journals.shards().iter().map(|j| j.acked() + 1).collect();
         let cursors = journals
             .shards()
             .iter()
@@ -201,7 +198,6 @@ impl DashboardPublisher {
             id,
             config,
             journals,
-            next_read,
             cursors,
             next_shard: 0,
             acked_dirty: false,
@@ -302,7 +298,7 @@ impl DashboardPublisher {
             self.next_shard = (j + 1) % shards;
             let journal = &self.journals.shards()[j];
             let Some(read) = journal.read(
-                self.next_read[j],
+                journal.next_to_read(),
                 self.config.max_batch,
                 &mut self.cursors[j],
             ) else {
@@ -311,9 +307,8 @@ impl DashboardPublisher {
             };
             idle = 0;
             if read.skipped > 0 {
-                tracing::warn!(publisher = %self.id, shard = j, missing = read.skipped, from = self.next_read[j], "verdicts no longer in the journal were given up: the dashboard shows the gap");
+                tracing::warn!(publisher = %self.id, shard = j, missing = read.skipped, resumed_at = read.first, "verdicts no longer in the journal were given up: the dashboard shows the gap");
             }
-            self.next_read[j] = read.last + 1;
             journal.mark_read(read.last);
             self.stats
                 .unacked_verdicts

@@ -99,8 +99,11 @@ impl HistoryWindow {
 
     /// Records a screened transaction, then evicts what is too old or too
     /// many. Called only after the verdict is decided.
-    pub fn record(&mut self, txn: &Transaction, verdict: &Verdict) {
-        self.learn(WindowEntry::of(txn, verdict, fingerprint(txn)));
+    /// Returns the transaction's fingerprint (the journal records it).
+    pub fn record(&mut self, txn: &Transaction, verdict: &Verdict) -> u64 {
+        let fingerprint = fingerprint(txn);
+        self.learn(WindowEntry::of(txn, verdict, fingerprint));
+        fingerprint
     }
 
     /// Adds an entry (screened now, or read back from the journal), then

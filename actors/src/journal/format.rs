@@ -181,14 +181,22 @@ const REPLAYED: u8 = 2;
 const VERDICT_FIXED: usize = 47;
 
 /// Appends the payload of `verdict`, answered for `txn`, to `out` without
-/// building a [`VerdictRecord`] first (the hot path).
-pub fn encode_answer(out: &mut Vec<u8>, txn: &Transaction, verdict: &Verdict, learned: bool) {
+/// building a [`VerdictRecord`] first (the hot path). `learned` is the
+/// fingerprint the account's window learned, when it learned the
+/// transaction.
+pub fn encode_answer(
+    out: &mut Vec<u8>,
+    txn: &Transaction,
+    verdict: &Verdict,
+    learned: Option<u64>,
+) {
     let scalars = Scalars {
-        flags: if learned { LEARNED } else { 0 } | if verdict.replayed { REPLAYED } else { 0 },
+        flags: if learned.is_some() { LEARNED } else { 0 }
+            | if verdict.replayed { REPLAYED } else { 0 },
         verdict: StoredVerdict::from_verdict(verdict),
         amount_minor: txn.amount_minor,
         timestamp_unix_ms: txn.timestamp_unix_ms,
-        fingerprint: if learned { fingerprint(txn) } else { 0 },
+        fingerprint: learned.unwrap_or(0),
         currency: code(&txn.currency),
         country: code(&txn.country),
     };
@@ -209,7 +217,25 @@ struct Scalars {
     country: [u8; 2],
 }
 
+/// Appends the payload of a window entry of `account` (as a learned
+/// record, without a trace): what a snapshot holds.
+pub fn encode_entry(out: &mut Vec<u8>, entry: &WindowEntry, account: &str) {
+    Scalars::of(entry, LEARNED).encode(out, [&entry.transaction_id, account, ""]);
+}
+
 impl Scalars {
+    fn of(e: &WindowEntry, flags: u8) -> Self {
+        Self {
+            flags,
+            verdict: e.verdict,
+            amount_minor: e.amount_minor,
+            timestamp_unix_ms: e.timestamp_unix_ms,
+            fingerprint: e.fingerprint,
+            currency: e.currency,
+            country: e.country,
+        }
+    }
+
     fn encode(&self, out: &mut Vec<u8>, strings: [&str; 3]) {
         out.push(self.flags);
         out.push(self.verdict.status as u8);
@@ -260,17 +286,9 @@ impl VerdictRecord {
     /// Appends the payload to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let e = &self.entry;
-        let scalars = Scalars {
-            flags: if self.learned { LEARNED } else { 0 }
-                | if self.replayed { REPLAYED } else { 0 },
-            verdict: e.verdict,
-            amount_minor: e.amount_minor,
-            timestamp_unix_ms: e.timestamp_unix_ms,
-            fingerprint: e.fingerprint,
-            currency: e.currency,
-            country: e.country,
-        };
-        scalars.encode(
+        let flags =
+            if self.learned { LEARNED } else { 0 } | if self.replayed { REPLAYED } else { 0 };
+        Scalars::of(e, flags).encode(
             out,
             [&e.transaction_id, &self.account_id, &self.traceparent],
         );

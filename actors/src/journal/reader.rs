@@ -36,6 +36,8 @@ pub struct DiskCursor {
     offset: u64,
     /// The LSN expected at `offset`.
     lsn: u64,
+    /// Read buffer, kept between reads while catching up.
+    buf: Vec<u8>,
 }
 
 impl ShardJournal {
@@ -147,16 +149,33 @@ fn read_disk(
         from,
         max.min(usize::try_from(upto + 1 - from).unwrap_or(max)),
     );
-    let mut buf = vec![0u8; DISK_CHUNK];
+    // The buffer lives in the cursor: catching up reads many batches.
+    let mut buf = std::mem::take(&mut cursor.buf);
+    buf.resize(DISK_CHUNK, 0);
+    let read = feed(dir, upto, cursor, &mut run, &mut buf);
+    cursor.buf = buf;
+    read?;
+    run.finish()
+}
+
+/// Feeds `run` from the cursor's segment (and the next ones) until it is
+/// complete, past `upto`, or at the end of what is written.
+fn feed(
+    dir: &Path,
+    upto: u64,
+    cursor: &mut DiskCursor,
+    run: &mut Run,
+    buf: &mut [u8],
+) -> Option<()> {
     loop {
         let (base, file) = cursor.file.as_ref()?;
         let base = *base;
-        let n = file.read_at(&mut buf, cursor.offset).ok()?;
+        let n = file.read_at(buf, cursor.offset).ok()?;
         let (open, used) = run.take_counted(&buf[..n]);
         cursor.offset += used as u64;
         cursor.lsn = run.expect;
         if !open || run.expect > upto {
-            break;
+            return Some(());
         }
         if n == buf.len() && used > 0 {
             // A record continues past this chunk.
@@ -164,10 +183,9 @@ fn read_disk(
         }
         if used < n || !next_segment(dir, base, cursor) {
             // An incomplete record (being written, or damage), or the end.
-            break;
+            return Some(());
         }
     }
-    run.finish()
 }
 
 /// Opens the segment holding `from` (or the first after it).
@@ -181,11 +199,9 @@ fn position(dir: &Path, from: u64, cursor: &mut DiskCursor) -> Option<()> {
     let mut header = [0u8; HEADER_LEN];
     file.read_exact_at(&mut header, 0).ok()?;
     format::read_header(&header, LogKind::Verdicts).ok()?;
-    *cursor = DiskCursor {
-        file: Some((segment.base_lsn, file)),
-        offset: HEADER_LEN as u64,
-        lsn: from,
-    };
+    cursor.file = Some((segment.base_lsn, file));
+    cursor.offset = HEADER_LEN as u64;
+    cursor.lsn = from;
     Some(())
 }
 

@@ -108,14 +108,7 @@ fn write(dir: &Path, lsn: u64, windows: &[AccountWindow]) -> Result<u64, Journal
     for (account, entries) in windows {
         for entry in entries.iter() {
             n += 1;
-            let record = VerdictRecord {
-                learned: true,
-                replayed: false,
-                entry: entry.clone(),
-                account_id: account.clone(),
-                traceparent: Box::from(""),
-            };
-            format::frame(&mut out, n, |o| record.encode(o));
+            format::frame(&mut out, n, |o| format::encode_entry(o, entry, account));
         }
     }
     std::fs::write(&tmp, &out).map_err(io(&tmp))?;

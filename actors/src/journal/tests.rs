@@ -65,6 +65,7 @@ fn commit(journals: &Journals, txns: &[Transaction], learned: bool) -> Vec<TxnRe
             country: t.country.clone(),
             ..Verdict::default()
         };
+        let learned = learned.then(|| crate::window::fingerprint(t));
         journals.shards()[0].commit(t, verdict, learned, batch.slot(i, &t.transaction_id));
     }
     rx.recv_timeout(std::time::Duration::from_secs(10))

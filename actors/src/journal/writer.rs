@@ -134,9 +134,16 @@ impl ShardJournal {
         Self { shared }
     }
 
-    /// Appends the record of `verdict` (answered for `txn`; `learned` when
-    /// it entered the window) and answers `slot` once it is written.
-    pub fn commit(&self, txn: &Transaction, verdict: Verdict, learned: bool, slot: ReplySlot) {
+    /// Appends the record of `verdict` (answered for `txn`; `learned` is
+    /// the fingerprint the window learned it under, when it did) and
+    /// answers `slot` once it is written.
+    pub fn commit(
+        &self,
+        txn: &Transaction,
+        verdict: Verdict,
+        learned: Option<u64>,
+        slot: ReplySlot,
+    ) {
         let wake = {
             let mut p = self.shared.pending.lock();
             let lsn = p.next_lsn;
@@ -175,19 +182,15 @@ impl ShardJournal {
         self.shared.acked.fetch_max(lsn, Ordering::Relaxed);
     }
 
+    /// The next position for the publisher to read (it starts after the
+    /// acknowledged position and moves with [`Self::mark_read`]).
+    pub fn next_to_read(&self) -> u64 {
+        self.shared.read.load(Ordering::Relaxed) + 1
+    }
+
     /// Records that the publisher has read (and holds) up to `lsn`.
     pub fn mark_read(&self, lsn: u64) {
         self.shared.read.fetch_max(lsn, Ordering::Relaxed);
-    }
-
-    /// Counts the records in `first..=last` the publisher has not read as
-    /// given up (they are no longer kept anywhere).
-    fn give_up(&self, first: u64, last: u64) {
-        let read = self.shared.read.load(Ordering::Relaxed);
-        let from = first.max(read + 1);
-        if last >= from {
-            self.shared.stats.given_up.add(last - from + 1);
-        }
     }
 
     /// Which shard this journal belongs to.
@@ -210,6 +213,18 @@ impl ShardJournal {
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
+        }
+    }
+}
+
+impl Shared {
+    /// Counts the records in `first..=last` the publisher has not read as
+    /// given up (they are no longer kept anywhere).
+    fn give_up(&self, first: u64, last: u64) {
+        let read = self.read.load(Ordering::Relaxed);
+        let from = first.max(read + 1);
+        if last >= from {
+            self.stats.given_up.add(last - from + 1);
         }
     }
 }
@@ -336,11 +351,8 @@ impl Writer {
                 let evicted = self.shared.tail.lock().push(group.first_lsn, last, buf);
                 if self.setup.log.is_none() {
                     // Without a disk, what leaves the memory is gone.
-                    let journal = ShardJournal {
-                        shared: self.shared.clone(),
-                    };
                     for (first, last) in evicted {
-                        journal.give_up(first, last);
+                        self.shared.give_up(first, last);
                     }
                 }
                 self.shared.committed.store(last, Ordering::Release);
@@ -404,10 +416,7 @@ impl Writer {
             if dropped == 0 {
                 break;
             }
-            let journal = ShardJournal {
-                shared: self.shared.clone(),
-            };
-            journal.give_up(first, next_base - 1);
+            self.shared.give_up(first, next_base - 1);
             removed += dropped;
         }
         self.shared

@@ -77,7 +77,7 @@ async fn push(journals: &Journals, ids: std::ops::Range<u32>) {
             transaction_id: txn.transaction_id.clone(),
             ..Verdict::default()
         };
-        shard.commit(&txn, verdict, false, batch.slot(i, &txn.transaction_id));
+        shard.commit(&txn, verdict, None, batch.slot(i, &txn.transaction_id));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while shard.committed() < target {

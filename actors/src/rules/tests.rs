@@ -23,7 +23,9 @@ fn window_with(history: &[Transaction]) -> HistoryWindow {
     let rules = RulesConfig::default();
     for t in history {
         match evaluate(&w, t, &rules, NOW) {
-            Evaluation::Fresh(v) => w.record(t, &v),
+            Evaluation::Fresh(v) => {
+                w.record(t, &v);
+            }
             other => panic!("history must be fresh, got {other:?}"),
         }
     }

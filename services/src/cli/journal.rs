@@ -12,7 +12,7 @@ use std::{
 use clap::Subcommand;
 use serde::Serialize;
 use txmesh_actors::journal::{
-    format::{LogKind, ScanEnd},
+    format::{LogKind, ScanEnd, HEADER_LEN},
     log, publisher_positions, snapshot,
 };
 
@@ -165,12 +165,12 @@ fn read_log(name: &str, dir: &Path, kind: LogKind) -> LogReport {
                     ScanEnd::Clean => {}
                     ScanEnd::Torn { offset } => report.problems.push(format!(
                         "{file}: torn tail at byte {} ({} bytes after the last whole record)",
-                        offset + 32,
+                        offset + HEADER_LEN,
                         segment.bytes - read.valid_bytes
                     )),
                     ScanEnd::Damaged { offset } => report.problems.push(format!(
                         "{file}: damaged record at byte {} (checksum or length); {} bytes from there are unreadable",
-                        offset + 32,
+                        offset + HEADER_LEN,
                         segment.bytes - read.valid_bytes
                     )),
                 }

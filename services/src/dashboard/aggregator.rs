@@ -196,7 +196,7 @@ impl Aggregator {
                     &state.snapshot,
                     &state.log_dir,
                     &state.journal,
-                    apply_delta,
+                    |saved, d| apply_delta(&mut saved.totals, &mut saved.publishers, d),
                 )?;
                 (Some(durable), saved)
             }
@@ -281,14 +281,7 @@ impl Aggregator {
         if let Some(durable) = &mut self.durable {
             self.log_position = durable.append(&delta)?;
         }
-        let mut saved = Saved {
-            totals: std::mem::take(&mut self.totals),
-            publishers: std::mem::take(&mut self.publishers),
-            log_position: self.log_position,
-        };
-        apply_delta(&mut saved, &delta);
-        self.totals = saved.totals;
-        self.publishers = saved.publishers;
+        apply_delta(&mut self.totals, &mut self.publishers, &delta);
         self.note_alerts(now_ms, fresh);
         Ok(false)
     }
@@ -441,8 +434,7 @@ fn delta_of(
 }
 
 /// Applies one batch's changes to the durable state.
-fn apply_delta(saved: &mut Saved, d: &Delta) {
-    let t = &mut saved.totals;
+fn apply_delta(t: &mut Totals, publishers: &mut BTreeMap<String, PublisherRecord>, d: &Delta) {
     t.verdicts += d.verdicts;
     t.approved += d.approved;
     t.flagged += d.flagged;
@@ -451,7 +443,7 @@ fn apply_delta(saved: &mut Saved, d: &Delta) {
     for (reason, n) in &d.by_reason {
         *t.by_reason.entry(reason.clone()).or_default() += n;
     }
-    let record = saved.publishers.entry(d.publisher.clone()).or_default();
+    let record = publishers.entry(d.publisher.clone()).or_default();
     record.applied.insert(d.journal, d.sequence);
     record.gap_verdicts += d.gap;
 }

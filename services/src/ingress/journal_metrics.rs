@@ -3,7 +3,7 @@
 //! errors, and what the last recovery read.
 
 use prometheus::proto::MetricType;
-use txmesh_actors::journal::{JournalHistograms, JournalStats, Journals, RecoveryReport};
+use txmesh_actors::journal::{JournalHistograms, Journals, RecoveryReport, ShardJournal};
 
 use crate::metrics::Metrics;
 
@@ -17,56 +17,27 @@ pub(super) fn register(
     use MetricType::{COUNTER, GAUGE};
     metrics.register(Box::new(histograms.append_seconds.clone()));
     metrics.register(Box::new(histograms.sync_seconds.clone()));
-    type Pick = fn(&JournalStats) -> u64;
-    let per_shard: [(&str, &str, MetricType, Pick); 7] = [
-        ("txmesh_journal_records_total", "Records written to the journal, per shard.", COUNTER, |s| s.records.get()),
-        ("txmesh_journal_written_bytes_total", "Bytes written to the journal, per shard.", COUNTER, |s| s.bytes.get()),
-        ("txmesh_journal_write_errors_total", "Journal writes or syncs that failed (the shard refuses new work until a write succeeds).", COUNTER, |s| s.write_errors.get()),
-        ("txmesh_journal_disk_bytes", "Bytes of journal segments on disk, per shard.", GAUGE, |s| s.disk_bytes.get()),
-        ("txmesh_journal_segments", "Journal segment files, per shard.", GAUGE, |s| s.segments.get()),
-        ("txmesh_journal_removed_bytes_total", "Bytes of segments removed (compacted away or past actors.journal.max_bytes).", COUNTER, |s| s.removed_bytes.get()),
-        ("txmesh_journal_snapshot_position", "Journal position the newest window snapshot covers, per shard.", GAUGE, |s| s.snapshot_lsn.get()),
+    type Pick = fn(&ShardJournal) -> u64;
+    let per_shard: [(&str, &str, MetricType, Pick); 9] = [
+        ("txmesh_journal_records_total", "Records written to the journal, per shard.", COUNTER, |s| s.stats().records.get()),
+        ("txmesh_journal_written_bytes_total", "Bytes written to the journal, per shard.", COUNTER, |s| s.stats().bytes.get()),
+        ("txmesh_journal_write_errors_total", "Journal writes or syncs that failed (the shard refuses new work until a write succeeds).", COUNTER, |s| s.stats().write_errors.get()),
+        ("txmesh_journal_disk_bytes", "Bytes of journal segments on disk, per shard.", GAUGE, |s| s.stats().disk_bytes.get()),
+        ("txmesh_journal_segments", "Journal segment files, per shard.", GAUGE, |s| s.stats().segments.get()),
+        ("txmesh_journal_removed_bytes_total", "Bytes of segments removed (compacted away or past actors.journal.max_bytes).", COUNTER, |s| s.stats().removed_bytes.get()),
+        ("txmesh_journal_snapshot_position", "Journal position the newest window snapshot covers, per shard.", GAUGE, |s| s.stats().snapshot_lsn.get()),
+        ("txmesh_journal_unacknowledged", "Verdicts journaled and not yet acknowledged by the dashboard, per shard.", GAUGE, |s| s.committed().saturating_sub(s.acked())),
+        ("txmesh_journal_position", "The journal position of the last verdict written, per shard: positions continue across restarts, so its increase counts verdicts journaled whatever the process did meanwhile.", GAUGE, ShardJournal::committed),
     ];
     for (name, help, kind, pick) in per_shard {
         let j = journals.clone();
         metrics.sampled(name, help, kind, &["shard"], move || {
             j.shards()
                 .iter()
-                .map(|s| (vec![s.index().to_string()], pick(s.stats()) as f64))
+                .map(|s| (vec![s.index().to_string()], pick(s) as f64))
                 .collect()
         });
     }
-    let j = journals.clone();
-    metrics.sampled(
-        "txmesh_journal_unacknowledged",
-        "Verdicts journaled and not yet acknowledged by the dashboard, per shard.",
-        GAUGE,
-        &["shard"],
-        move || {
-            j.shards()
-                .iter()
-                .map(|s| {
-                    (
-                        vec![s.index().to_string()],
-                        s.committed().saturating_sub(s.acked()) as f64,
-                    )
-                })
-                .collect()
-        },
-    );
-    let j = journals.clone();
-    metrics.sampled(
-        "txmesh_journal_position",
-        "The journal position of the last verdict written, per shard: positions continue across restarts, so its increase counts verdicts journaled whatever the process did meanwhile.",
-        GAUGE,
-        &["shard"],
-        move || {
-            j.shards()
-                .iter()
-                .map(|s| (vec![s.index().to_string()], s.committed() as f64))
-                .collect()
-        },
-    );
     let j = journals.clone();
     metrics.sampled(
         "txmesh_journal_healthy",

@@ -48,7 +48,8 @@ fn record(i: u64) -> Vec<u8> {
         ..Verdict::default()
     };
     let mut out = Vec::with_capacity(128);
-    encode_answer(&mut out, &txn, &verdict, true);
+    let fingerprint = txmesh_actors::window::fingerprint(&txn);
+    encode_answer(&mut out, &txn, &verdict, Some(fingerprint));
     out
 }
 
