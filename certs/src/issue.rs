@@ -358,8 +358,8 @@ impl CertAuthority {
     }
 
     /// The trust bundle to distribute: `DIR/ca/bundle.crt` if it holds this
-    /// CA, else this CA alone.
-    pub(crate) fn bundle(&self, layout: &StateLayout) -> String {
+    /// CA (two CAs during a staged rotation), else this CA alone.
+    pub fn bundle(&self, layout: &StateLayout) -> String {
         fs::read_to_string(layout.bundle_path())
             .ok()
             .filter(|b| b.contains(self.cert_pem.trim()))

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use txmesh_actors::{config::Problems, ActorsConfig};
 use txmesh_certs::{AuthzPolicy, Service};
 
-use crate::error::ServiceError;
+use crate::{error::ServiceError, net::HostPort};
 
 /// The whole configuration of a txmesh process.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -69,8 +69,9 @@ pub struct IngressConfig {
     pub listen: SocketAddr,
     /// HTTPS listener for `/metrics`, mTLS only.
     pub metrics_listen: SocketAddr,
-    /// Where the dashboard's gRPC listener is.
-    pub dashboard_addr: SocketAddr,
+    /// Where the dashboard's gRPC listener is: `IP:PORT` or `NAME:PORT`
+    /// (a Kubernetes Service), resolved on every connection.
+    pub dashboard_addr: HostPort,
     /// Identity directory under `state_dir` (cert-manager layout).
     pub identity: String,
     /// Request batches in flight per Screen stream.
@@ -150,8 +151,8 @@ pub struct DashboardConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TxgenConfig {
-    /// The ingress to screen against.
-    pub target: SocketAddr,
+    /// The ingress to screen against: `IP:PORT` or `NAME:PORT`.
+    pub target: HostPort,
     pub identity: String,
     /// Transactions per second; 0 means as fast as the ingress answers.
     pub rate: u64,
@@ -252,7 +253,7 @@ impl Default for IngressConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9443)),
-            dashboard_addr: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            dashboard_addr: SocketAddr::from(([127, 0, 0, 1], 7444)).into(),
             identity: "ingress".to_owned(),
             max_in_flight_batches: 128,
             max_message_bytes: 4 << 20,
@@ -282,7 +283,7 @@ impl Default for DashboardConfig {
 impl Default for TxgenConfig {
     fn default() -> Self {
         Self {
-            target: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            target: SocketAddr::from(([127, 0, 0, 1], 7443)).into(),
             identity: "txgen".to_owned(),
             rate: 2_000,
             duration_secs: 0,
@@ -534,11 +535,12 @@ impl TxmeshConfig {
         for addr in [
             &mut self.ingress.listen,
             &mut self.ingress.metrics_listen,
-            &mut self.ingress.dashboard_addr,
             &mut self.dashboard.grpc_listen,
             &mut self.dashboard.https_listen,
-            &mut self.txgen.target,
         ] {
+            addr.set_port(addr.port().saturating_add(offset));
+        }
+        for addr in [&mut self.ingress.dashboard_addr, &mut self.txgen.target] {
             addr.set_port(addr.port().saturating_add(offset));
         }
     }

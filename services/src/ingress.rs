@@ -196,7 +196,7 @@ async fn start_pipeline(
         ShardRouter::start_recovered(&config.actors, options, journals.clone(), recovered.windows);
     let dashboard_id = SpiffeId::for_workload(&config.trust_domain, "dashboard")?;
     let transport = publish_client::GrpcPublishTransport::new(
-        config.ingress.dashboard_addr,
+        config.ingress.dashboard_addr.clone(),
         certs,
         &dashboard_id,
     )?;

@@ -14,8 +14,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -26,10 +25,12 @@ use crate::{
     metrics::{HandshakeFailure, Metrics},
 };
 
+mod addr;
 mod expiry;
 pub mod http;
 pub mod idle;
 
+pub use addr::HostPort;
 pub use expiry::{until_unix, Expiring, ExpiringTls};
 
 /// Counters of one listener's handshakes.
@@ -216,7 +217,7 @@ pub async fn mtls_incoming(
 /// # Errors
 /// When the TLS config cannot be built.
 pub fn mtls_channel(
-    addr: SocketAddr,
+    addr: impl Into<HostPort>,
     store: &CertStore,
     expected_server: &SpiffeId,
 ) -> Result<Channel, ServiceError> {
@@ -225,14 +226,15 @@ pub fn mtls_channel(
 }
 
 /// A lazily connecting tonic channel to `addr` over TLS with `tls` (which
-/// must offer ALPN h2).
+/// must offer ALPN h2). A DNS name is resolved on every connection.
 ///
 /// # Errors
 /// When the endpoint cannot be formed.
 pub fn channel_with(
-    addr: SocketAddr,
+    addr: impl Into<HostPort>,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<Channel, ServiceError> {
+    let addr: HostPort = addr.into();
     let connector = TlsConnector::from(tls);
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ServiceError::Connect {
@@ -244,11 +246,12 @@ pub fn channel_with(
     Ok(
         endpoint.connect_with_connector_lazy(tower::service_fn(move |_uri| {
             let connector = connector.clone();
+            let addr = addr.clone();
             async move {
-                let tcp = TcpStream::connect(addr).await?;
+                let tcp = addr.connect().await?;
                 tcp.set_nodelay(true)?;
                 // The verifier checks the SPIFFE ID, not this name.
-                let name = ServerName::IpAddress(addr.ip().into());
+                let name = addr.server_name();
                 let tls = connector.connect(name, tcp).await?;
                 // Ends no later than the server certificate it verified.
                 let leaf = tls

@@ -49,7 +49,7 @@ pub async fn run(
     let t = &config.txgen;
     let store = CertStore::open(&config.identity_dir(&t.identity), &config.trust_domain)?;
     let ingress_id = SpiffeId::for_workload(&config.trust_domain, "ingress")?;
-    let channel = mtls_channel(t.target, &store, &ingress_id)?;
+    let channel = mtls_channel(t.target.clone(), &store, &ingress_id)?;
     // txgen serves no metrics; its registry only backs the reload watcher.
     let metrics = Arc::new(crate::metrics::Metrics::new(&[]));
     let watcher =
@@ -68,7 +68,7 @@ pub async fn run(
             now_ms,
         );
         let plan = StreamPlan {
-            target: t.target,
+            target: t.target.clone(),
             rate: (t.rate > 0).then(|| (t.rate as f64 / t.streams as f64).max(1e-3)),
             count: (t.count > 0).then(|| {
                 t.count / t.streams as u64 + u64::from((stream as u64) < t.count % t.streams as u64)

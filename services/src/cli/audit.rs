@@ -105,11 +105,16 @@ fn parse_target(text: &str) -> anyhow::Result<AuditTarget> {
     let (name, addr) = text
         .split_once('=')
         .with_context(|| format!("--target {text}: expected NAME=HOST:PORT"))?;
+    // A name (a Kubernetes Service) is resolved once: every probe of the
+    // target must reach the same listener.
+    let host: crate::net::HostPort = addr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--target {text}: {e}"))?;
     Ok(AuditTarget {
         name: name.to_owned(),
-        addr: addr
-            .parse()
-            .with_context(|| format!("--target {text}: not HOST:PORT"))?,
+        addr: host
+            .resolve_now()
+            .with_context(|| format!("--target {text}: cannot resolve {host}"))?,
         kind: ListenerKind::from_name(name)?,
     })
 }

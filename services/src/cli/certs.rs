@@ -1,6 +1,8 @@
 //! `txmesh certs ...`: the CA and identities of a state directory, for the
 //! people who run txmesh. Thin over `txmesh_certs`; prints what it did.
 
+pub mod secrets;
+
 use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Subcommand, ValueEnum};
@@ -59,6 +61,23 @@ pub enum CertsCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Print Kubernetes Secret manifests (tls.crt, tls.key, ca.crt) of every
+    /// identity of a Helm release, issued now from the CA in DIR, for the
+    /// chart's `certificates.mode: existingSecrets`.
+    K8sSecrets {
+        /// The release's full name (the Helm release name, or the chart's fullnameOverride).
+        #[arg(long, default_value = "txmesh")]
+        release: String,
+        #[arg(long, default_value = "txmesh")]
+        namespace: String,
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
+        /// Lifetime in hours (default 24): nothing renews these; run again and apply before they expire.
+        #[arg(long)]
+        ttl_hours: Option<u64>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,7 +97,8 @@ impl CertsCommand {
             | Self::Rotate { dir }
             | Self::RotateCa { dir, .. }
             | Self::Inspect { dir, .. }
-            | Self::ExportP12 { dir } => dir.as_ref(),
+            | Self::ExportP12 { dir }
+            | Self::K8sSecrets { dir, .. } => dir.as_ref(),
         };
         dir.map(|d| ("state_dir".to_owned(), d.display().to_string()))
             .into_iter()
@@ -122,6 +142,23 @@ pub(super) fn command(command: CertsCommand, config: &TxmeshConfig) -> anyhow::R
             String::new()
         }
         CertsCommand::Inspect { json, .. } => inspect_table(config, json)?,
+        CertsCommand::K8sSecrets {
+            release,
+            namespace,
+            cluster_domain,
+            ttl_hours,
+            ..
+        } => {
+            let names = secrets::ReleaseNames {
+                fullname: release,
+                namespace,
+                cluster_domain,
+            };
+            let ttl = ttl_hours.map_or(txmesh_certs::DEFAULT_TTL, |h| {
+                Duration::from_secs(h.saturating_mul(3600))
+            });
+            secrets::manifests(config, &names, ttl)?
+        }
         CertsCommand::ExportP12 { .. } => {
             let layout = StateLayout::new(&config.state_dir);
             CertAuthority::load(&layout, &config.trust_domain)?.write_operator_p12(&layout)?;

@@ -204,7 +204,7 @@ async fn run_against_up(
     let to_dashboard = WireProxy::start(localhost, dash_grpc, MAX_WIRE_LEASE)
         .await
         .map_err(proxy_error)?;
-    config.ingress.dashboard_addr = to_dashboard.local_addr();
+    config.ingress.dashboard_addr = to_dashboard.local_addr().into();
     let started = if crashed.contains(&Component::Ingress) {
         ChildService::start(ChildKind::Ingress, &config)
             .await
@@ -231,7 +231,7 @@ async fn run_against_up(
         ingress_metrics: ing_https,
         dashboard_admin: dash_grpc,
         dashboard_metrics: dash_https,
-        txgen_target: to_ingress.local_addr(),
+        txgen_target: to_ingress.local_addr().into(),
     };
     let target = format!(
         "up: ingress {ing_grpc}{} (via proxy {}), dashboard {dash_grpc}{} (via proxy {})",

@@ -2,7 +2,7 @@
 //! exec probes run (kubelet probes cannot present a client certificate, and
 //! there is no plaintext health port).
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use clap::Args;
 use tonic_health::pb::{
@@ -10,13 +10,13 @@ use tonic_health::pb::{
 };
 use txmesh_certs::{CertStore, SpiffeId};
 
-use crate::{config::TxmeshConfig, error::ServiceError};
+use crate::{config::TxmeshConfig, error::ServiceError, net::HostPort};
 
 #[derive(Args)]
 pub struct HealthArgs {
-    /// The gRPC listener to ask, HOST:PORT.
+    /// The gRPC listener to ask, HOST:PORT (an IP address or a DNS name).
     #[arg(long)]
-    target: SocketAddr,
+    target: HostPort,
     /// The workload serving it (its SPIFFE ID is checked): ingress or dashboard.
     #[arg(long)]
     server: String,
@@ -65,7 +65,7 @@ pub(super) fn command(args: HealthArgs, config: TxmeshConfig) -> anyhow::Result<
 /// refused, handshake refused, timeout).
 pub async fn check(
     config: &TxmeshConfig,
-    target: SocketAddr,
+    target: impl Into<HostPort>,
     identity: &str,
     server: &str,
     service: &str,
@@ -73,7 +73,8 @@ pub async fn check(
 ) -> Result<ServingStatus, ServiceError> {
     let store = CertStore::open(&config.identity_dir(identity), &config.trust_domain)?;
     let expected = SpiffeId::for_workload(&config.trust_domain, server)?;
-    let channel = crate::net::mtls_channel(target, &store, &expected)?;
+    let target: HostPort = target.into();
+    let channel = crate::net::mtls_channel(target.clone(), &store, &expected)?;
     let mut client = HealthClient::new(channel);
     let call = client.check(HealthCheckRequest {
         service: service.to_owned(),

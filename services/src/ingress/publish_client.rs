@@ -1,6 +1,6 @@
 //! The publisher's transport: a tonic `Dashboard.Publish` stream over mTLS.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -9,7 +9,10 @@ use txmesh_actors::publisher::{BoxFuture, PublishConnection, PublishError, Publi
 use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::dashboard_client::DashboardClient;
 
-use crate::{error::ServiceError, net::mtls_channel};
+use crate::{
+    error::ServiceError,
+    net::{mtls_channel, HostPort},
+};
 
 /// Batches the stream buffers before the publisher must wait.
 const STREAM_BUFFER: usize = 16;
@@ -20,17 +23,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub(crate) struct GrpcPublishTransport {
     channel: Channel,
-    target: SocketAddr,
+    target: HostPort,
 }
 
 impl GrpcPublishTransport {
     pub(crate) fn new(
-        target: SocketAddr,
+        target: HostPort,
         store: &CertStore,
         dashboard: &SpiffeId,
     ) -> Result<Self, ServiceError> {
         Ok(Self {
-            channel: mtls_channel(target, store, dashboard)?,
+            channel: mtls_channel(target.clone(), store, dashboard)?,
             target,
         })
     }
@@ -41,7 +44,7 @@ impl PublishTransport for GrpcPublishTransport {
         let mut client = DashboardClient::new(self.channel.clone())
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
-        let target = self.target;
+        let target = self.target.clone();
         Box::pin(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
             let call = client.publish(ReceiverStream::new(rx));
@@ -52,10 +55,10 @@ impl PublishTransport for GrpcPublishTransport {
                         "{target}: Publish did not open within {CONNECT_TIMEOUT:?}"
                     ))
                 })?
-                .map_err(|status| classify(target, &status))?;
+                .map_err(|status| classify(&target, &status))?;
             let acks = response
                 .into_inner()
-                .map(move |r| r.map_err(|status| classify(target, &status)));
+                .map(move |r| r.map_err(|status| classify(&target, &status)));
             Ok(PublishConnection {
                 batches: tx,
                 acks: Box::pin(acks),
@@ -65,7 +68,7 @@ impl PublishTransport for GrpcPublishTransport {
 }
 
 /// A refusal of this identity is permanent; anything else is an outage.
-fn classify(target: SocketAddr, status: &tonic::Status) -> PublishError {
+fn classify(target: &HostPort, status: &tonic::Status) -> PublishError {
     let why = format!("{target}: {}: {}", status.code(), status.message());
     match status.code() {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => PublishError::Refused(why),

@@ -72,7 +72,7 @@ fn lock(shared: &Shared) -> parking_lot::MutexGuard<'_, StreamShared> {
 
 pub(super) struct StreamPlan {
     /// The ingress, for errors.
-    pub(super) target: std::net::SocketAddr,
+    pub(super) target: crate::net::HostPort,
     /// Transactions per second for this stream; `None` = as fast as possible.
     pub(super) rate: Option<f64>,
     pub(super) count: Option<u64>,

@@ -111,7 +111,7 @@ async fn a_killed_ingress_loses_nothing_it_answered_and_remembers_every_window()
         .iter()
         .all(|v| !v.reasons.contains(&(Reason::Velocity as i32))));
 
-    config.txgen.target = grpc;
+    config.txgen.target = grpc.into();
     let (report, restarted) =
         kill_mid_run(&config, child, 8_000, || spawn_ingress(&sets, grpc).0).await;
     assert!(report.ended_early.is_none(), "{}", report.summary());
@@ -176,9 +176,9 @@ async fn a_killed_dashboard_comes_back_with_every_total_it_acknowledged() {
     ];
     let (child, dash_addr) = spawn_dashboard(&sets, "127.0.0.1:0".parse().expect("addr"));
     wait_serving(&config, dash_addr, "dashboard").await;
-    config.ingress.dashboard_addr = dash_addr;
+    config.ingress.dashboard_addr = dash_addr.into();
     let ing = txmesh::ingress::start(&config).await.expect("ingress");
-    config.txgen.target = ing.local_addr;
+    config.txgen.target = ing.local_addr.into();
     let (report, restarted) = kill_mid_run(&config, child, 10_000, || {
         spawn_dashboard(&sets, dash_addr).0
     })

@@ -23,7 +23,7 @@ async fn sigterm_drains_the_ingress_and_txgen_reconnects_to_its_successor_losing
     let (mut child, grpc) = spawn_ingress(&sets, "127.0.0.1:0".parse().expect("addr"));
     wait_serving(&config, grpc, "ingress").await;
 
-    config.txgen.target = grpc;
+    config.txgen.target = grpc.into();
     config.txgen.rate = 2_000;
     config.txgen.duration_secs = 8;
     let (load, progress) = spawn_txgen_watched(&config);

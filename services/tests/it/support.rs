@@ -104,11 +104,11 @@ pub async fn launch(
     options: txmesh_actors::RouterOptions,
 ) -> (dashboard::DashboardHandle, ingress::IngressHandle) {
     let dash = dashboard::start(config).await.expect("dashboard starts");
-    config.ingress.dashboard_addr = dash.grpc_addr;
+    config.ingress.dashboard_addr = dash.grpc_addr.into();
     let ing = ingress::start_with(config, options)
         .await
         .expect("ingress starts");
-    config.txgen.target = ing.local_addr;
+    config.txgen.target = ing.local_addr.into();
     (dash, ing)
 }
 

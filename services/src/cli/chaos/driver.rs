@@ -27,17 +27,18 @@ use txmesh_proto::v1::{
 use crate::{
     config::TxmeshConfig,
     error::ServiceError,
+    net::HostPort,
     txgen::{self, TxgenProgress, TxgenReport},
 };
 
 /// Where the runner reaches each component.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Endpoints {
     pub ingress_admin: SocketAddr,
     pub ingress_metrics: SocketAddr,
     pub dashboard_admin: SocketAddr,
     pub dashboard_metrics: SocketAddr,
-    pub txgen_target: SocketAddr,
+    pub txgen_target: HostPort,
 }
 
 impl Endpoints {
@@ -55,7 +56,10 @@ impl Endpoints {
             ingress_metrics: reach(config.ingress.metrics_listen),
             dashboard_admin: reach(config.dashboard.grpc_listen),
             dashboard_metrics: reach(config.dashboard.https_listen),
-            txgen_target: reach(config.txgen.target),
+            txgen_target: match config.txgen.target.socket_addr() {
+                Some(addr) => reach(addr).into(),
+                None => config.txgen.target.clone(),
+            },
         }
     }
 }
@@ -334,7 +338,7 @@ impl Driver for SystemDriver {
     ) -> Result<(), DriverError> {
         let mut config = self.config.clone();
         let t = &mut config.txgen;
-        t.target = self.endpoints.txgen_target;
+        t.target = self.endpoints.txgen_target.clone();
         t.rate = rate;
         t.duration_secs = duration_secs;
         t.count = 0;
