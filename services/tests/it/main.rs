@@ -13,6 +13,7 @@ mod admin;
 mod audit;
 mod chaos;
 mod crash;
+mod deploy;
 mod end_to_end;
 mod expiry;
 mod health;

@@ -1,0 +1,107 @@
+{{/* The prefix of every object: fullnameOverride, else the release name. */}}
+{{- define "txmesh.fullname" -}}
+{{- default .Release.Name .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "txmesh.labels" -}}
+app.kubernetes.io/name: txmesh
+app.kubernetes.io/instance: {{ include "txmesh.fullname" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "ingress"). */}}
+{{- define "txmesh.selector" -}}
+app.kubernetes.io/name: txmesh
+app.kubernetes.io/instance: {{ include "txmesh.fullname" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "txmesh.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "txmesh.secretName" -}}
+{{ include "txmesh.fullname" .root }}-{{ .identity }}-tls
+{{- end -}}
+
+{{/* DNS name of a component's client Service. */}}
+{{- define "txmesh.serviceHost" -}}
+{{ include "txmesh.fullname" .root }}-{{ .component }}.{{ .root.Release.Namespace }}.svc.{{ .root.Values.clusterDomain }}
+{{- end -}}
+
+{{/*
+One identity's directory: tls.crt and tls.key from its Secret, ca.crt from
+the Secret or from the trust-bundle ConfigMap. A projected volume is
+updated in place when cert-manager renews the Secret; the services reload
+the files (tls.reload_interval_ms) without a restart.
+*/}}
+{{- define "txmesh.identityVolume" -}}
+- name: identity-{{ .identity }}
+  projected:
+    defaultMode: 0440
+    sources:
+      - secret:
+          name: {{ include "txmesh.secretName" . }}
+          items:
+            - { key: tls.crt, path: tls.crt }
+            - { key: tls.key, path: tls.key }
+            {{- if not .root.Values.certificates.trustBundle.configMap }}
+            - { key: ca.crt, path: ca.crt }
+            {{- end }}
+      {{- with .root.Values.certificates.trustBundle.configMap }}
+      - configMap:
+          name: {{ . }}
+          items:
+            - { key: {{ $.root.Values.certificates.trustBundle.key }}, path: ca.crt }
+      {{- end }}
+{{- end -}}
+
+{{- define "txmesh.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+fsGroupChangePolicy: OnRootMismatch
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "txmesh.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/* An exec probe: `txmesh health` over mTLS with the pod's own identity. */}}
+{{- define "txmesh.healthProbe" -}}
+exec:
+  command:
+    - /usr/local/bin/txmesh
+    - --config=/etc/txmesh/txmesh.toml
+    - health
+    - --target=127.0.0.1:{{ .port }}
+    - --server={{ .server }}
+    - --timeout=3s
+{{- end -}}
+
+{{- define "txmesh.spread" -}}
+{{- if .root.Values.topologySpread.enabled }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: DoNotSchedule
+    labelSelector:
+      matchLabels:
+        {{- include "txmesh.selector" . | nindent 8 }}
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "txmesh.selector" . | nindent 8 }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Renders and validates helm/txmesh and argocd/ offline, as CI does.
+
+For every values set (the defaults, each shipped profile, the
+existing-Secrets mode, a trust-bundle ConfigMap, and every environment of
+argocd/applicationset.yaml with its valueFiles) the chart is checked against
+values.schema.json, linted (strict) and rendered with Helm's own engine
+(helm-python-sdk); every rendered object is validated: core kinds with
+kubernetes-validate --strict against Kubernetes KUBERNETES_VERSION, custom
+resources (cert-manager, Prometheus Operator, Argo CD) with the upstream
+schemas of @kubernetes-models (validate-crds.mjs). Rendering twice must give
+the same bytes (nothing random: Argo CD stays in sync). Bad values must be
+refused by the schema. promtool checks and unit-tests the alerts.
+
+Exit 0 when everything holds, 1 on any failure, 3 when a tool is missing.
+"""
+import copy
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+CHART = HERE / "txmesh"
+KUBERNETES_VERSION = "1.33.0"
+NAMESPACE = "txmesh"
+CUSTOM_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/", "argoproj.io/")
+
+try:
+    import helm_python
+    import kubernetes_validate
+    import yaml
+except ImportError as e:  # pragma: no cover - CI installs them
+    print(f"MISSING: {e} (pip install helm-python-sdk kubernetes-validate PyYAML)")
+    sys.exit(3)
+for tool in ("node", "promtool"):
+    if shutil.which(tool) is None:
+        print(f"MISSING: {tool} on PATH")
+        sys.exit(3)
+if not (HERE / "node_modules" / "@kubernetes-models" / "cert-manager").is_dir():
+    print("MISSING: helm/node_modules (npm ci --prefix helm)")
+    sys.exit(3)
+
+failures = []
+
+
+def fail(what):
+    failures.append(what)
+    print(f"FAIL    {what}")
+
+
+def merge(base, over):
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_values(*files):
+    values = {}
+    for f in files:
+        values = merge(values, yaml.safe_load((CHART / f).read_text()) or {})
+    return values
+
+
+def value_sets():
+    sets = {
+        "defaults": {},
+        "production": load_values("values-production.yaml"),
+        "staging": load_values("values-staging.yaml"),
+        "existing-secrets": {"certificates": {"mode": "existingSecrets"}},
+        "trust-bundle": merge(
+            load_values("values-production.yaml"),
+            {"certificates": {"trustBundle": {"configMap": "txmesh-trust"}}},
+        ),
+        "everything-off": {
+            "networkPolicy": {"enabled": False},
+            "podDisruptionBudget": {"enabled": False},
+            "smokeTest": {"enabled": False},
+            "topologySpread": {"enabled": False},
+        },
+    }
+    appset = yaml.safe_load((ROOT / "argocd" / "applicationset.yaml").read_text())
+    for element in appset["spec"]["generators"][0]["list"]["elements"]:
+        files = [f for f in element["valueFiles"] if f != "values.yaml"]
+        sets[f"argocd-{element['env']}"] = load_values(*files)
+    return sets
+
+
+# Values the schema must refuse: (description, values).
+BAD_VALUES = [
+    ("an unknown top-level key", {"ingres": {}}),
+    ("an unknown nested key", {"ingress": {"replica": 2}}),
+    ("a second ingress replica (histories would split)", {"ingress": {"replicas": 2}}),
+    ("zero ingress replicas", {"ingress": {"replicas": 0}}),
+    ("an unknown certificate mode", {"certificates": {"mode": "helmGenerated"}}),
+    ("a journal sync policy that does not exist", {"ingress": {"journalSync": "sometimes"}}),
+    ("a trust domain with a scheme", {"trustDomain": "spiffe://txmesh.local"}),
+    ("a negative txgen rate", {"txgen": {"rate": -1}}),
+    ("a duration without a unit", {"certificates": {"certManager": {"duration": "24"}}}),
+    ("a volume size that is not a quantity", {"ingress": {"persistence": {"size": "lots"}}}),
+    ("a string where a boolean goes", {"networkPolicy": {"enabled": "yes"}}),
+    ("an image tag with spaces", {"image": {"tag": "latest please"}}),
+]
+
+
+def check_pod_specs(name, docs):
+    """The chart's promises for every pod: non-root, read-only root, no
+    capabilities, RuntimeDefault seccomp, exec probes (no plaintext port)."""
+    for doc in docs:
+        kind = doc.get("kind")
+        spec = None
+        if kind in ("StatefulSet", "Deployment"):
+            spec = doc["spec"]["template"]["spec"]
+        elif kind == "Job":
+            spec = doc["spec"]["template"]["spec"]
+        if spec is None:
+            continue
+        where = f"{name}: {kind}/{doc['metadata']['name']}"
+        psc = spec.get("securityContext", {})
+        if not psc.get("runAsNonRoot") or psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            fail(f"{where}: pod securityContext is not non-root with RuntimeDefault seccomp")
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            sc = c.get("securityContext", {})
+            if not (sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
+                    and sc.get("capabilities", {}).get("drop") == ["ALL"]):
+                fail(f"{where}/{c['name']}: container securityContext is not locked down")
+            if "resources" not in c:
+                fail(f"{where}/{c['name']}: no resources")
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if probe in c and "exec" not in c[probe]:
+                    fail(f"{where}/{c['name']}: {probe} is not an exec probe")
+        if kind == "StatefulSet":
+            c = spec["containers"][0]
+            if not all(p in c for p in ("startupProbe", "readinessProbe", "livenessProbe")):
+                fail(f"{where}: a server without all three probes")
+
+
+def save_config(name, docs):
+    """Writes each rendered txmesh.toml to TXMESH_RENDERED_CONFIG_DIR (when
+    set), where the Rust test loads it with txmesh's own config loader."""
+    out = os.environ.get("TXMESH_RENDERED_CONFIG_DIR")
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and "txmesh.toml" in doc.get("data", {}):
+            if out:
+                pathlib.Path(out, f"{name}.toml").write_text(doc["data"]["txmesh.toml"])
+            return
+    fail(f"{name}: no txmesh.toml ConfigMap")
+
+
+def render(chart, name, values):
+    try:
+        chart.validate_schema(values)
+    except helm_python.HelmError as e:
+        fail(f"{name}: the schema refuses the values: {e}")
+        return []
+    report = helm_python.lint(str(CHART), values, strict=True, namespace=NAMESPACE,
+                              kube_version=f"v{KUBERNETES_VERSION}")
+    for m in report.get("messages", []):
+        if m.get("severity", 0) >= 2:
+            fail(f"{name}: lint: {m.get('path')}: {m.get('error')}")
+    first = chart.render(values, name="txmesh", namespace=NAMESPACE, is_install=True)
+    again = chart.render(values, name="txmesh", namespace=NAMESPACE, is_install=True)
+    if first != again:
+        fail(f"{name}: two renders differ (random or generated values keep Argo CD OutOfSync)")
+    docs = []
+    for path, text in sorted(first.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                docs.append(doc)
+    return docs
+
+
+def validate_core(name, docs):
+    checked = 0
+    for doc in docs:
+        if doc.get("apiVersion", "").startswith(CUSTOM_GROUPS):
+            continue
+        where = f"{name}: {doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            checked += 1
+        except Exception as e:  # noqa: BLE001 - every failure reported alike
+            fail(f"{where}: {getattr(e, 'message', e)}")
+    return checked
+
+
+def validate_custom(batch):
+    """batch: [(label, doc)] of custom resources, checked by node."""
+    if not batch:
+        return 0
+    proc = subprocess.run(
+        ["node", str(HERE / "validate-crds.mjs")],
+        input=json.dumps([{"where": w, "doc": d} for w, d in batch]),
+        capture_output=True, text=True, cwd=HERE,
+    )
+    result = json.loads(proc.stdout or "{}")
+    for problem in result.get("invalid", []):
+        fail(problem)
+    if proc.returncode not in (0, 1) or "valid" not in result:
+        fail(f"validate-crds.mjs: exit {proc.returncode}: {proc.stderr.strip()}")
+    return result.get("valid", 0)
+
+
+def check_dockerfile():
+    """No Docker engine runs here, so the image is not built in CI; what can
+    be checked offline is: every COPY source exists, the runtime user is the
+    uid the chart runs as, and the chart's default image is this one."""
+    text = (ROOT / "Dockerfile").read_text()
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
+            for src in parts[1:-1]:
+                if not (ROOT / src).exists():
+                    fail(f"Dockerfile: COPY {src}: no such file")
+    if "USER 65532:65532" not in text:
+        fail("Dockerfile: the runtime user is not 65532, the chart's runAsUser")
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    if defaults["image"]["repository"] not in text:
+        fail("Dockerfile: does not build the chart's default image")
+    print("checked Dockerfile")
+
+
+def main():
+    start = time.monotonic()
+    check_dockerfile()
+    chart = helm_python.Chart.load(str(CHART))
+    valid = 0
+    custom = []
+    for name, values in value_sets().items():
+        docs = render(chart, name, values)
+        kinds = sorted({d["kind"] for d in docs})
+        counts = {k: sum(1 for d in docs if d["kind"] == k) for k in kinds}
+        print(f"rendered {name}: {len(docs)} objects: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+        check_pod_specs(name, docs)
+        save_config(name, docs)
+        if any("secret" == d["kind"].lower() for d in docs):
+            fail(f"{name}: the chart renders a Secret (certificates come from cert-manager or txmesh certs)")
+        valid += validate_core(name, docs)
+        custom += [(f"{name}: {d['kind']}/{d['metadata']['name']}", d) for d in docs
+                   if d.get("apiVersion", "").startswith(CUSTOM_GROUPS)]
+    for path in sorted((ROOT / "argocd").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                custom.append((f"argocd/{path.name}: {doc['kind']}/{doc['metadata']['name']}", doc))
+    valid += validate_custom(custom)
+
+    for what, values in BAD_VALUES:
+        try:
+            chart.validate_schema(values)
+            fail(f"the schema accepts {what}: {json.dumps(values)}")
+        except helm_python.HelmError as e:
+            first = " ".join(str(e).split()) or type(e).__name__
+            print(f"refused {what}: {first[:160]}")
+
+    files = CHART / "files"
+    for args in (["check", "rules", str(files / "alerts.yaml")], ["test", "rules", str(files / "alerts.test.yaml")]):
+        proc = subprocess.run(["promtool", *args], capture_output=True, text=True)
+        print(f"promtool {' '.join(args[:2])}: exit {proc.returncode}")
+        if proc.returncode != 0:
+            fail(f"promtool {' '.join(args)}:\n{proc.stdout}{proc.stderr}")
+
+    print(f"valid {valid}, invalid {len(failures)} ({time.monotonic() - start:.1f} s)")
+    return 1 if failures or not valid else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
