@@ -227,6 +227,43 @@ def check_dockerfile():
     print("checked Dockerfile")
 
 
+def check_chaos_manifests(docs):
+    """chaos/k8s selects the chart's pods (release `txmesh`, default values)
+    and mounts the chart's Secrets."""
+    pods = [d["spec"]["template"]["metadata"]["labels"] for d in docs
+            if d["kind"] in ("StatefulSet", "Deployment")]
+    secrets = {d["spec"]["secretName"] for d in docs if d["kind"] == "Certificate"}
+
+    def selectors(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "labelSelectors":
+                    yield v
+                else:
+                    yield from selectors(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from selectors(v)
+
+    checked = 0
+    for path in sorted((ROOT / "chaos" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc:
+                continue
+            for sel in selectors(doc.get("spec", {})):
+                checked += 1
+                if sel.get("app.kubernetes.io/component") in ("chaos", "txgen"):
+                    continue
+                if not any(all(p.get(k) == v for k, v in sel.items()) for p in pods):
+                    fail(f"chaos/k8s/{path.name}: selector {sel} matches no pod of the chart")
+            pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for vol in pod.get("volumes", []):
+                name = vol.get("secret", {}).get("secretName")
+                if name and name not in secrets:
+                    fail(f"chaos/k8s/{path.name}: Secret {name} is not one the chart makes")
+    print(f"checked chaos/k8s: {checked} selectors")
+
+
 def main():
     start = time.monotonic()
     check_dockerfile()
@@ -240,6 +277,8 @@ def main():
         print(f"rendered {name}: {len(docs)} objects: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
         check_pod_specs(name, docs)
         save_config(name, docs)
+        if name == "defaults":
+            check_chaos_manifests(docs)
         if any("secret" == d["kind"].lower() for d in docs):
             fail(f"{name}: the chart renders a Secret (certificates come from cert-manager or txmesh certs)")
         valid += validate_core(name, docs)
