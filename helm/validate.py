@@ -290,6 +290,18 @@ def main():
                 custom.append((f"argocd/{path.name}: {doc['kind']}/{doc['metadata']['name']}", doc))
     valid += validate_custom(custom)
 
+    # The CRD check must be able to fail: a Certificate with a usage and a
+    # key algorithm cert-manager does not know is refused.
+    bad = {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "bad"},
+           "spec": {"secretName": "s", "issuerRef": {"name": "i"}, "usages": ["any"],
+                    "privateKey": {"algorithm": "DSA"}}}
+    proc = subprocess.run(["node", str(HERE / "validate-crds.mjs")], capture_output=True, text=True,
+                          input=json.dumps([{"where": "bad", "doc": bad}]), cwd=HERE)
+    if proc.returncode != 1 or '"valid":0' not in proc.stdout:
+        fail(f"validate-crds.mjs accepts a Certificate cert-manager would refuse: {proc.stdout}")
+    else:
+        print("refused a Certificate with an unknown usage and key algorithm (CRD schema)")
+
     for what, values in BAD_VALUES:
         try:
             chart.validate_schema(values)
