@@ -113,13 +113,9 @@ def check_pod_specs(name, docs):
     capabilities, RuntimeDefault seccomp, exec probes (no plaintext port)."""
     for doc in docs:
         kind = doc.get("kind")
-        spec = None
-        if kind in ("StatefulSet", "Deployment"):
-            spec = doc["spec"]["template"]["spec"]
-        elif kind == "Job":
-            spec = doc["spec"]["template"]["spec"]
-        if spec is None:
+        if kind not in ("StatefulSet", "Deployment", "Job"):
             continue
+        spec = doc["spec"]["template"]["spec"]
         where = f"{name}: {kind}/{doc['metadata']['name']}"
         psc = spec.get("securityContext", {})
         if not psc.get("runAsNonRoot") or psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
@@ -279,7 +275,7 @@ def main():
         save_config(name, docs)
         if name == "defaults":
             check_chaos_manifests(docs)
-        if any("secret" == d["kind"].lower() for d in docs):
+        if any(d["kind"] == "Secret" for d in docs):
             fail(f"{name}: the chart renders a Secret (certificates come from cert-manager or txmesh certs)")
         valid += validate_core(name, docs)
         custom += [(f"{name}: {d['kind']}/{d['metadata']['name']}", d) for d in docs

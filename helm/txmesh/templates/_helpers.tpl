@@ -88,6 +88,29 @@ exec:
     - --timeout=3s
 {{- end -}}
 
+{{/*
+A server's three probes, all `txmesh health` (NOT_SERVING fails them).
+Startup allows journal recovery startupFailures x 5 s; liveness restarts
+only after livenessFailures x 10 s, since a full disk heals by itself.
+*/}}
+{{- define "txmesh.probes" -}}
+startupProbe:
+  {{- include "txmesh.healthProbe" . | nindent 2 }}
+  periodSeconds: 5
+  timeoutSeconds: 5
+  failureThreshold: {{ .startupFailures }}
+readinessProbe:
+  {{- include "txmesh.healthProbe" . | nindent 2 }}
+  periodSeconds: 5
+  timeoutSeconds: 5
+  failureThreshold: 2
+livenessProbe:
+  {{- include "txmesh.healthProbe" . | nindent 2 }}
+  periodSeconds: 10
+  timeoutSeconds: 5
+  failureThreshold: {{ .livenessFailures }}
+{{- end -}}
+
 {{- define "txmesh.spread" -}}
 {{- if .root.Values.topologySpread.enabled }}
 topologySpreadConstraints:

@@ -11,7 +11,7 @@ use std::{
     str::FromStr,
 };
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{DnsName, ServerName};
 use serde::{Deserialize, Serialize};
 
 /// `HOST:PORT`, where HOST is an IPv4 address, a bracketed IPv6 address or
@@ -26,7 +26,8 @@ pub struct HostPort {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Host {
     Ip(IpAddr),
-    Name(String),
+    /// Validated once, when parsed: it is also the SNI name.
+    Name(DnsName<'static>),
 }
 
 impl HostPort {
@@ -52,9 +53,7 @@ impl HostPort {
     pub fn server_name(&self) -> ServerName<'static> {
         match &self.host {
             Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-            Host::Name(name) => ServerName::try_from(name.clone())
-                // FromStr only admits names rustls accepts.
-                .unwrap_or(ServerName::IpAddress(IpAddr::from([0, 0, 0, 0]).into())),
+            Host::Name(name) => ServerName::DnsName(name.clone()),
         }
     }
 
@@ -68,7 +67,7 @@ impl HostPort {
             Host::Ip(ip) => return Ok(SocketAddr::new(*ip, self.port)),
             Host::Name(name) => name,
         };
-        (name.as_str(), self.port)
+        (name.as_ref(), self.port)
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| {
@@ -86,7 +85,7 @@ impl HostPort {
     pub async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
         match &self.host {
             Host::Ip(ip) => tokio::net::TcpStream::connect(SocketAddr::new(*ip, self.port)).await,
-            Host::Name(name) => tokio::net::TcpStream::connect((name.as_str(), self.port)).await,
+            Host::Name(name) => tokio::net::TcpStream::connect((name.as_ref(), self.port)).await,
         }
     }
 }
@@ -113,17 +112,10 @@ impl FromStr for HostPort {
         let port = port
             .parse::<u16>()
             .map_err(|_| format!("{text:?}: {port:?} is not a port number"))?;
-        let valid = !host.is_empty()
-            && host.len() <= 253
-            && !host.contains(':')
-            && ServerName::try_from(host).is_ok();
-        if !valid {
-            return Err(format!(
-                "{text:?}: {host:?} is neither an IP address nor a DNS name"
-            ));
-        }
+        let name = DnsName::try_from(host.to_ascii_lowercase())
+            .map_err(|_| format!("{text:?}: {host:?} is neither an IP address nor a DNS name"))?;
         Ok(Self {
-            host: Host::Name(host.to_ascii_lowercase()),
+            host: Host::Name(name),
             port,
         })
     }
@@ -147,7 +139,7 @@ impl fmt::Display for HostPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.host {
             Host::Ip(ip) => SocketAddr::new(*ip, self.port).fmt(f),
-            Host::Name(name) => write!(f, "{name}:{}", self.port),
+            Host::Name(name) => write!(f, "{}:{}", name.as_ref(), self.port),
         }
     }
 }

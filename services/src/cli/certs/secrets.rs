@@ -8,20 +8,15 @@
 
 use std::time::Duration;
 
-use txmesh_certs::{CertAuthority, IssueOptions, StateLayout};
+use txmesh_certs::{CertAuthority, IssueOptions, StateLayout, COMPONENT_IDENTITIES};
 
 use crate::{config::TxmeshConfig, error::ServiceError};
 
-/// Every identity the chart mounts: the two servers, the clients of the
-/// mesh and of `/metrics`, and the chaos Jobs'.
-pub const RELEASE_IDENTITIES: &[&str] = &[
-    "ingress",
-    "dashboard",
-    "txgen",
-    "operator",
-    "prometheus",
-    "chaos",
-];
+/// Every identity the chart mounts: the components `certs init` makes,
+/// and Prometheus, which scrapes `/metrics` in a cluster.
+fn release_identities() -> impl Iterator<Item = &'static str> {
+    COMPONENT_IDENTITIES.iter().copied().chain(["prometheus"])
+}
 
 /// Which release the Secrets are for.
 #[derive(Debug, Clone)]
@@ -74,7 +69,7 @@ pub fn manifests(
     let ca = CertAuthority::ensure(&layout, &config.trust_domain, &[], &IssueOptions::default())?;
     let bundle = ca.bundle(&layout);
     let mut out = String::new();
-    for identity in RELEASE_IDENTITIES {
+    for identity in release_identities() {
         let options = IssueOptions {
             ttl,
             dns_names: release.dns_names(identity),
