@@ -48,6 +48,19 @@ use crate::{
 /// what was acknowledged since; the dashboard drops it as duplicate).
 const PERSIST_ACKED_EVERY: Duration = Duration::from_millis(200);
 
+/// With nothing to send, a status report (a batch with no verdicts and
+/// sequence 0, never acknowledged) goes out this often, so the dashboard
+/// tells an idle publisher from a gone one.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// The [`StatusSource`] is read at most this often (the latency histogram
+/// and the mesh view are not needed with every batch).
+const STATUS_EXTRA_EVERY: Duration = Duration::from_millis(500);
+
+/// What the publisher's owner adds to the status (the ingress: its latency
+/// histogram and its view of the mesh).
+pub type StatusSource = Arc<dyn Fn(&mut PublisherStatus) + Send + Sync>;
+
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -132,6 +145,11 @@ pub struct DashboardPublisher {
     chaos: Option<Arc<txmesh_chaos::Registry>>,
     /// An injected delay holds sends until then.
     hold_sends_until: Option<Instant>,
+    status_source: Option<StatusSource>,
+    /// When the status source is read next.
+    next_status_extra: Instant,
+    /// When a status last went out (with a batch or alone).
+    status_sent_at: Instant,
 }
 
 enum Link {
@@ -216,7 +234,18 @@ impl DashboardPublisher {
             screening: None,
             chaos: None,
             hold_sends_until: None,
+            status_source: None,
+            next_status_extra: Instant::now(),
+            status_sent_at: Instant::now(),
         }
+    }
+
+    /// Adds what `source` fills in to the status, at most every
+    /// [`STATUS_EXTRA_EVERY`].
+    #[must_use]
+    pub fn with_status_source(mut self, source: StatusSource) -> Self {
+        self.status_source = Some(source);
+        self
     }
 
     /// Consults `chaos` before each send (injected failures and delays).
@@ -275,6 +304,7 @@ impl DashboardPublisher {
         if let Link::Up(tx) = &self.link {
             let tx = tx.clone();
             self.send_pending(&tx, now);
+            self.report_status(&tx, now);
             let timeout = Duration::from_millis(self.config.ack_timeout_ms);
             if self
                 .oldest_sent_at
@@ -342,7 +372,7 @@ impl DashboardPublisher {
     fn send_pending(&mut self, tx: &tokio::sync::mpsc::Sender<VerdictBatch>, now: Instant) {
         while self.sent < self.pending.len() {
             let mut batch = self.pending[self.sent].clone();
-            batch.status = Some(self.wire_status());
+            batch.status = Some(self.wire_status(now));
             match tx.try_send(batch) {
                 Ok(()) => {
                     if self.sent == 0 {
@@ -437,20 +467,46 @@ impl DashboardPublisher {
         self.next_attempt = now + delay.max(self.breaker.remaining_open(now));
     }
 
-    fn wire_status(&self) -> PublisherStatus {
+    /// A status report when nothing carried the status for
+    /// [`STATUS_EVERY`]: the dashboard applies it and sends no ack.
+    fn report_status(&mut self, tx: &tokio::sync::mpsc::Sender<VerdictBatch>, now: Instant) {
+        if now.saturating_duration_since(self.status_sent_at) < STATUS_EVERY {
+            return;
+        }
+        let report = VerdictBatch {
+            publisher_id: self.id.clone(),
+            status: Some(self.wire_status(now)),
+            ..VerdictBatch::default()
+        };
+        // A full stream carries batches (with the status) already.
+        let _ = tx.try_send(report);
+    }
+
+    fn wire_status(&mut self, now: Instant) -> PublisherStatus {
+        self.status_sent_at = now;
         let breaker = match self.breaker.state() {
             BreakerState::Closed => WireBreaker::Closed,
             BreakerState::Open => WireBreaker::Open,
             BreakerState::HalfOpen => WireBreaker::HalfOpen,
         };
-        PublisherStatus {
+        let mut status = PublisherStatus {
             breaker: breaker as i32,
             outbox_depth: self.journals.backlog(),
             shed_total: self.journals.given_up(),
             retries_total: self.stats.retries.load(Ordering::Relaxed),
             breaker_transitions_total: self.breaker.transitions(),
             screening: self.screening.as_ref().map(ScreeningStats::to_wire),
+            latency: None,
+            mesh: None,
+            answers: None,
+        };
+        if let Some(source) = &self.status_source {
+            if now >= self.next_status_extra {
+                self.next_status_extra = now + STATUS_EXTRA_EVERY;
+                source(&mut status);
+            }
         }
+        status
     }
 
     fn publish_stats(&self) {

@@ -213,6 +213,9 @@ pub(crate) fn verdict(
         currency: txn.currency.clone(),
         country: txn.country.clone(),
         traceparent: String::new(),
+        // Only the journal's record of an alert carries it (to the
+        // dashboard); the caller's answer does not repeat it.
+        merchant_id: String::new(),
     }
 }
 

@@ -130,11 +130,12 @@ pub struct DashboardConfig {
     /// How often browsers get an update, milliseconds.
     #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub push_interval_ms: u64,
-    /// Flagged transactions kept for the alert list.
+    /// Flagged and rejected transactions kept for the alert feed.
     pub recent_alerts: usize,
-    /// Seconds of per-second throughput kept.
+    /// Seconds of per-second history (rates, latency, breaker and gap
+    /// markers) kept for the page's charts: bounds its longest range.
     #[serde(deserialize_with = "txmesh_actors::config::duration::secs")]
-    pub throughput_window_secs: usize,
+    pub history_secs: usize,
     /// Messages queued per browser before updates to it are dropped.
     pub session_queue: usize,
     /// Origins, besides the dashboard's own `https://HOST:PORT`, whose
@@ -270,8 +271,8 @@ impl Default for DashboardConfig {
             https_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             identity: "dashboard".to_owned(),
             push_interval_ms: 500,
-            recent_alerts: 50,
-            throughput_window_secs: 300,
+            recent_alerts: 200,
+            history_secs: 3600,
             session_queue: 16,
             allowed_origins: Vec::new(),
             state_file: "dashboard-state.json".to_owned(),
@@ -462,6 +463,16 @@ impl TxmeshConfig {
             "must be at least 1024",
         );
         let (ing, dash, c) = (&self.ingress, &self.dashboard, &self.connections);
+        p.bad_if(
+            !(60..=86_400).contains(&dash.history_secs),
+            "dashboard.history_secs",
+            "must be between 60 (the shortest chart range) and 86400",
+        );
+        p.bad_if(
+            !(1..=10_000).contains(&dash.recent_alerts),
+            "dashboard.recent_alerts",
+            "must be between 1 and 10000",
+        );
         for (key, value) in [
             ("txgen.accounts", t.accounts),
             ("txgen.streams", t.streams as u64),

@@ -22,7 +22,9 @@ use txmesh_certs::CertStore;
 use txmesh_proto::v1::dashboard_server::DashboardServer;
 
 pub use aggregator::{
-    Aggregator, Alert, GetSnapshot, IngestCounters, PublisherRecord, Snapshot, Totals,
+    live::{CountBy, Golden, HistoryColumns, IngressGolden, LinkGolden, MeshPeerView, MeshView},
+    Aggregator, Alert, GetSnapshot, IngestCounters, PublisherRecord, PublisherView, Snapshot,
+    Totals,
 };
 
 use crate::{
@@ -83,8 +85,9 @@ pub async fn start(config: &TxmeshConfig) -> Result<DashboardHandle, ServiceErro
         broadcast_stats,
         Duration::from_millis(dash.push_interval_ms),
         dash.recent_alerts,
-        dash.throughput_window_secs,
+        dash.history_secs,
     )?
+    .with_mesh(base.metrics.clone())
     .with_counters(ingest.clone())
     .start();
     let origin_refusals = Arc::new(AtomicU64::new(0));

@@ -108,15 +108,16 @@ pub(crate) fn authorize(
     metrics: &Metrics,
     service: Service,
 ) -> Result<SpiffeId, Box<HttpResponse>> {
-    let peer = req.conn_data::<PeerIdentity>().and_then(|p| p.0.clone());
-    let Some(id) = peer else {
-        metrics.authz(service, Decision::Deny);
+    let identity = req.conn_data::<PeerIdentity>();
+    let not_after = identity.and_then(|p| p.1);
+    let Some(id) = identity.and_then(|p| p.0.clone()) else {
+        metrics.authz(service, Decision::Deny, None);
         return Err(Box::new(
             HttpResponse::Forbidden().body("no client identity\n"),
         ));
     };
     let decision = policy.decide(service, &id);
-    metrics.authz(service, decision);
+    metrics.authz(service, decision, Some((&id, not_after)));
     match decision {
         Decision::Allow => Ok(id),
         Decision::Deny => {

@@ -120,7 +120,14 @@ pub async fn start_with(
     // serves /metrics only.
     let server = base.serve(|r| r.add_service(ingress), |_| {}).await?;
 
-    let pipeline = match start_pipeline(config, options, &certs, &server.chaos).await {
+    let status_source: txmesh_actors::publisher::StatusSource = {
+        let (counters, metrics) = (counters.clone(), metrics.clone());
+        Arc::new(move |status| {
+            counters.fill_status(status);
+            status.mesh = Some(metrics.mesh());
+        })
+    };
+    let pipeline = match start_pipeline(config, options, &certs, &server.chaos, status_source).await {
         Ok(pipeline) => pipeline,
         Err(e) => {
             // Nothing may listen for a service that cannot screen.
@@ -188,6 +195,7 @@ async fn start_pipeline(
     options: RouterOptions,
     certs: &CertStore,
     chaos: &Arc<txmesh_chaos::Registry>,
+    status_source: txmesh_actors::publisher::StatusSource,
 ) -> Result<Pipeline, ServiceError> {
     let histograms = JournalHistograms::default();
     let (journals, recovered) = open_journal(config, histograms.clone()).await?;
@@ -210,6 +218,7 @@ async fn start_pipeline(
         Arc::new(transport),
     )
     .with_screening(router.stats().clone())
+    .with_status_source(status_source)
     .with_chaos(chaos.clone());
     let stats = publisher.stats();
     let publisher_addr = publisher.start();

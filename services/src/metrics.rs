@@ -16,10 +16,32 @@ use prometheus::{
     core::Collector, proto::MetricType, Encoder, GaugeVec, IntCounterVec, Opts, Registry,
     TextEncoder,
 };
-use txmesh_certs::{CertStore, Decision, Service};
+use txmesh_certs::{CertStore, Decision, Service, SpiffeId};
 
 use sampled::Sampled;
 pub(crate) use sampled::Samples;
+
+/// At most this many (service, client identity) pairs are remembered for
+/// the mesh view; a flood of foreign identities cannot grow it further.
+const MAX_PEERS: usize = 64;
+
+/// What the mesh view remembers of one client identity of one service.
+#[derive(Debug, Default, Clone, Copy)]
+struct PeerCounts {
+    allowed: u64,
+    denied: u64,
+    last_seen_unix_ms: i64,
+    cert_not_after_unix: i64,
+}
+
+/// This service's place in the mesh (see [`Metrics::mesh`]).
+#[derive(Debug, Default)]
+struct MeshBook {
+    spiffe_id: String,
+    cert_not_after_unix: i64,
+    peers: std::collections::BTreeMap<(&'static str, String), PeerCounts>,
+    denials: std::collections::BTreeMap<(&'static str, &'static str), u64>,
+}
 
 /// Why a TLS handshake was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +64,7 @@ pub struct Metrics {
     cert_expiry: GaugeVec,
     cert_reloads: IntCounterVec,
     connections_refused: IntCounterVec,
+    mesh: std::sync::Mutex<MeshBook>,
 }
 
 impl HandshakeFailure {
@@ -193,14 +216,95 @@ impl Metrics {
             cert_expiry,
             cert_reloads,
             connections_refused,
+            mesh: std::sync::Mutex::default(),
         }
     }
 
-    /// Counts an authorization decision.
-    pub fn authz(&self, service: Service, decision: Decision) {
+    /// Counts an authorization decision about `peer` and the notAfter of
+    /// its certificate (`None`: the caller presented no usable identity),
+    /// for `/metrics` and the mesh view.
+    pub fn authz(&self, service: Service, decision: Decision, peer: Option<(&SpiffeId, Option<i64>)>) {
         self.authz
             .with_label_values(&[service.name(), decision_label(decision)])
             .inc();
+        let mut book = self.mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if decision == Decision::Deny {
+            let reason = if peer.is_some() {
+                "not_allowed"
+            } else {
+                "no_identity"
+            };
+            *book.denials.entry((service.name(), reason)).or_default() += 1;
+        }
+        let Some((peer, not_after)) = peer else { return };
+        let key = (service.name(), peer.to_string());
+        if book.peers.len() >= MAX_PEERS && !book.peers.contains_key(&key) {
+            return;
+        }
+        let row = book.peers.entry(key).or_default();
+        match decision {
+            Decision::Allow => row.allowed += 1,
+            Decision::Deny => row.denied += 1,
+        }
+        row.last_seen_unix_ms = txmesh_actors::clock::system_unix_ms();
+        if let Some(not_after) = not_after {
+            row.cert_not_after_unix = not_after;
+        }
+    }
+
+    /// This service's view of the mesh: its identity and certificate
+    /// expiry, every client identity that called it (per service), the
+    /// handshakes its listeners refused and the calls it denied, by reason.
+    pub fn mesh(&self) -> txmesh_proto::v1::MeshStatus {
+        use txmesh_proto::v1::{AuthzDenials, HandshakeFailures, MeshPeer, MeshStatus};
+        let book = self.mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut handshake_failures = Vec::new();
+        for family in self.handshake_failures.collect() {
+            for m in family.get_metric() {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let count = m.get_counter().get_value() as u64;
+                if count > 0 {
+                    handshake_failures.push(HandshakeFailures {
+                        listener: label("listener"),
+                        reason: label("reason"),
+                        count,
+                    });
+                }
+            }
+        }
+        MeshStatus {
+            spiffe_id: book.spiffe_id.clone(),
+            cert_not_after_unix: book.cert_not_after_unix,
+            peers: book
+                .peers
+                .iter()
+                .map(|((service, id), c)| MeshPeer {
+                    service: (*service).to_owned(),
+                    spiffe_id: id.clone(),
+                    allowed: c.allowed,
+                    denied: c.denied,
+                    last_seen_unix_ms: c.last_seen_unix_ms,
+                    cert_not_after_unix: c.cert_not_after_unix,
+                })
+                .collect(),
+            handshake_failures,
+            denials: book
+                .denials
+                .iter()
+                .map(|((service, reason), count)| AuthzDenials {
+                    service: (*service).to_owned(),
+                    reason: (*reason).to_owned(),
+                    count: *count,
+                })
+                .collect(),
+        }
     }
 
     /// Counts a verified connection closed at once on `listener`.
@@ -242,6 +346,9 @@ impl Metrics {
         self.cert_expiry
             .with_label_values(&[id.path().trim_start_matches('/')])
             .set(store.not_after_unix() as f64);
+        let mut book = self.mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        book.spiffe_id = id.to_string();
+        book.cert_not_after_unix = store.not_after_unix();
     }
 
     /// Registers a service's own collector (a histogram, say).
@@ -300,7 +407,7 @@ mod tests {
         assert!(text.contains(
             "txmesh_tls_handshake_failures_total{listener=\"ingress-grpc\",reason=\"timeout\"} 0"
         ));
-        m.authz(Service::Screen, Decision::Deny);
+        m.authz(Service::Screen, Decision::Deny, None);
         m.handshake_failed("ingress-grpc", HandshakeFailure::BadCertificate);
         let text = m.render();
         assert!(

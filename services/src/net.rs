@@ -294,12 +294,15 @@ pub fn authorize<T>(
     let peer = match peer_id(request) {
         Ok(peer) => peer,
         Err(status) => {
-            metrics.authz(service, Decision::Deny);
+            metrics.authz(service, Decision::Deny, None);
             return Err(status);
         }
     };
     let decision = policy.decide(service, &peer);
-    metrics.authz(service, decision);
+    let not_after = request
+        .peer_certs()
+        .and_then(|certs| txmesh_certs::not_after_unix(certs.first()?).ok());
+    metrics.authz(service, decision, Some((&peer, not_after)));
     match decision {
         Decision::Allow => Ok(peer),
         Decision::Deny => {

@@ -177,6 +177,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Flags of a verdict record.
 const LEARNED: u8 = 1;
 const REPLAYED: u8 = 2;
+/// A merchant id follows the three strings (alerts only: the dashboard
+/// shows it; approved verdicts leave it out to stay small).
+const MERCHANT: u8 = 4;
 /// Fixed part of a verdict payload.
 const VERDICT_FIXED: usize = 47;
 
@@ -190,9 +193,11 @@ pub fn encode_answer(
     verdict: &Verdict,
     learned: Option<u64>,
 ) {
+    let alert = verdict.status() != VerdictStatus::Approved && !txn.merchant_id.is_empty();
     let scalars = Scalars {
         flags: if learned.is_some() { LEARNED } else { 0 }
-            | if verdict.replayed { REPLAYED } else { 0 },
+            | if verdict.replayed { REPLAYED } else { 0 }
+            | if alert { MERCHANT } else { 0 },
         verdict: StoredVerdict::from_verdict(verdict),
         amount_minor: txn.amount_minor,
         timestamp_unix_ms: txn.timestamp_unix_ms,
@@ -204,6 +209,20 @@ pub fn encode_answer(
         out,
         [&txn.transaction_id, &txn.account_id, &verdict.traceparent],
     );
+    if alert {
+        encode_string(out, &txn.merchant_id);
+    }
+}
+
+/// A length-prefixed string after the fixed part (cut at `u16::MAX` bytes,
+/// on a character boundary).
+fn encode_string(out: &mut Vec<u8>, s: &str) {
+    let mut end = s.len().min(usize::from(u16::MAX));
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&u16::try_from(end).unwrap_or(u16::MAX).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
 /// The fixed-size part of a verdict payload.
@@ -269,6 +288,8 @@ pub struct VerdictRecord {
     pub entry: WindowEntry,
     pub account_id: Box<str>,
     pub traceparent: Box<str>,
+    /// Kept for alerts only (empty for approved verdicts).
+    pub merchant_id: Box<str>,
 }
 
 impl VerdictRecord {
@@ -280,18 +301,28 @@ impl VerdictRecord {
             entry: WindowEntry::of(txn, verdict, fingerprint(txn)),
             account_id: txn.account_id.as_str().into(),
             traceparent: verdict.traceparent.as_str().into(),
+            merchant_id: if verdict.status() == VerdictStatus::Approved {
+                Box::from("")
+            } else {
+                txn.merchant_id.as_str().into()
+            },
         }
     }
 
     /// Appends the payload to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let e = &self.entry;
-        let flags =
-            if self.learned { LEARNED } else { 0 } | if self.replayed { REPLAYED } else { 0 };
+        let merchant = !self.merchant_id.is_empty();
+        let flags = if self.learned { LEARNED } else { 0 }
+            | if self.replayed { REPLAYED } else { 0 }
+            | if merchant { MERCHANT } else { 0 };
         Scalars::of(e, flags).encode(
             out,
             [&e.transaction_id, &self.account_id, &self.traceparent],
         );
+        if merchant {
+            encode_string(out, &self.merchant_id);
+        }
     }
 
     /// Reads a payload written by [`Self::encode`]; `None` when it is not
@@ -306,7 +337,15 @@ impl VerdictRecord {
         };
         let transaction_id = text(VERDICT_FIXED..id_end)?;
         let account_id = text(id_end..account_end)?;
-        let traceparent = text(account_end..account_end + len(45))?;
+        let trace_end = account_end + len(45);
+        let traceparent = text(account_end..trace_end)?;
+        let merchant_id = if fixed[0] & MERCHANT == 0 {
+            Box::from("")
+        } else {
+            let at = p.get(trace_end..trace_end + 2)?;
+            let n = usize::from(u16::from_le_bytes([at[0], at[1]]));
+            text(trace_end + 2..trace_end + 2 + n)?
+        };
         let status = VerdictStatus::try_from(i32::from(fixed[1])).ok()?;
         let mut currency = [0u8; 3];
         currency.copy_from_slice(&fixed[36..39]);
@@ -331,6 +370,7 @@ impl VerdictRecord {
             },
             account_id,
             traceparent,
+            merchant_id,
         })
     }
 
@@ -349,6 +389,7 @@ impl VerdictRecord {
             currency: e.currency_str().to_owned(),
             country: e.country_str().to_owned(),
             traceparent: self.traceparent.to_string(),
+            merchant_id: self.merchant_id.to_string(),
         }
     }
 }

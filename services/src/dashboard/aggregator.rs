@@ -1,8 +1,10 @@
 //! Aggregator: the dashboard's single source of truth. Applies verdict
 //! batches in sequence order per publisher (dropping duplicates), keeps
-//! totals by status and reason, per-second throughput, recent alerts and
-//! each publisher's reported state, and pushes a snapshot to the
-//! Broadcaster on every tick. Totals and each publisher's applied positions
+//! totals by status and reason, recent alerts, each publisher's reported
+//! state and what the page charts ([`live`]: per-second history, golden
+//! figures, the mesh). A browser gets a [`Snapshot`] on connect, then on
+//! every tick an [`Update`] with only what changed (numbered: a browser that
+//! misses one asks for a snapshot again). Totals and each publisher's applied positions
 //! are durable ([`durable`]): a batch is acknowledged only once what it
 //! changed is written, so a dashboard killed at any moment restarts with
 //! exactly what it acknowledged, neither forgetting nor double-counting. A
@@ -10,6 +12,7 @@
 //! counted and shown, never silently accepted.
 
 mod durable;
+pub(super) mod live;
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -18,7 +21,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, MessageResult};
@@ -29,6 +32,14 @@ use crate::{error::ServiceError, grpc::reason_name};
 
 use super::broadcaster::{Broadcast, BroadcastStats, Broadcaster};
 use durable::{Delta, Saved};
+use live::{Golden, HistoryColumns, LinkGolden, MeshView, PublisherLive};
+
+/// Alerts an update carries at most (the rest are counted as omitted:
+/// a browser shows the most recent ones, the snapshot has them all).
+const MAX_ALERTS_PER_UPDATE: usize = 50;
+
+/// The mesh changes with every call; updates carry it at most this often.
+const MESH_EVERY: Duration = Duration::from_secs(2);
 
 /// Verdict totals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,9 +66,13 @@ pub struct IngestCounters {
     pub gap_verdicts: AtomicU64,
 }
 
-/// One flagged or rejected transaction, for the alert list.
+/// One flagged or rejected transaction, for the alert feed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
+    /// Increasing with each alert (since the dashboard started).
+    pub id: u64,
+    /// When the dashboard applied it.
+    pub unix_ms: i64,
     pub transaction_id: String,
     /// Only the last four characters: account ids are never shown whole.
     pub account: String,
@@ -66,11 +81,15 @@ pub struct Alert {
     pub risk_score: u32,
     pub amount_minor: i64,
     pub currency: String,
+    /// The currency's minor-unit exponent (2 for EUR, 0 for JPY), to
+    /// format `amount_minor`; `None` for a code not in ISO 4217.
+    pub exponent: Option<u8>,
     pub country: String,
+    pub merchant: String,
 }
 
 /// What the dashboard knows of one publisher.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PublisherRecord {
     /// The journal position applied up to, per journal (shard) of the
     /// publisher.
@@ -121,26 +140,97 @@ pub struct PoisonRow {
     pub shard: u32,
 }
 
-/// Everything a browser or `/api/snapshot` gets.
+/// A publisher as the page shows it: what is kept, and what is live.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PublisherView {
+    #[serde(flatten)]
+    pub record: PublisherRecord,
+    /// When the breaker entered its state (as first seen here).
+    pub breaker_since_unix_ms: i64,
+    /// Verdicts applied from it per second, over the golden window.
+    pub verdicts_per_sec: f64,
+    /// Not heard from for [`live::GONE_AFTER_MS`]: its state is old news.
+    pub gone: bool,
+}
+
+impl std::ops::Deref for PublisherView {
+    type Target = PublisherRecord;
+
+    fn deref(&self) -> &PublisherRecord {
+        &self.record
+    }
+}
+
+/// Everything a browser gets on connect, and `/api/snapshot`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// The update this snapshot includes: the next one to apply is
+    /// `seq + 1`.
+    pub seq: u64,
+    pub now_unix_ms: i64,
     pub totals: Totals,
-    /// Verdicts per second, oldest first, ending with the current second.
-    pub throughput: Vec<u64>,
+    pub golden: Golden,
+    /// Closed seconds, oldest first (at most `dashboard.history_secs`).
+    pub history: HistoryColumns,
+    pub history_secs: usize,
+    /// Most recent first.
     pub recent_alerts: Vec<Alert>,
-    pub publishers: BTreeMap<String, PublisherRecord>,
+    pub publishers: BTreeMap<String, PublisherView>,
+    pub mesh: Vec<MeshView>,
+    pub gone_after_ms: i64,
     pub sessions: usize,
     pub dropped_updates: u64,
 }
 
-/// Apply one batch; answers whether it was a duplicate, once what it
-/// changed is durable.
+/// What changed since the update before (`seq - 1`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Update {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub seq: u64,
+    pub now_unix_ms: i64,
+    pub totals: Totals,
+    pub golden: Golden,
+    /// Seconds closed since.
+    pub history: HistoryColumns,
+    /// New alerts, most recent first, and how many more there were.
+    pub alerts: Vec<Alert>,
+    pub alerts_omitted: usize,
+    /// Publishers that changed (whole).
+    pub publishers: BTreeMap<String, PublisherView>,
+    /// The whole mesh, when it changed (at most every [`MESH_EVERY`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<Vec<MeshView>>,
+    pub sessions: usize,
+    pub dropped_updates: u64,
+}
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// New positions, now durable: acknowledge.
+    New,
+    /// Positions applied before: acknowledge as a duplicate.
+    Duplicate,
+    /// A status report (no verdicts, sequence 0): never acknowledged.
+    Status,
+}
+
+/// Apply one batch; answers once what it changed is durable.
 pub struct ApplyBatch(pub VerdictBatch);
 
 impl Message for ApplyBatch {
-    type Result = Result<bool, ServiceError>;
+    type Result = Result<Applied, ServiceError>;
+}
+
+/// Take in the status of a batch that is refused (an injected ingest
+/// refusal): what the publisher says of itself is still news.
+pub struct ApplyStatus(pub VerdictBatch);
+
+impl Message for ApplyStatus {
+    type Result = ();
 }
 
 /// Ask for the current snapshot.
@@ -161,9 +251,15 @@ impl Message for Persist {
 pub struct Aggregator {
     totals: Totals,
     publishers: BTreeMap<String, PublisherRecord>,
-    throughput: VecDeque<(i64, u64)>,
-    throughput_window: usize,
+    live: BTreeMap<String, PublisherLive>,
+    history: live::History,
+    history_secs: usize,
     alerts: VecDeque<Alert>,
+    next_alert_id: u64,
+    /// The last update sent, and what it covered.
+    sent: Sent,
+    /// The dashboard's own metrics, for its place in the mesh.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     max_alerts: usize,
     /// `None` when `dashboard.state_file` is empty: nothing is kept.
     durable: Option<durable::Durable>,
@@ -188,7 +284,7 @@ impl Aggregator {
         broadcast_stats: Arc<BroadcastStats>,
         push_interval: Duration,
         max_alerts: usize,
-        throughput_window: usize,
+        history_secs: usize,
     ) -> Result<Self, ServiceError> {
         let (durable, saved) = match state {
             Some(state) => {
@@ -206,9 +302,13 @@ impl Aggregator {
             totals: saved.totals,
             publishers: saved.publishers,
             log_position: saved.log_position,
-            throughput: VecDeque::new(),
-            throughput_window: throughput_window.max(1),
+            live: BTreeMap::new(),
+            history: live::History::new(history_secs, now_s()),
+            history_secs,
             alerts: VecDeque::new(),
+            next_alert_id: 1,
+            sent: Sent::default(),
+            metrics: None,
             max_alerts,
             durable,
             broadcaster,
@@ -216,6 +316,14 @@ impl Aggregator {
             push_interval,
             counters: Arc::default(),
         })
+    }
+
+    /// Shows the dashboard's own identity, callers and refusals from
+    /// `metrics` in the mesh.
+    #[must_use]
+    pub fn with_mesh(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Mirrors the totals into `counters` (for `/metrics`).
@@ -239,28 +347,44 @@ impl Aggregator {
         c.gap_verdicts.store(gaps, Ordering::Relaxed);
     }
 
-    fn apply(&mut self, batch: VerdictBatch) -> Result<bool, ServiceError> {
-        let now_ms = txmesh_actors::clock::system_unix_ms();
+    /// Takes in what a batch says of its publisher.
+    fn apply_status(&mut self, batch: &VerdictBatch, now_ms: i64) {
+        self.history.roll(now_ms.div_euclid(1000));
         let record = self
             .publishers
             .entry(batch.publisher_id.clone())
             .or_default();
         record.last_seen_unix_ms = now_ms;
-        if let Some(status) = &batch.status {
-            record.breaker = breaker_name(status.breaker()).to_owned();
-            record.outbox_depth = status.outbox_depth;
-            record.shed_total = status.shed_total;
-            record.retries_total = status.retries_total;
-            record.breaker_transitions_total = status.breaker_transitions_total;
-            if let Some(screening) = &status.screening {
-                record.shards = screening.shards.iter().map(ShardRecord::from).collect();
-                record.poison = screening.poison.iter().map(PoisonRow::from).collect();
-            }
+        let Some(status) = &batch.status else {
+            return;
+        };
+        record.breaker = breaker_name(status.breaker()).to_owned();
+        record.outbox_depth = status.outbox_depth;
+        record.shed_total = status.shed_total;
+        record.retries_total = status.retries_total;
+        record.breaker_transitions_total = status.breaker_transitions_total;
+        if let Some(screening) = &status.screening {
+            record.shards = screening.shards.iter().map(ShardRecord::from).collect();
+            record.poison = screening.poison.iter().map(PoisonRow::from).collect();
         }
+        let live = self.live.entry(batch.publisher_id.clone()).or_default();
+        live.observe(status, &record.breaker, now_ms, &mut self.history);
+    }
+
+    fn apply(&mut self, batch: VerdictBatch) -> Result<Applied, ServiceError> {
+        let now_ms = txmesh_actors::clock::system_unix_ms();
+        self.apply_status(&batch, now_ms);
+        if batch.sequence == 0 && batch.verdicts.is_empty() {
+            return Ok(Applied::Status);
+        }
+        let record = self
+            .publishers
+            .entry(batch.publisher_id.clone())
+            .or_default();
         let applied = record.applied.get(&batch.journal).copied().unwrap_or(0);
         if batch.sequence <= applied {
             record.duplicates += 1;
-            return Ok(true);
+            return Ok(Applied::Duplicate);
         }
         // Positions already applied (a batch resent with more in it) are
         // skipped; positions missing before it are a gap.
@@ -282,25 +406,30 @@ impl Aggregator {
             self.log_position = durable.append(&delta)?;
         }
         apply_delta(&mut self.totals, &mut self.publishers, &delta);
+        let second = &mut self.history.current;
+        second.approved += delta.approved;
+        second.flagged += delta.flagged;
+        second.rejected += delta.rejected;
+        second.gaps += gap;
+        let t = second.t;
+        if let Some(live) = self.live.get_mut(&batch.publisher_id) {
+            live.note_verdicts(t, delta.verdicts);
+        }
         self.note_alerts(now_ms, fresh);
-        Ok(false)
+        Ok(Applied::New)
     }
 
-    /// Throughput and the recent alerts (not durable: what is live).
+    /// The recent alerts (not durable: what is live).
     fn note_alerts(&mut self, now_ms: i64, verdicts: Vec<txmesh_proto::v1::Verdict>) {
-        let second = now_ms / 1000;
-        let count = verdicts.len() as u64;
-        match self.throughput.back_mut() {
-            Some((s, n)) if *s == second => *n += count,
-            _ => self.throughput.push_back((second, count)),
-        }
-        while self.throughput.len() > self.throughput_window {
-            self.throughput.pop_front();
-        }
         for v in verdicts {
             let status = v.status();
             if status != VerdictStatus::Approved && !v.replayed {
+                self.next_alert_id += 1;
                 self.alerts.push_front(Alert {
+                    id: self.next_alert_id,
+                    unix_ms: now_ms,
+                    exponent: txmesh_actors::currency::minor_unit_exponent(&v.currency),
+                    merchant: v.merchant_id,
                     account: txmesh_actors::mask_account(&v.account_id),
                     status: status_name(status).to_owned(),
                     reasons: v.reasons.iter().map(|r| reason_name(*r)).collect(),
@@ -315,31 +444,133 @@ impl Aggregator {
         self.alerts.truncate(self.max_alerts);
     }
 
+    /// Everything, as of the last update sent.
     fn snapshot(&self) -> Snapshot {
         let (sessions, dropped_updates) = self.broadcaster_stats();
         Snapshot {
             kind: "snapshot",
+            seq: self.sent.seq,
+            now_unix_ms: txmesh_actors::clock::system_unix_ms(),
             totals: self.totals.clone(),
-            throughput: self.throughput_series(),
+            golden: self.sent.golden.clone(),
+            history: self.history.columns_after(i64::MIN),
+            history_secs: self.history_secs,
             recent_alerts: self.alerts.iter().cloned().collect(),
-            publishers: self.publishers.clone(),
+            publishers: self.publisher_views(),
+            mesh: self.sent.mesh.clone(),
+            gone_after_ms: live::GONE_AFTER_MS,
             sessions,
             dropped_updates,
         }
     }
 
-    fn throughput_series(&self) -> Vec<u64> {
-        let now = txmesh_actors::clock::system_unix_ms() / 1000;
-        let window = i64::try_from(self.throughput_window).unwrap_or(i64::MAX);
-        let start = now - window.min(60) + 1;
-        (start..=now)
-            .map(|s| {
-                self.throughput
-                    .iter()
-                    .find(|(sec, _)| *sec == s)
-                    .map_or(0, |(_, n)| *n)
+    fn publisher_views(&self) -> BTreeMap<String, PublisherView> {
+        let now_ms = txmesh_actors::clock::system_unix_ms();
+        let now_s = now_ms.div_euclid(1000);
+        self.publishers
+            .iter()
+            .map(|(id, record)| {
+                let live = self.live.get(id);
+                let view = PublisherView {
+                    record: record.clone(),
+                    breaker_since_unix_ms: live.map_or(0, |l| l.breaker_since_unix_ms),
+                    verdicts_per_sec: live.map_or(0.0, |l| l.verdicts_per_sec(now_s)),
+                    gone: now_ms - record.last_seen_unix_ms > live::GONE_AFTER_MS,
+                };
+                (id.clone(), view)
             })
             .collect()
+    }
+
+    fn golden(&self, publishers: &BTreeMap<String, PublisherView>) -> Golden {
+        let (verdicts_per_sec, retries_per_sec) = self.history.link_rates();
+        let live = || publishers.values().filter(|p| !p.gone);
+        Golden {
+            window_secs: live::GOLDEN_WINDOW_SECS,
+            ingress: self.history.ingress_golden(),
+            link: LinkGolden {
+                verdicts_per_sec,
+                retries_per_sec,
+                backlog: live().map(|p| p.outbox_depth).sum(),
+                shed: publishers.values().map(|p| p.shed_total).sum(),
+                gaps: publishers.values().map(|p| p.gap_verdicts).sum(),
+                duplicates: publishers.values().map(|p| p.duplicates).sum(),
+                breakers_not_closed: live().filter(|p| p.breaker != "CLOSED").count(),
+                publishers_live: live().count(),
+            },
+        }
+    }
+
+    fn mesh(&self, publishers: &BTreeMap<String, PublisherView>) -> Vec<MeshView> {
+        let mut mesh = Vec::new();
+        if let Some(metrics) = &self.metrics {
+            mesh.push(MeshView::new("dashboard", None, &metrics.mesh(), false));
+        }
+        for (id, live) in &self.live {
+            if let Some(m) = &live.mesh {
+                let gone = publishers.get(id).is_none_or(|p| p.gone);
+                mesh.push(MeshView::new("ingress", Some(id.clone()), m, gone));
+            }
+        }
+        mesh
+    }
+
+    /// The update for this tick: what changed since the last one.
+    fn update(&mut self) -> Update {
+        let now_ms = txmesh_actors::clock::system_unix_ms();
+        self.history.roll(now_ms.div_euclid(1000));
+        let publishers = self.publisher_views();
+        let golden = self.golden(&publishers);
+        let sent = &mut self.sent;
+        sent.seq += 1;
+        let history = self.history.columns_after(sent.history_t);
+        sent.history_t = self.history.last_t();
+        let fresh: Vec<&Alert> = self
+            .alerts
+            .iter()
+            .take_while(|a| a.id > sent.alert_id)
+            .collect();
+        sent.alert_id = self.alerts.front().map_or(sent.alert_id, |a| a.id);
+        let alerts_omitted = fresh.len().saturating_sub(MAX_ALERTS_PER_UPDATE);
+        let alerts = fresh
+            .into_iter()
+            .take(MAX_ALERTS_PER_UPDATE)
+            .cloned()
+            .collect();
+        let changed = publishers
+            .iter()
+            .filter(|(id, p)| sent.publishers.get(*id) != Some(p))
+            .map(|(id, p)| (id.clone(), p.clone()))
+            .collect();
+        sent.publishers = publishers.clone();
+        sent.golden = golden.clone();
+        let mesh_due = sent.mesh_at.is_none_or(|at| at.elapsed() >= MESH_EVERY);
+        let mesh = if mesh_due {
+            let mesh = self.mesh(&publishers);
+            let sent = &mut self.sent;
+            sent.mesh_at = Some(Instant::now());
+            (mesh != sent.mesh).then(|| {
+                sent.mesh = mesh.clone();
+                mesh
+            })
+        } else {
+            None
+        };
+        let (sessions, dropped_updates) = self.broadcaster_stats();
+        Update {
+            kind: "update",
+            seq: self.sent.seq,
+            now_unix_ms: now_ms,
+            totals: self.totals.clone(),
+            golden,
+            history,
+            alerts,
+            alerts_omitted,
+            publishers: changed,
+            mesh,
+            sessions,
+            dropped_updates,
+        }
     }
 
     fn broadcaster_stats(&self) -> (usize, u64) {
@@ -374,6 +605,23 @@ impl Aggregator {
             tracing::error!(error = %e, "dashboard state not synced or snapshotted");
         }
     }
+}
+
+/// What the last update covered.
+#[derive(Debug, Default)]
+struct Sent {
+    seq: u64,
+    /// The last closed second sent.
+    history_t: i64,
+    alert_id: u64,
+    publishers: BTreeMap<String, PublisherView>,
+    golden: Golden,
+    mesh: Vec<MeshView>,
+    mesh_at: Option<Instant>,
+}
+
+fn now_s() -> i64 {
+    txmesh_actors::clock::system_unix_ms().div_euclid(1000)
 }
 
 /// Where the dashboard keeps its durable state.
@@ -454,13 +702,15 @@ impl Actor for Aggregator {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.push_interval, |act, _ctx| {
             act.maintain();
-            match serde_json::to_string(&act.snapshot()) {
+            let update = act.update();
+            match serde_json::to_string(&update) {
                 Ok(json) => {
-                    // A full broadcaster mailbox only delays this update to
-                    // the next tick; snapshots are complete, not deltas.
+                    // A browser that misses an update (a full mailbox here
+                    // or at its session) sees the gap in `seq` and asks
+                    // for a snapshot.
                     let _ = act.broadcaster.try_send(Broadcast(Arc::from(json)));
                 }
-                Err(e) => tracing::error!(error = %e, "snapshot did not serialize"),
+                Err(e) => tracing::error!(error = %e, "update did not serialize"),
             }
         });
     }
@@ -473,12 +723,20 @@ impl Actor for Aggregator {
 }
 
 impl Handler<ApplyBatch> for Aggregator {
-    type Result = Result<bool, ServiceError>;
+    type Result = Result<Applied, ServiceError>;
 
     fn handle(&mut self, msg: ApplyBatch, _ctx: &mut Self::Context) -> Self::Result {
         let duplicate = self.apply(msg.0);
         self.mirror();
         duplicate
+    }
+}
+
+impl Handler<ApplyStatus> for Aggregator {
+    type Result = ();
+
+    fn handle(&mut self, msg: ApplyStatus, _ctx: &mut Self::Context) {
+        self.apply_status(&msg.0, txmesh_actors::clock::system_unix_ms());
     }
 }
 

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 use txmesh_certs::{AuthzPolicy, Service};
 use txmesh_proto::v1::{dashboard_server::Dashboard, Ack, VerdictBatch};
 
-use super::aggregator::{Aggregator, ApplyBatch};
+use super::aggregator::{Aggregator, Applied, ApplyBatch, ApplyStatus};
 use crate::net::authorize;
 
 /// Acks buffered toward a slow publisher before reading pauses.
@@ -82,7 +82,9 @@ impl Dashboard for PublishService {
                     }
                 };
                 if let Some(status) = injected_refusal(&chaos) {
-                    // Refused unapplied: the publisher must resend it.
+                    // Refused unapplied: the publisher must resend it. What
+                    // it says of itself (its breaker) is still shown.
+                    aggregator.do_send(ApplyStatus(batch));
                     let _ = tx.send(Err(status)).await;
                     break;
                 }
@@ -105,10 +107,12 @@ impl Dashboard for PublishService {
                     .collect();
                 // Acknowledged only once what the batch changed is durable.
                 let ack = match aggregator.send(ApplyBatch(batch)).await {
-                    Ok(Ok(duplicate)) => Ok(Ack {
+                    // A status report is never acknowledged.
+                    Ok(Ok(Applied::Status)) => continue,
+                    Ok(Ok(applied)) => Ok(Ack {
                         publisher_id,
                         sequence,
-                        duplicate,
+                        duplicate: applied == Applied::Duplicate,
                         journal,
                     }),
                     Ok(Err(e)) => {

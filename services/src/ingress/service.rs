@@ -83,6 +83,29 @@ impl IngressCounters {
             + self.rejected.load(Ordering::Relaxed)
     }
 
+    /// Adds what the dashboard shows of this ingress to a publisher
+    /// status: the latency histogram and the answers (errors included).
+    pub fn fill_status(&self, status: &mut txmesh_proto::v1::PublisherStatus) {
+        use prometheus::core::Collector;
+        let errors = self.errors.load(Ordering::Relaxed);
+        status.answers = Some(txmesh_proto::v1::AnswerTotals {
+            answered: self.verdicts() + errors,
+            errors,
+        });
+        let Some(family) = self.latency.collect().into_iter().next() else {
+            return;
+        };
+        let Some(h) = family.get_metric().first().map(|m| m.get_histogram()) else {
+            return;
+        };
+        status.latency = Some(txmesh_proto::v1::LatencyHistogram {
+            bounds_seconds: h.get_bucket().iter().map(|b| b.upper_bound()).collect(),
+            cumulative: h.get_bucket().iter().map(|b| b.cumulative_count()).collect(),
+            count: h.get_sample_count(),
+            sum_seconds: h.get_sample_sum(),
+        });
+    }
+
     fn count(&self, results: &[TxnResult]) {
         let (mut a, mut f, mut r, mut e) = (0, 0, 0, 0);
         let latency = self.latency.local();

@@ -31,6 +31,7 @@ fn verdict(id: &str) -> Verdict {
         currency: "EUR".into(),
         country: "DE".into(),
         traceparent: "00-abc-def-01".into(),
+        merchant_id: String::new(),
     }
 }
 
@@ -54,6 +55,8 @@ fn a_verdict_record_round_trips_with_what_the_window_and_dashboard_need() {
     sent.reasons.sort_unstable();
     let mut expected = verdict("t-1");
     expected.reasons.sort_unstable();
+    // An alert carries its merchant to the dashboard.
+    expected.merchant_id = "m-1".into();
     assert_eq!(sent, expected);
     assert!(VerdictRecord::decode(&bytes[..bytes.len() - 1]).is_none());
 }
@@ -122,4 +125,19 @@ fn a_header_names_what_is_wrong() {
         read_header(&flipped, LogKind::Verdicts),
         Err(HeaderFault::Checksum)
     );
+}
+
+#[test]
+fn the_writers_encoding_is_the_records_and_only_alerts_keep_the_merchant() {
+    for (status, merchant) in [(VerdictStatus::Flagged, "m-1"), (VerdictStatus::Approved, "")] {
+        let mut v = verdict("t-2");
+        v.status = status as i32;
+        let mut written = Vec::new();
+        encode_answer(&mut written, &txn("t-2"), &v, Some(fingerprint(&txn("t-2"))));
+        let record = VerdictRecord::decode(&written).expect("decodes");
+        assert_eq!(&*record.merchant_id, merchant);
+        let mut again = Vec::new();
+        record.encode(&mut again);
+        assert_eq!(again, written, "{status:?}");
+    }
 }

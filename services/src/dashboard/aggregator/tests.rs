@@ -38,8 +38,9 @@ fn batch(publisher: &str, journal: u32, first: u64, statuses: &[VerdictStatus]) 
 const A: VerdictStatus = VerdictStatus::Approved;
 const F: VerdictStatus = VerdictStatus::Flagged;
 
+/// Whether `b` was a duplicate.
 fn apply(agg: &mut Aggregator, b: VerdictBatch) -> bool {
-    agg.apply(b).expect("applied")
+    agg.apply(b).expect("applied") == Applied::Duplicate
 }
 
 #[actix_rt::test]

@@ -1,0 +1,582 @@
+//! What the page shows live, kept in memory only (a restarted dashboard
+//! starts them afresh): the per-second history behind the charts, the
+//! golden figures (rate, error %, latency percentiles over the last
+//! [`GOLDEN_WINDOW_SECS`] closed seconds), each publisher's breaker timing
+//! and send rate, and the mesh each service reports.
+//!
+//! Seconds are closed by the wall clock: the second still filling is never
+//! shown, so the last point of a chart does not dip.
+
+use std::collections::VecDeque;
+
+use serde::Serialize;
+use txmesh_proto::v1::{LatencyHistogram, MeshStatus, PublisherStatus};
+
+/// Closed seconds the golden figures cover.
+pub(crate) const GOLDEN_WINDOW_SECS: usize = 10;
+
+/// A publisher not heard from for this long (it sends a status at least
+/// every second while its link is up) is shown as gone.
+pub(crate) const GONE_AFTER_MS: i64 = 10_000;
+
+/// What happened in one second, summed over publishers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Second {
+    pub(crate) t: i64,
+    /// Verdicts applied, by status.
+    pub(crate) approved: u64,
+    pub(crate) flagged: u64,
+    pub(crate) rejected: u64,
+    /// Transactions the ingresses answered, and the errors among them.
+    pub(crate) answered: u64,
+    pub(crate) errors: u64,
+    pub(crate) transitions: u64,
+    pub(crate) shed: u64,
+    pub(crate) gaps: u64,
+    pub(crate) retries: u64,
+    /// Screening latency observations, per bucket (not cumulative; the
+    /// last one is above the highest bound).
+    pub(crate) latency: Vec<u64>,
+}
+
+/// One closed second as the charts get it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Point {
+    t: i64,
+    approved: u64,
+    flagged: u64,
+    rejected: u64,
+    answered: u64,
+    errors: u64,
+    transitions: u64,
+    shed: u64,
+    gaps: u64,
+    retries: u64,
+    p50_ms: Option<f64>,
+    p95_ms: Option<f64>,
+    p99_ms: Option<f64>,
+}
+
+/// History points, one array per field (what uPlot takes), oldest first.
+/// `null` latency: nothing was screened that second.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HistoryColumns {
+    pub t: Vec<i64>,
+    pub approved: Vec<u64>,
+    pub flagged: Vec<u64>,
+    pub rejected: Vec<u64>,
+    pub errors: Vec<u64>,
+    pub p50_ms: Vec<Option<f64>>,
+    pub p95_ms: Vec<Option<f64>>,
+    pub p99_ms: Vec<Option<f64>>,
+    pub transitions: Vec<u64>,
+    pub shed: Vec<u64>,
+    pub gaps: Vec<u64>,
+}
+
+/// Golden figures of the ingresses (what they answered, how fast).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct IngressGolden {
+    pub tx_per_sec: f64,
+    /// `None` when nothing was answered in the window.
+    pub error_pct: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub approved_per_sec: f64,
+    pub flagged_per_sec: f64,
+    pub rejected_per_sec: f64,
+}
+
+/// Golden figures of the ingress → dashboard link.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LinkGolden {
+    /// Verdicts applied here per second.
+    pub verdicts_per_sec: f64,
+    /// Failed sends (retried) per second.
+    pub retries_per_sec: f64,
+    /// Verdicts journaled at the publishers, not yet acknowledged.
+    pub backlog: u64,
+    pub shed: u64,
+    pub gaps: u64,
+    pub duplicates: u64,
+    /// Publishers whose breaker is not closed, and those seen lately.
+    pub breakers_not_closed: usize,
+    pub publishers_live: usize,
+}
+
+/// The golden tiles.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Golden {
+    pub window_secs: usize,
+    pub ingress: IngressGolden,
+    pub link: LinkGolden,
+}
+
+/// The bounded per-second history and the golden window.
+#[derive(Debug)]
+pub(crate) struct History {
+    points: VecDeque<Point>,
+    /// Latency buckets of the last closed seconds (for the golden window).
+    recent_latency: VecDeque<Vec<u64>>,
+    capacity: usize,
+    /// The second filling now.
+    pub(crate) current: Second,
+    /// Bucket bounds (seconds) of the latency histograms added so far.
+    bounds: Vec<f64>,
+}
+
+impl History {
+    pub(crate) fn new(capacity: usize, now_s: i64) -> Self {
+        Self {
+            points: VecDeque::new(),
+            recent_latency: VecDeque::new(),
+            capacity: capacity.max(1),
+            current: Second {
+                t: now_s,
+                ..Second::default()
+            },
+            bounds: Vec::new(),
+        }
+    }
+
+    /// Closes every second before `now_s` (seconds with nothing in them
+    /// are points of zero).
+    pub(crate) fn roll(&mut self, now_s: i64) {
+        let cap = i64::try_from(self.capacity).unwrap_or(i64::MAX);
+        if now_s - self.current.t > cap {
+            self.current = Second {
+                t: now_s - cap,
+                ..Second::default()
+            };
+        }
+        while self.current.t < now_s {
+            let next = Second {
+                t: self.current.t + 1,
+                ..Second::default()
+            };
+            let closed = std::mem::replace(&mut self.current, next);
+            let q = |q| quantile_ms(&self.bounds, &closed.latency, q);
+            self.points.push_back(Point {
+                t: closed.t,
+                approved: closed.approved,
+                flagged: closed.flagged,
+                rejected: closed.rejected,
+                answered: closed.answered,
+                errors: closed.errors,
+                transitions: closed.transitions,
+                shed: closed.shed,
+                gaps: closed.gaps,
+                retries: closed.retries,
+                p50_ms: q(0.5),
+                p95_ms: q(0.95),
+                p99_ms: q(0.99),
+            });
+            self.recent_latency.push_back(closed.latency);
+            while self.points.len() > self.capacity {
+                self.points.pop_front();
+            }
+            while self.recent_latency.len() > GOLDEN_WINDOW_SECS {
+                self.recent_latency.pop_front();
+            }
+        }
+    }
+
+    /// Adds latency observations (per bucket) to the current second.
+    /// Histograms with other bounds than the first one seen are skipped
+    /// (percentiles over mixed buckets would be wrong).
+    pub(crate) fn add_latency(&mut self, bounds: &[f64], buckets: &[u64]) -> bool {
+        if self.bounds.is_empty() {
+            bounds.clone_into(&mut self.bounds);
+        }
+        if self.bounds != bounds || buckets.len() != bounds.len() + 1 {
+            return false;
+        }
+        let current = &mut self.current.latency;
+        current.resize(buckets.len(), 0);
+        for (c, b) in current.iter_mut().zip(buckets) {
+            *c += b;
+        }
+        true
+    }
+
+    /// The closed seconds after `after_t`, as columns.
+    pub(crate) fn columns_after(&self, after_t: i64) -> HistoryColumns {
+        let mut c = HistoryColumns::default();
+        for p in self.points.iter().filter(|p| p.t > after_t) {
+            c.t.push(p.t);
+            c.approved.push(p.approved);
+            c.flagged.push(p.flagged);
+            c.rejected.push(p.rejected);
+            c.errors.push(p.errors);
+            c.p50_ms.push(p.p50_ms);
+            c.p95_ms.push(p.p95_ms);
+            c.p99_ms.push(p.p99_ms);
+            c.transitions.push(p.transitions);
+            c.shed.push(p.shed);
+            c.gaps.push(p.gaps);
+        }
+        c
+    }
+
+    /// The last closed second.
+    pub(crate) fn last_t(&self) -> i64 {
+        self.points.back().map_or(self.current.t - 1, |p| p.t)
+    }
+
+    /// Rates and percentiles over the last closed seconds (fewer just after
+    /// a start).
+    pub(crate) fn ingress_golden(&self) -> IngressGolden {
+        let window: Vec<&Point> = self.points.iter().rev().take(GOLDEN_WINDOW_SECS).collect();
+        #[allow(clippy::cast_precision_loss)]
+        let secs = window.len().max(1) as f64;
+        let sum = |f: fn(&Point) -> u64| window.iter().map(|p| f(p)).sum::<u64>();
+        #[allow(clippy::cast_precision_loss)]
+        let per_sec = |n: u64| round(n as f64 / secs, 1);
+        let answered = sum(|p| p.answered);
+        let errors = sum(|p| p.errors);
+        let mut merged: Vec<u64> = Vec::new();
+        for b in &self.recent_latency {
+            merged.resize(merged.len().max(b.len()), 0);
+            for (m, v) in merged.iter_mut().zip(b) {
+                *m += v;
+            }
+        }
+        let q = |q| quantile_ms(&self.bounds, &merged, q);
+        #[allow(clippy::cast_precision_loss)]
+        IngressGolden {
+            tx_per_sec: per_sec(answered),
+            error_pct: (answered > 0).then(|| round(errors as f64 * 100.0 / answered as f64, 2)),
+            p50_ms: q(0.5),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+            approved_per_sec: per_sec(sum(|p| p.approved)),
+            flagged_per_sec: per_sec(sum(|p| p.flagged)),
+            rejected_per_sec: per_sec(sum(|p| p.rejected)),
+        }
+    }
+
+    /// Verdicts applied and sends retried per second over the window.
+    pub(crate) fn link_rates(&self) -> (f64, f64) {
+        let window: Vec<&Point> = self.points.iter().rev().take(GOLDEN_WINDOW_SECS).collect();
+        #[allow(clippy::cast_precision_loss)]
+        let secs = window.len().max(1) as f64;
+        let verdicts: u64 = window
+            .iter()
+            .map(|p| p.approved + p.flagged + p.rejected)
+            .sum();
+        let retries: u64 = window.iter().map(|p| p.retries).sum();
+        #[allow(clippy::cast_precision_loss)]
+        (
+            round(verdicts as f64 / secs, 1),
+            round(retries as f64 / secs, 1),
+        )
+    }
+}
+
+/// The `q` quantile of `buckets` (per bucket, the last above the highest
+/// bound) in milliseconds, interpolated within its bucket as Prometheus's
+/// `histogram_quantile` does; `None` without observations.
+pub(crate) fn quantile_ms(bounds: &[f64], buckets: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 || bounds.is_empty() {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    for (i, &n) in buckets.iter().enumerate() {
+        #[allow(clippy::cast_precision_loss)]
+        if (below + n) as f64 >= rank && n > 0 {
+            let Some(&upper) = bounds.get(i) else {
+                // Above the highest bound: that bound is all that is known.
+                return Some(round(bounds[bounds.len() - 1] * 1000.0, 3));
+            };
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+            let within = (rank - below as f64) / n as f64;
+            return Some(round((lower + (upper - lower) * within) * 1000.0, 3));
+        }
+        below += n;
+    }
+    Some(round(bounds[bounds.len() - 1] * 1000.0, 3))
+}
+
+fn round(x: f64, decimals: i32) -> f64 {
+    let f = 10f64.powi(decimals);
+    (x * f).round() / f
+}
+
+/// What the dashboard remembers of a publisher between its statuses.
+#[derive(Debug, Default)]
+pub(crate) struct PublisherLive {
+    pub(crate) breaker: String,
+    pub(crate) breaker_since_unix_ms: i64,
+    prev: Option<Counters>,
+    prev_latency: Option<(Vec<u64>, u64)>,
+    /// Verdicts applied per second, last seconds.
+    recent: VecDeque<(i64, u64)>,
+    pub(crate) mesh: Option<MeshStatus>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    transitions: u64,
+    shed: u64,
+    retries: u64,
+    answered: u64,
+    errors: u64,
+}
+
+/// `cur - prev`, or `cur` when the counter went back (the publisher
+/// restarted and counts from zero).
+fn increase(prev: u64, cur: u64) -> u64 {
+    if cur >= prev {
+        cur - prev
+    } else {
+        cur
+    }
+}
+
+impl PublisherLive {
+    /// Takes in `status`: what changed since the last one goes into
+    /// `history`'s current second. The first status after a (dashboard)
+    /// start is only a baseline.
+    pub(crate) fn observe(&mut self, status: &PublisherStatus, breaker: &str, now_ms: i64, history: &mut History) {
+        if self.breaker != breaker {
+            breaker.clone_into(&mut self.breaker);
+            self.breaker_since_unix_ms = now_ms;
+        }
+        let mut cur = Counters {
+            transitions: status.breaker_transitions_total,
+            shed: status.shed_total,
+            retries: status.retries_total,
+            answered: 0,
+            errors: 0,
+        };
+        if let Some(a) = &status.answers {
+            cur.answered = a.answered;
+            cur.errors = a.errors;
+        } else if let Some(prev) = self.prev {
+            // Sent with every other status only: unchanged meanwhile.
+            cur.answered = prev.answered;
+            cur.errors = prev.errors;
+        }
+        if let Some(prev) = self.prev {
+            let s = &mut history.current;
+            s.transitions += increase(prev.transitions, cur.transitions);
+            s.shed += increase(prev.shed, cur.shed);
+            s.retries += increase(prev.retries, cur.retries);
+            s.answered += increase(prev.answered, cur.answered);
+            s.errors += increase(prev.errors, cur.errors);
+        }
+        self.prev = Some(cur);
+        if let Some(h) = &status.latency {
+            self.observe_latency(h, history);
+        }
+        if let Some(mesh) = &status.mesh {
+            self.mesh = Some(mesh.clone());
+        }
+    }
+
+    fn observe_latency(&mut self, h: &LatencyHistogram, history: &mut History) {
+        let cur = per_bucket(&h.cumulative, h.count);
+        let restarted = self
+            .prev_latency
+            .as_ref()
+            .is_some_and(|(prev, count)| h.count < *count || prev.len() != cur.len());
+        if let Some((prev, _)) = &self.prev_latency {
+            let delta: Vec<u64> = if restarted {
+                cur.clone()
+            } else {
+                cur.iter().zip(prev).map(|(c, p)| c.saturating_sub(*p)).collect()
+            };
+            history.add_latency(&h.bounds_seconds, &delta);
+        }
+        self.prev_latency = Some((cur, h.count));
+    }
+
+    /// Counts `n` verdicts applied in second `t`.
+    pub(crate) fn note_verdicts(&mut self, t: i64, n: u64) {
+        match self.recent.back_mut() {
+            Some((s, c)) if *s == t => *c += n,
+            _ => self.recent.push_back((t, n)),
+        }
+        while self.recent.len() > GOLDEN_WINDOW_SECS + 1 {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Verdicts applied per second over the closed seconds of the window.
+    pub(crate) fn verdicts_per_sec(&self, now_s: i64) -> f64 {
+        let window = i64::try_from(GOLDEN_WINDOW_SECS).unwrap_or(i64::MAX);
+        let n: u64 = self
+            .recent
+            .iter()
+            .filter(|(t, _)| *t < now_s && *t >= now_s - window)
+            .map(|(_, n)| n)
+            .sum();
+        #[allow(clippy::cast_precision_loss)]
+        round(n as f64 / GOLDEN_WINDOW_SECS as f64, 1)
+    }
+}
+
+/// A cumulative histogram as counts per bucket, the last one above the
+/// highest bound.
+fn per_bucket(cumulative: &[u64], count: u64) -> Vec<u64> {
+    let mut below = 0;
+    let mut buckets: Vec<u64> = cumulative
+        .iter()
+        .map(|&c| {
+            let n = c.saturating_sub(below);
+            below = c;
+            n
+        })
+        .collect();
+    buckets.push(count.saturating_sub(below));
+    buckets
+}
+
+/// One service's place in the mesh, as the page gets it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MeshView {
+    /// `dashboard` or `ingress`.
+    pub component: &'static str,
+    /// The publisher id of an ingress.
+    pub publisher: Option<String>,
+    pub spiffe_id: String,
+    pub cert_not_after_unix: i64,
+    pub peers: Vec<MeshPeerView>,
+    pub handshake_failures: Vec<CountBy>,
+    pub denials: Vec<CountBy>,
+    pub gone: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MeshPeerView {
+    pub service: String,
+    pub spiffe_id: String,
+    pub allowed: u64,
+    pub denied: u64,
+    pub last_seen_unix_ms: i64,
+    pub cert_not_after_unix: i64,
+}
+
+/// A count by where (listener or service) and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CountBy {
+    pub at: String,
+    pub reason: String,
+    pub count: u64,
+}
+
+impl MeshView {
+    pub(crate) fn new(component: &'static str, publisher: Option<String>, m: &MeshStatus, gone: bool) -> Self {
+        Self {
+            component,
+            publisher,
+            spiffe_id: m.spiffe_id.clone(),
+            cert_not_after_unix: m.cert_not_after_unix,
+            peers: m
+                .peers
+                .iter()
+                .map(|p| MeshPeerView {
+                    service: p.service.clone(),
+                    spiffe_id: p.spiffe_id.clone(),
+                    allowed: p.allowed,
+                    denied: p.denied,
+                    last_seen_unix_ms: p.last_seen_unix_ms,
+                    cert_not_after_unix: p.cert_not_after_unix,
+                })
+                .collect(),
+            handshake_failures: m
+                .handshake_failures
+                .iter()
+                .map(|h| CountBy {
+                    at: h.listener.clone(),
+                    reason: h.reason.clone(),
+                    count: h.count,
+                })
+                .collect(),
+            denials: m
+                .denials
+                .iter()
+                .map(|d| CountBy {
+                    at: d.service.clone(),
+                    reason: d.reason.clone(),
+                    count: d.count,
+                })
+                .collect(),
+            gone,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUNDS: [f64; 3] = [0.001, 0.002, 0.004];
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_like_prometheus() {
+        // 100 observations: 50 under 1 ms, 40 in 1–2 ms, 10 in 2–4 ms.
+        let buckets = [50, 40, 10, 0];
+        assert_eq!(quantile_ms(&BOUNDS, &buckets, 0.5), Some(1.0));
+        assert_eq!(quantile_ms(&BOUNDS, &buckets, 0.7), Some(1.5));
+        assert_eq!(quantile_ms(&BOUNDS, &buckets, 0.95), Some(3.0));
+        assert_eq!(quantile_ms(&BOUNDS, &[0, 0, 0, 0], 0.5), None);
+        // Above the highest bound: the bound.
+        assert_eq!(quantile_ms(&BOUNDS, &[0, 0, 0, 5], 0.99), Some(4.0));
+    }
+
+    fn status(cumulative: [u64; 3], count: u64, answered: u64, transitions: u64) -> PublisherStatus {
+        PublisherStatus {
+            breaker_transitions_total: transitions,
+            latency: Some(LatencyHistogram {
+                bounds_seconds: BOUNDS.to_vec(),
+                cumulative: cumulative.to_vec(),
+                count,
+                sum_seconds: 0.0,
+            }),
+            answers: Some(txmesh_proto::v1::AnswerTotals {
+                answered,
+                errors: 0,
+            }),
+            ..PublisherStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_publishers_cumulative_counters_become_what_happened_each_second() {
+        let mut history = History::new(60, 100);
+        let mut live = PublisherLive::default();
+        // The first status is a baseline: a publisher's totals since it
+        // started are not a spike in the dashboard's first second.
+        live.observe(&status([10, 10, 10], 10, 10, 4), "CLOSED", 0, &mut history);
+        history.roll(101);
+        live.observe(&status([60, 100, 110], 110, 112, 6), "OPEN", 1, &mut history);
+        history.roll(102);
+        let c = history.columns_after(0);
+        assert_eq!(c.t, vec![100, 101]);
+        assert_eq!(c.transitions, vec![0, 2]);
+        assert_eq!(c.p50_ms, vec![None, Some(1.0)]);
+        assert_eq!(live.breaker_since_unix_ms, 1);
+        // 102 answered in the 2 closed seconds of the window.
+        assert_eq!(history.ingress_golden().tx_per_sec, 51.0);
+        // A restarted publisher counts from zero: its new counts are new.
+        live.observe(&status([5, 5, 5], 5, 5, 1), "CLOSED", 2, &mut history);
+        assert_eq!(history.current.answered, 5);
+        assert_eq!(history.current.latency, vec![5, 0, 0, 0]);
+    }
+
+    #[test]
+    fn empty_seconds_are_zero_points_and_the_history_is_bounded() {
+        let mut history = History::new(60, 0);
+        history.current.approved = 3;
+        history.roll(1000);
+        let c = history.columns_after(i64::MIN);
+        assert_eq!(c.t.len(), 60);
+        assert_eq!(c.t.last(), Some(&999));
+        assert!(c.approved.iter().all(|&n| n == 0), "the old second fell out");
+    }
+}
