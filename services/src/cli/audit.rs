@@ -470,6 +470,9 @@ async fn audit_listener(
     out.push(result("alpn_enforced", target, pass_if(refused), how));
 
     out.push(resumption_check(target, allowed_id.as_ref(), &alpn).await);
+    if target.kind == ListenerKind::DashboardHttps {
+        out.push(page_headers_check(target, allowed_id.as_ref(), &alpn).await);
+    }
     out.push(server_cert_check(target, options, allowed_id.as_ref(), server, &alpn).await);
 
     out.push(match idle.await {
@@ -615,6 +618,84 @@ async fn call(
             (Some(false), format!("PERMISSION_DENIED: {}", s.message()))
         }
         Err(s) => (None, format!("{:?}: {}", s.code(), s.message())),
+    }
+}
+
+/// The operator's page, and each asset it loads, carries the security
+/// headers (the Content-Security-Policy that lets only this origin's script
+/// run, `nosniff`, no framing, no referrer) and its own content type.
+async fn page_headers_check(
+    target: &AuditTarget,
+    identity: Option<&Identity>,
+    alpn: &[Vec<u8>],
+) -> CheckResult {
+    const CHECK: &str = "page_security_headers";
+    let Some(identity) = identity else {
+        return result(CHECK, target, Outcome::Skip, "no operator identity to load the page with");
+    };
+    let spec = ClientSpec {
+        identity: Some(identity),
+        tls12_only: false,
+        alpn: alpn.to_vec(),
+        resumption: false,
+    };
+    let config = match probe::client_config(&spec) {
+        Ok(c) => c,
+        Err(e) => return result(CHECK, target, Outcome::Fail, e.to_string()),
+    };
+    let mut problems = Vec::new();
+    for (path, content_type) in [
+        ("/", "text/html"),
+        ("/app.js", "text/javascript"),
+        ("/uplot.js", "text/javascript"),
+        ("/app.css", "text/css"),
+    ] {
+        let response = match probe::tls_connect(target.addr, config.clone()).await {
+            Ok(conn) => tokio::time::timeout(
+                probe::IO_WAIT,
+                crate::net::http::get(conn, "audit", path, &[]),
+            )
+            .await
+            .map_err(|_| "no answer".to_owned())
+            .and_then(|r| r.map_err(|e| e.to_string())),
+            Err(e) => Err(e.to_string()),
+        };
+        let r = match response {
+            Ok(r) if r.status == http::StatusCode::OK => r,
+            Ok(r) => {
+                problems.push(format!("{path}: {}", r.status));
+                continue;
+            }
+            Err(e) => {
+                problems.push(format!("{path}: {e}"));
+                continue;
+            }
+        };
+        let header = |name: &str| {
+            r.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        for (name, want) in crate::https::SECURITY_HEADERS {
+            if header(name) != want {
+                problems.push(format!("{path}: {name} is {:?}", header(name)));
+            }
+        }
+        if !header("content-type").starts_with(content_type) {
+            problems.push(format!("{path}: content-type {:?}", header("content-type")));
+        }
+    }
+    if problems.is_empty() {
+        result(
+            CHECK,
+            target,
+            Outcome::Pass,
+            "/, /app.js, /uplot.js, /app.css: CSP (self only, no framing), nosniff, no-referrer, own content types",
+        )
+    } else {
+        result(CHECK, target, Outcome::Fail, problems.join("; "))
     }
 }
 

@@ -1,7 +1,11 @@
 //! The dashboard's HTTPS listener (actix-web over our rustls config, mTLS
-//! only): the page at `/` (with `/app.js` and `/app.css`), `GET
+//! only): the page at `/` (with `/app.js`, `/app.css`, the vendored uPlot
+//! chart library at `/uplot.js` and `/uplot.css`, and `/favicon.svg`), `GET
 //! /api/snapshot` (JSON) and the WebSocket at `/ws`, where each browser gets
-//! one `WsSession` actor: a snapshot on connect, then every pushed update.
+//! one `WsSession` actor: a snapshot on connect, then every pushed update
+//! (only what changed, numbered). A browser that sees a number missing
+//! sends `resync` and gets a snapshot again. Everything is compiled into
+//! the binary: the page sits behind mTLS and loads nothing from elsewhere.
 //! Only the operator identity (or what `authz.dashboard_ui` names) gets past
 //! the 403.
 //!
@@ -59,6 +63,9 @@ pub(super) fn routes(cfg: &mut actix_web::web::ServiceConfig, state: &WebState) 
         .route("/", get().to(asset))
         .route("/app.js", get().to(asset))
         .route("/app.css", get().to(asset))
+        .route("/uplot.js", get().to(asset))
+        .route("/uplot.css", get().to(asset))
+        .route("/favicon.svg", get().to(asset))
         .route("/api/snapshot", get().to(snapshot))
         .route("/ws", get().to(websocket));
 }
@@ -96,6 +103,8 @@ pub struct WsSession {
     last_heard: Instant,
     /// The client certificate's notAfter, Unix seconds.
     cert_not_after: Option<i64>,
+    /// The client's SPIFFE ID.
+    spiffe_id: String,
 }
 
 /// `Err` carries the 403 to send back.
@@ -139,7 +148,7 @@ fn foreign_origin(req: &HttpRequest, allowed: &[String]) -> Option<String> {
     (!matches!(site, "same-origin" | "none")).then(|| format!("a {site} page"))
 }
 
-/// `GET /`, `/app.js` and `/app.css`: the page.
+/// `GET /` and what the page loads.
 pub(super) async fn asset(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse {
     if let Err(denied) = authorize(&req, &state) {
         return *denied;
@@ -150,6 +159,15 @@ pub(super) async fn asset(req: HttpRequest, state: web::Data<WebState>) -> HttpR
             include_str!("assets/app.js"),
         ),
         "/app.css" => ("text/css; charset=utf-8", include_str!("assets/app.css")),
+        "/uplot.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("assets/vendor/uplot/uPlot.iife.min.js"),
+        ),
+        "/uplot.css" => (
+            "text/css; charset=utf-8",
+            include_str!("assets/vendor/uplot/uPlot.min.css"),
+        ),
+        "/favicon.svg" => ("image/svg+xml", include_str!("assets/favicon.svg")),
         _ => (
             "text/html; charset=utf-8",
             include_str!("assets/index.html"),
@@ -181,14 +199,18 @@ pub(super) async fn websocket(
     if let Err(denied) = authorize_same_origin(&req, &state) {
         return Ok(*denied);
     }
-    let cert_not_after = req
-        .conn_data::<crate::https::PeerIdentity>()
-        .and_then(|p| p.1);
+    let peer = req.conn_data::<crate::https::PeerIdentity>();
+    let cert_not_after = peer.and_then(|p| p.1);
+    let spiffe_id = peer
+        .and_then(|p| p.0.as_ref())
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let session = WsSession {
         id: state.next_session.fetch_add(1, Ordering::Relaxed),
         state: state.get_ref().clone(),
         last_heard: Instant::now(),
         cert_not_after,
+        spiffe_id,
     };
     ws::start(session, &req, stream)
 }
@@ -213,14 +235,17 @@ impl Actor for WsSession {
             id: self.id,
             addr: ctx.address(),
         });
-        // The snapshot comes first, before any pushed update.
-        let snapshot = self.state.aggregator.send(GetSnapshot);
-        ctx.wait(wrap_future::<_, Self>(snapshot).map(|result, _act, ctx| {
-            match result.ok().and_then(|s| serde_json::to_string(&s).ok()) {
-                Some(json) => ctx.text(json),
-                None => ctx.stop(),
-            }
-        }));
+        // Who the page is connected as, then the snapshot, before any
+        // pushed update.
+        ctx.text(
+            serde_json::json!({
+                "type": "hello",
+                "spiffe_id": self.spiffe_id,
+                "cert_not_after_unix": self.cert_not_after,
+            })
+            .to_string(),
+        );
+        self.send_snapshot(ctx);
         ctx.run_interval(HEARTBEAT, |act, ctx| {
             if act.last_heard.elapsed() > CLIENT_TIMEOUT {
                 ctx.stop();
@@ -232,6 +257,19 @@ impl Actor for WsSession {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.state.broadcaster.do_send(Unregister(self.id));
+    }
+}
+
+impl WsSession {
+    /// Sends a snapshot before anything else queued for this session.
+    fn send_snapshot(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let snapshot = self.state.aggregator.send(GetSnapshot);
+        ctx.wait(wrap_future::<_, Self>(snapshot).map(|result, _act, ctx| {
+            match result.ok().and_then(|s| serde_json::to_string(&s).ok()) {
+                Some(json) => ctx.text(json),
+                None => ctx.stop(),
+            }
+        }));
     }
 }
 
@@ -252,6 +290,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 ctx.close(reason);
                 ctx.stop();
             }
+            // The browser missed an update.
+            Ok(ws::Message::Text(text)) if text.trim() == "resync" => self.send_snapshot(ctx),
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "WebSocket protocol error");

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use crate::support::*;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio_tungstenite::tungstenite;
 use txmesh_proto::v1::{
     ingress_client::IngressClient, txn_result::Outcome, Reason, ScreenRequest, Transaction,
     VerdictStatus,
@@ -53,23 +54,36 @@ async fn screened_end_to_end_with_every_pattern_detected_and_totals_seen_in_the_
         .await
         .expect("WebSocket upgrade");
     assert_eq!(response.status(), 101);
-    let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("snapshot on connect")
-        .expect("a message")
-        .expect("not an error");
-    let snapshot: serde_json::Value =
-        serde_json::from_str(first.to_text().expect("text")).expect("JSON");
+    // Who the page is connected as, then the snapshot, then updates with
+    // only what changed, numbered from the snapshot's.
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["type"], "hello");
+    assert!(hello["spiffe_id"].as_str().is_some_and(|id| id.ends_with("/operator")), "{hello}");
+    assert!(hello["cert_not_after_unix"].as_i64().is_some());
+    let snapshot = next_json(&mut ws).await;
     assert_eq!(snapshot["type"], "snapshot");
     assert_eq!(snapshot["totals"]["verdicts"].as_u64(), Some(answered));
-    let update = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("live updates follow")
-        .expect("a message")
-        .expect("not an error");
-    let update: serde_json::Value =
-        serde_json::from_str(update.to_text().expect("text")).expect("JSON");
+    let seq = snapshot["seq"].as_u64().expect("numbered");
+    let update = loop {
+        let update = next_json(&mut ws).await;
+        if update["seq"].as_u64() > Some(seq) {
+            break update;
+        }
+    };
+    assert_eq!(update["type"], "update");
+    assert_eq!(update["seq"].as_u64(), Some(seq + 1), "no update skipped");
     assert_eq!(update["totals"]["verdicts"].as_u64(), Some(answered));
+    // A browser that missed an update asks for a snapshot again.
+    ws.send(tungstenite::Message::text("resync"))
+        .await
+        .expect("sent");
+    let again = loop {
+        let message = next_json(&mut ws).await;
+        if message["type"] == "snapshot" {
+            break message;
+        }
+    };
+    assert_eq!(again["totals"]["verdicts"].as_u64(), Some(answered));
 
     ing.stop(Duration::from_secs(5)).await;
     dash.stop().await;
@@ -165,4 +179,17 @@ async fn malformed_transactions_are_answered_and_the_stream_goes_on_and_replays_
     drop(tx);
     ing.stop(Duration::from_secs(5)).await;
     dash.stop().await;
+}
+
+/// The next WebSocket message, as JSON.
+async fn next_json<S>(ws: &mut S) -> serde_json::Value
+where
+    S: Stream<Item = Result<tungstenite::Message, tungstenite::Error>> + Unpin,
+{
+    let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a message in time")
+        .expect("a message")
+        .expect("not an error");
+    serde_json::from_str(message.to_text().expect("text")).expect("JSON")
 }

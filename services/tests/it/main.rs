@@ -11,6 +11,7 @@ mod support;
 
 mod admin;
 mod audit;
+mod browser;
 mod chaos;
 mod crash;
 mod deploy;
