@@ -162,7 +162,7 @@ const charts = chartSpecs.map((spec) => {
     width: Math.max(200, el.clientWidth),
     height: 200,
     series: [{}, ...spec.series.map((s) => Object.assign({ value: (u, v) => (v == null ? "–" : v + spec.unit) }, s))],
-    axes: [Object.assign({ values: (u, ticks) => ticks.map((t) => clock(t * 1000)) }, axis), Object.assign({ size: 50 }, axis)],
+    axes: [Object.assign({ space: 90, values: (u, ticks) => ticks.map((t) => clock(t * 1000)) }, axis), Object.assign({ size: 50 }, axis)],
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max == null ? 1 : max * 1.1, 1)] } },
     cursor: { drag: { x: false, y: false } },
     legend: { live: true },
