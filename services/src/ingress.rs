@@ -127,7 +127,8 @@ pub async fn start_with(
             status.mesh = Some(metrics.mesh());
         })
     };
-    let pipeline = match start_pipeline(config, options, &certs, &server.chaos, status_source).await {
+    let pipeline = match start_pipeline(config, options, &certs, &server.chaos, status_source).await
+    {
         Ok(pipeline) => pipeline,
         Err(e) => {
             // Nothing may listen for a service that cannot screen.

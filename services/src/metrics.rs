@@ -223,11 +223,19 @@ impl Metrics {
     /// Counts an authorization decision about `peer` and the notAfter of
     /// its certificate (`None`: the caller presented no usable identity),
     /// for `/metrics` and the mesh view.
-    pub fn authz(&self, service: Service, decision: Decision, peer: Option<(&SpiffeId, Option<i64>)>) {
+    pub fn authz(
+        &self,
+        service: Service,
+        decision: Decision,
+        peer: Option<(&SpiffeId, Option<i64>)>,
+    ) {
         self.authz
             .with_label_values(&[service.name(), decision_label(decision)])
             .inc();
-        let mut book = self.mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut book = self
+            .mesh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if decision == Decision::Deny {
             let reason = if peer.is_some() {
                 "not_allowed"
@@ -236,7 +244,9 @@ impl Metrics {
             };
             *book.denials.entry((service.name(), reason)).or_default() += 1;
         }
-        let Some((peer, not_after)) = peer else { return };
+        let Some((peer, not_after)) = peer else {
+            return;
+        };
         let key = (service.name(), peer.to_string());
         if book.peers.len() >= MAX_PEERS && !book.peers.contains_key(&key) {
             return;
@@ -257,7 +267,10 @@ impl Metrics {
     /// handshakes its listeners refused and the calls it denied, by reason.
     pub fn mesh(&self) -> txmesh_proto::v1::MeshStatus {
         use txmesh_proto::v1::{AuthzDenials, HandshakeFailures, MeshPeer, MeshStatus};
-        let book = self.mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let book = self
+            .mesh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut handshake_failures = Vec::new();
         for family in self.handshake_failures.collect() {
             for m in family.get_metric() {
@@ -346,7 +359,10 @@ impl Metrics {
         self.cert_expiry
             .with_label_values(&[id.path().trim_start_matches('/')])
             .set(store.not_after_unix() as f64);
-        let mut book = self.mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut book = self
+            .mesh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         book.spiffe_id = id.to_string();
         book.cert_not_after_unix = store.not_after_unix();
     }

@@ -631,7 +631,12 @@ async fn page_headers_check(
 ) -> CheckResult {
     const CHECK: &str = "page_security_headers";
     let Some(identity) = identity else {
-        return result(CHECK, target, Outcome::Skip, "no operator identity to load the page with");
+        return result(
+            CHECK,
+            target,
+            Outcome::Skip,
+            "no operator identity to load the page with",
+        );
     };
     let spec = ClientSpec {
         identity: Some(identity),

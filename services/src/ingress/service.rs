@@ -100,7 +100,11 @@ impl IngressCounters {
         };
         status.latency = Some(txmesh_proto::v1::LatencyHistogram {
             bounds_seconds: h.get_bucket().iter().map(|b| b.upper_bound()).collect(),
-            cumulative: h.get_bucket().iter().map(|b| b.cumulative_count()).collect(),
+            cumulative: h
+                .get_bucket()
+                .iter()
+                .map(|b| b.cumulative_count())
+                .collect(),
             count: h.get_sample_count(),
             sum_seconds: h.get_sample_sum(),
         });

@@ -44,7 +44,10 @@ const contextFor = (who, extra = {}) => browser.newContext(Object.assign({
   viewport: { width: 1400, height: 900 },
   clientCertificates: who ? [{ origin, certPath: who.cert, keyPath: who.key }] : [],
 }, extra));
-const shot = (page, name, fullPage = true) => page.screenshot({ path: path.join(cfg.screenshots, name), fullPage });
+async function shot(page, name, fullPage = true) {
+  if (!fullPage) await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: path.join(cfg.screenshots, name), fullPage });
+}
 
 // A page on another origin (plain HTTP on another port) for the
 // cross-origin checks.

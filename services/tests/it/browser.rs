@@ -43,7 +43,10 @@ fn missing() -> Option<String> {
 fn the_vendored_chart_library_is_the_published_one() {
     let dist = browser_dir().join("node_modules/uplot");
     if !dist.exists() {
-        assert!(!required(), "uplot not installed: npm ci --prefix services/tests/browser");
+        assert!(
+            !required(),
+            "uplot not installed: npm ci --prefix services/tests/browser"
+        );
         return;
     }
     let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/dashboard/assets/vendor/uplot");
@@ -65,7 +68,9 @@ fn required() -> bool {
 /// A flagged, high-amount transaction whose id and merchant are markup.
 fn hostile(tag: &str) -> Transaction {
     Transaction {
-        transaction_id: format!("<img src=x onerror=window.__pwned=1>{tag}<script>window.__pwned=2</script>"),
+        transaction_id: format!(
+            "<img src=x onerror=window.__pwned=1>{tag}<script>window.__pwned=2</script>"
+        ),
         account_id: format!("acct-browser-{tag}"),
         amount_minor: 123_456_789,
         currency: "EUR".into(),
@@ -90,7 +95,9 @@ async fn the_operator_page_in_chromium() {
     let dir = TempDir::new("browser");
     let mut config = test_config(&dir.0);
     // The shipped push interval, as an operator gets it.
-    config.dashboard.push_interval_ms = txmesh::config::TxmeshConfig::default().dashboard.push_interval_ms;
+    config.dashboard.push_interval_ms = txmesh::config::TxmeshConfig::default()
+        .dashboard
+        .push_interval_ms;
     let (dash, ing, _machine) = start_system(&mut config).await;
     // The dashboard comes back on the same addresses (the page reconnects
     // to its own origin; the publisher to its configured address).
@@ -165,7 +172,11 @@ async fn the_operator_page_in_chromium() {
                     .await
                     .expect("Screen opens")
                     .into_inner();
-                let response = responses.message().await.expect("answered").expect("a response");
+                let response = responses
+                    .message()
+                    .await
+                    .expect("answered")
+                    .expect("a response");
                 assert_eq!(response.results.len(), 1);
                 serde_json::json!({ "transaction_id": txn.transaction_id, "merchant": txn.merchant_id })
                     .to_string()
@@ -175,7 +186,11 @@ async fn the_operator_page_in_chromium() {
                 "stopped".into()
             }
             ("start_dashboard", _) => {
-                dash = Some(txmesh::dashboard::start(&config).await.expect("dashboard starts again"));
+                dash = Some(
+                    txmesh::dashboard::start(&config)
+                        .await
+                        .expect("dashboard starts again"),
+                );
                 "started".into()
             }
             ("load", _) => {
@@ -190,7 +205,10 @@ async fn the_operator_page_in_chromium() {
                 // What Prometheus does (as the operator: this test's state
                 // has no prometheus identity; authz.metrics allows both).
                 let dashboard_https = dash.as_ref().expect("running").https_addr;
-                for (addr, server) in [(ing.metrics_addr, "ingress"), (dashboard_https, "dashboard")] {
+                for (addr, server) in [
+                    (ing.metrics_addr, "ingress"),
+                    (dashboard_https, "dashboard"),
+                ] {
                     let (status, _) = scrape(&config, "operator", server, addr).await;
                     assert!(status.starts_with("200"), "{status}");
                 }
@@ -208,7 +226,9 @@ async fn the_operator_page_in_chromium() {
                 load = Some(tokio::spawn(async move { run_txgen(&run).await }));
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let spec = txmesh_chaos::FaultSpec {
-                    kind: txmesh_chaos::FaultKind::IngestRefusal { code: tonic::Code::Unavailable as i32 },
+                    kind: txmesh_chaos::FaultKind::IngestRefusal {
+                        code: tonic::Code::Unavailable as i32,
+                    },
                     rate: 1.0,
                     account_share: 1.0,
                     duration: Duration::from_secs(6),
@@ -232,7 +252,10 @@ async fn the_operator_page_in_chromium() {
         to_node.flush().expect("flushed");
     }
     let status = node.wait().expect("node exits");
-    assert!(status.success(), "the browser checks failed (see the lines above); passed: {passed:?}");
+    assert!(
+        status.success(),
+        "the browser checks failed (see the lines above); passed: {passed:?}"
+    );
     for check in [
         "live",
         "equal_to_snapshot",
@@ -250,7 +273,10 @@ async fn the_operator_page_in_chromium() {
         "refused_other_identity",
         "refused_cross_origin",
     ] {
-        assert!(passed.iter().any(|p| p == check), "check {check} did not run: {passed:?}");
+        assert!(
+            passed.iter().any(|p| p == check),
+            "check {check} did not run: {passed:?}"
+        );
     }
     ing.stop(Duration::from_secs(5)).await;
     if let Some(dash) = dash {

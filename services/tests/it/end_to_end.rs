@@ -58,7 +58,12 @@ async fn screened_end_to_end_with_every_pattern_detected_and_totals_seen_in_the_
     // only what changed, numbered from the snapshot's.
     let hello = next_json(&mut ws).await;
     assert_eq!(hello["type"], "hello");
-    assert!(hello["spiffe_id"].as_str().is_some_and(|id| id.ends_with("/operator")), "{hello}");
+    assert!(
+        hello["spiffe_id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("/operator")),
+        "{hello}"
+    );
     assert!(hello["cert_not_after_unix"].as_i64().is_some());
     let snapshot = next_json(&mut ws).await;
     assert_eq!(snapshot["type"], "snapshot");

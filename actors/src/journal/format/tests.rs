@@ -129,11 +129,19 @@ fn a_header_names_what_is_wrong() {
 
 #[test]
 fn the_writers_encoding_is_the_records_and_only_alerts_keep_the_merchant() {
-    for (status, merchant) in [(VerdictStatus::Flagged, "m-1"), (VerdictStatus::Approved, "")] {
+    for (status, merchant) in [
+        (VerdictStatus::Flagged, "m-1"),
+        (VerdictStatus::Approved, ""),
+    ] {
         let mut v = verdict("t-2");
         v.status = status as i32;
         let mut written = Vec::new();
-        encode_answer(&mut written, &txn("t-2"), &v, Some(fingerprint(&txn("t-2"))));
+        encode_answer(
+            &mut written,
+            &txn("t-2"),
+            &v,
+            Some(fingerprint(&txn("t-2"))),
+        );
         let record = VerdictRecord::decode(&written).expect("decodes");
         assert_eq!(&*record.merchant_id, merchant);
         let mut again = Vec::new();

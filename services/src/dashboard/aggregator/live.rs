@@ -341,7 +341,13 @@ impl PublisherLive {
     /// Takes in `status`: what changed since the last one goes into
     /// `history`'s current second. The first status after a (dashboard)
     /// start is only a baseline.
-    pub(crate) fn observe(&mut self, status: &PublisherStatus, breaker: &str, now_ms: i64, history: &mut History) {
+    pub(crate) fn observe(
+        &mut self,
+        status: &PublisherStatus,
+        breaker: &str,
+        now_ms: i64,
+        history: &mut History,
+    ) {
         if self.breaker != breaker {
             breaker.clone_into(&mut self.breaker);
             self.breaker_since_unix_ms = now_ms;
@@ -388,7 +394,10 @@ impl PublisherLive {
             let delta: Vec<u64> = if restarted {
                 cur.clone()
             } else {
-                cur.iter().zip(prev).map(|(c, p)| c.saturating_sub(*p)).collect()
+                cur.iter()
+                    .zip(prev)
+                    .map(|(c, p)| c.saturating_sub(*p))
+                    .collect()
             };
             history.add_latency(&h.bounds_seconds, &delta);
         }
@@ -470,7 +479,12 @@ pub struct CountBy {
 }
 
 impl MeshView {
-    pub(crate) fn new(component: &'static str, publisher: Option<String>, m: &MeshStatus, gone: bool) -> Self {
+    pub(crate) fn new(
+        component: &'static str,
+        publisher: Option<String>,
+        m: &MeshStatus,
+        gone: bool,
+    ) -> Self {
         Self {
             component,
             publisher,
@@ -529,7 +543,12 @@ mod tests {
         assert_eq!(quantile_ms(&BOUNDS, &[0, 0, 0, 5], 0.99), Some(4.0));
     }
 
-    fn status(cumulative: [u64; 3], count: u64, answered: u64, transitions: u64) -> PublisherStatus {
+    fn status(
+        cumulative: [u64; 3],
+        count: u64,
+        answered: u64,
+        transitions: u64,
+    ) -> PublisherStatus {
         PublisherStatus {
             breaker_transitions_total: transitions,
             latency: Some(LatencyHistogram {
@@ -554,7 +573,12 @@ mod tests {
         // started are not a spike in the dashboard's first second.
         live.observe(&status([10, 10, 10], 10, 10, 4), "CLOSED", 0, &mut history);
         history.roll(101);
-        live.observe(&status([60, 100, 110], 110, 112, 6), "OPEN", 1, &mut history);
+        live.observe(
+            &status([60, 100, 110], 110, 112, 6),
+            "OPEN",
+            1,
+            &mut history,
+        );
         history.roll(102);
         let c = history.columns_after(0);
         assert_eq!(c.t, vec![100, 101]);
@@ -577,6 +601,9 @@ mod tests {
         let c = history.columns_after(i64::MIN);
         assert_eq!(c.t.len(), 60);
         assert_eq!(c.t.last(), Some(&999));
-        assert!(c.approved.iter().all(|&n| n == 0), "the old second fell out");
+        assert!(
+            c.approved.iter().all(|&n| n == 0),
+            "the old second fell out"
+        );
     }
 }
