@@ -565,37 +565,21 @@ async fn call(
     identity: &Identity,
     alpn: &[Vec<u8>],
 ) -> (Option<bool>, String) {
-    let spec = ClientSpec {
-        identity: Some(identity),
-        tls12_only: false,
-        alpn: alpn.to_vec(),
-        resumption: false,
-    };
-    let config = match probe::client_config(&spec) {
+    let config = match client_as(identity, alpn) {
         Ok(c) => c,
-        Err(e) => return (None, e.to_string()),
+        Err(e) => return (None, e),
     };
     if !target.kind.is_grpc() {
-        let conn = match probe::tls_connect(target.addr, config).await {
-            Ok(c) => c,
-            Err(e) => return (None, e.to_string()),
-        };
         let path = target.kind.http_path();
-        let response = tokio::time::timeout(
-            probe::IO_WAIT,
-            crate::net::http::get(conn, "audit", path, &[]),
-        )
-        .await;
-        return match response {
-            Ok(Ok(r)) if r.status == http::StatusCode::OK => {
+        return match https_get(target, config, path).await {
+            Ok(r) if r.status == http::StatusCode::OK => {
                 (Some(true), format!("{path}: {}", r.status))
             }
-            Ok(Ok(r)) if r.status == http::StatusCode::FORBIDDEN => {
+            Ok(r) if r.status == http::StatusCode::FORBIDDEN => {
                 (Some(false), format!("{path}: {}", r.status))
             }
-            Ok(Ok(r)) => (None, format!("{path}: {}", r.status)),
-            Ok(Err(e)) => (None, e.to_string()),
-            Err(_) => (None, "no answer".into()),
+            Ok(r) => (None, format!("{path}: {}", r.status)),
+            Err(e) => (None, e),
         };
     }
     let channel = match crate::net::channel_with(target.addr, config) {
@@ -621,6 +605,38 @@ async fn call(
     }
 }
 
+/// A TLS 1.3 client config presenting `identity`, offering `alpn`.
+fn client_as(
+    identity: &Identity,
+    alpn: &[Vec<u8>],
+) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    probe::client_config(&ClientSpec {
+        identity: Some(identity),
+        tls12_only: false,
+        alpn: alpn.to_vec(),
+        resumption: false,
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// `GET path` on a new connection to `target` with `config`.
+async fn https_get(
+    target: &AuditTarget,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+) -> Result<crate::net::http::HttpResponse, String> {
+    let conn = probe::tls_connect(target.addr, config)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::timeout(
+        probe::IO_WAIT,
+        crate::net::http::get(conn, "audit", path, &[]),
+    )
+    .await
+    .map_err(|_| "no answer".to_owned())?
+    .map_err(|e| e.to_string())
+}
+
 /// The operator's page, and each asset it loads, carries the security
 /// headers (the Content-Security-Policy that lets only this origin's script
 /// run, `nosniff`, no framing, no referrer) and its own content type.
@@ -638,15 +654,9 @@ async fn page_headers_check(
             "no operator identity to load the page with",
         );
     };
-    let spec = ClientSpec {
-        identity: Some(identity),
-        tls12_only: false,
-        alpn: alpn.to_vec(),
-        resumption: false,
-    };
-    let config = match probe::client_config(&spec) {
+    let config = match client_as(identity, alpn) {
         Ok(c) => c,
-        Err(e) => return result(CHECK, target, Outcome::Fail, e.to_string()),
+        Err(e) => return result(CHECK, target, Outcome::Fail, e),
     };
     let mut problems = Vec::new();
     for (path, content_type) in [
@@ -655,17 +665,7 @@ async fn page_headers_check(
         ("/uplot.js", "text/javascript"),
         ("/app.css", "text/css"),
     ] {
-        let response = match probe::tls_connect(target.addr, config.clone()).await {
-            Ok(conn) => tokio::time::timeout(
-                probe::IO_WAIT,
-                crate::net::http::get(conn, "audit", path, &[]),
-            )
-            .await
-            .map_err(|_| "no answer".to_owned())
-            .and_then(|r| r.map_err(|e| e.to_string())),
-            Err(e) => Err(e.to_string()),
-        };
-        let r = match response {
+        let r = match https_get(target, config.clone(), path).await {
             Ok(r) if r.status == http::StatusCode::OK => r,
             Ok(r) => {
                 problems.push(format!("{path}: {}", r.status));

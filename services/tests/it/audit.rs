@@ -75,6 +75,24 @@ async fn a_correct_system_passes_and_weakened_listeners_fail_by_name() {
     let report = audit::run(&targets(&ing, &dash)[..1], &no_key).await;
     assert_eq!(report.failed, 0, "{}", report.table());
     assert_eq!(report.skipped, 8, "{}", report.table());
+    assert_eq!(
+        audit::run(&targets(&ing, &dash)[3..], &no_key)
+            .await
+            .outcomes("page_security_headers")[0]
+            .outcome,
+        Outcome::Pass
+    );
+    // Where no page is served with its headers (the ingress's listener
+    // serves /metrics only), the page check fails.
+    let no_page = AuditTarget {
+        name: "dashboard-https".into(),
+        addr: ing.metrics_addr,
+        kind: ListenerKind::DashboardHttps,
+    };
+    let report = audit::run(&[no_page], &no_key).await;
+    let page = report.outcomes("page_security_headers");
+    assert_eq!(page[0].outcome, Outcome::Fail, "{}", report.table());
+    assert!(page[0].evidence.contains("/: 404"), "{}", page[0].evidence);
 
     // Weakened listener 1: a plaintext port that answers HTTP.
     let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");

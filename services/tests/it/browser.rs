@@ -68,20 +68,12 @@ fn required() -> bool {
 /// A flagged, high-amount transaction whose id and merchant are markup.
 fn hostile(tag: &str) -> Transaction {
     Transaction {
-        transaction_id: format!(
-            "<img src=x onerror=window.__pwned=1>{tag}<script>window.__pwned=2</script>"
-        ),
-        account_id: format!("acct-browser-{tag}"),
-        amount_minor: 123_456_789,
-        currency: "EUR".into(),
-        timestamp_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis() as i64
-            - 1_000,
         merchant_id: "<b onmouseover=alert(1)>shop</b><script>window.__pwned=3</script>".into(),
-        country: "DE".into(),
-        channel: 2,
+        ..txn(
+            &format!("<img src=x onerror=window.__pwned=1>{tag}<script>window.__pwned=2</script>"),
+            &format!("acct-browser-{tag}"),
+            123_456_789,
+        )
     }
 }
 

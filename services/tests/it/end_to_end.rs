@@ -8,8 +8,7 @@ use crate::support::*;
 use futures_util::{SinkExt, Stream, StreamExt};
 use tokio_tungstenite::tungstenite;
 use txmesh_proto::v1::{
-    ingress_client::IngressClient, txn_result::Outcome, Reason, ScreenRequest, Transaction,
-    VerdictStatus,
+    ingress_client::IngressClient, txn_result::Outcome, Reason, ScreenRequest, VerdictStatus,
 };
 
 #[actix_rt::test]
@@ -92,23 +91,6 @@ async fn screened_end_to_end_with_every_pattern_detected_and_totals_seen_in_the_
 
     ing.stop(Duration::from_secs(5)).await;
     dash.stop().await;
-}
-
-fn txn(id: &str, account: &str, amount: i64) -> Transaction {
-    Transaction {
-        transaction_id: id.into(),
-        account_id: account.into(),
-        amount_minor: amount,
-        currency: "EUR".into(),
-        timestamp_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis() as i64
-            - 1_000,
-        merchant_id: "m-1".into(),
-        country: "DE".into(),
-        channel: 2,
-    }
 }
 
 #[actix_rt::test]

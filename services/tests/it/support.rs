@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
 use txmesh::{cli::up, config::TxmeshConfig, dashboard, ingress, txgen};
 use txmesh_certs::{CertStore, SpiffeId};
+use txmesh_proto::v1::Transaction;
 
 /// A temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -388,4 +389,22 @@ pub async fn signal(mut child: std::process::Child, signal: &str) -> std::proces
         .await
         .expect("waited")
         .expect("exit status")
+}
+
+/// A valid EUR card transaction from a second ago (merchant `m-1`, DE).
+pub fn txn(id: &str, account: &str, amount: i64) -> Transaction {
+    Transaction {
+        transaction_id: id.into(),
+        account_id: account.into(),
+        amount_minor: amount,
+        currency: "EUR".into(),
+        timestamp_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as i64
+            - 1_000,
+        merchant_id: "m-1".into(),
+        country: "DE".into(),
+        channel: 2,
+    }
 }
