@@ -24,6 +24,7 @@ pub mod config;
 pub mod currency;
 mod error;
 pub mod journal;
+pub mod partition;
 pub mod publisher;
 pub mod reply;
 pub mod router;
