@@ -40,6 +40,8 @@ use super::{
 /// A browser that sends nothing (not even a pong) for this long is dropped.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A browser gets a snapshot again at most this often.
+const RESYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Shared by every request handler.
 #[derive(Clone)]
@@ -105,6 +107,8 @@ pub struct WsSession {
     cert_not_after: Option<i64>,
     /// The client's SPIFFE ID.
     spiffe_id: String,
+    /// When the browser last asked for a snapshot again.
+    last_resync: Option<Instant>,
 }
 
 /// `Err` carries the 403 to send back.
@@ -211,6 +215,7 @@ pub(super) async fn websocket(
         last_heard: Instant::now(),
         cert_not_after,
         spiffe_id,
+        last_resync: None,
     };
     ws::start(session, &req, stream)
 }
@@ -290,8 +295,17 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                 ctx.close(reason);
                 ctx.stop();
             }
-            // The browser missed an update.
-            Ok(ws::Message::Text(text)) if text.trim() == "resync" => self.send_snapshot(ctx),
+            // The browser missed an update (at most one snapshot a second:
+            // a page cannot make the aggregator do nothing else).
+            Ok(ws::Message::Text(text)) if text.trim() == "resync" => {
+                if self
+                    .last_resync
+                    .is_none_or(|at| at.elapsed() >= RESYNC_EVERY)
+                {
+                    self.last_resync = Some(Instant::now());
+                    self.send_snapshot(ctx);
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::debug!(error = %e, "WebSocket protocol error");

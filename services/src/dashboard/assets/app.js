@@ -377,7 +377,7 @@ function renderMesh(now) {
 
 // ---- alert feed ------------------------------------------------------------
 
-const feed = { paused: false, pending: [], rows: [] };
+const feed = { paused: false, pending: [], rows: [], omitted: 0 };
 const alertsBody = $("alerts").tBodies[0];
 const known = new Set([""]);
 
@@ -426,10 +426,16 @@ function addAlerts(alerts) {
   alertsBody.insertBefore(frag, alertsBody.firstChild);
   feed.rows = rows.concat(feed.rows);
   while (feed.rows.length > FEED_ROWS) feed.rows.pop().tr.remove();
-  setText($("feed-count"), `${int(feed.rows.length)} most recent`);
+  showFeedCount();
+}
+
+function showFeedCount() {
+  const omitted = feed.omitted ? ` (${int(feed.omitted)} more arrived too fast to send)` : "";
+  setText($("feed-count"), `${int(feed.rows.length)} most recent${omitted}`);
 }
 
 function resetAlerts(alerts) {
+  feed.omitted = 0;
   feed.rows.forEach((r) => r.tr.remove());
   feed.rows = [];
   feed.pending = [];
@@ -489,7 +495,9 @@ function applyUpdate(u, ws) {
   appendHistory(u.history);
   Object.assign(S.publishers, u.publishers);
   if (u.mesh) S.mesh = u.mesh;
+  feed.omitted += u.alerts_omitted;
   addAlerts(u.alerts);
+  showFeedCount();
   render(u);
 }
 
