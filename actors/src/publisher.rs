@@ -150,6 +150,9 @@ pub struct DashboardPublisher {
     next_status_extra: Instant,
     /// When a status last went out (with a batch or alone).
     status_sent_at: Instant,
+    /// The link is up for status reports only: the breaker is open and its
+    /// pause not over, so no batch goes out on it (see [`Self::tick`]).
+    status_only: bool,
 }
 
 enum Link {
@@ -237,6 +240,7 @@ impl DashboardPublisher {
             status_source: None,
             next_status_extra: Instant::now(),
             status_sent_at: Instant::now(),
+            status_only: false,
         }
     }
 
@@ -293,17 +297,36 @@ impl DashboardPublisher {
         self.stats.clone()
     }
 
+    /// While the breaker is open the publisher still keeps a link for its
+    /// status (the dashboard shows the breaker OPEN, not a publisher gone
+    /// silent), sends no batch on it, and never counts its failures against
+    /// the breaker; once the breaker's pause is over, the link carries the
+    /// half-open probe.
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         self.form_batches();
+        if self.status_only && matches!(self.link, Link::Up(_)) && self.breaker.allow(now) {
+            self.status_only = false;
+            if self.pending.is_empty() {
+                // The open stream is all the proof there can be.
+                self.breaker.on_success();
+                self.backoff.reset();
+            }
+        }
         let has_unsent = self.sent < self.pending.len();
-        if matches!(self.link, Link::Up(_)) && has_unsent && self.injected_fault(now) {
+        if matches!(self.link, Link::Up(_))
+            && !self.status_only
+            && has_unsent
+            && self.injected_fault(now)
+        {
             self.publish_stats();
             return;
         }
         if let Link::Up(tx) = &self.link {
             let tx = tx.clone();
-            self.send_pending(&tx, now);
+            if !self.status_only {
+                self.send_pending(&tx, now);
+            }
             self.report_status(&tx, now);
             let timeout = Duration::from_millis(self.config.ack_timeout_ms);
             if self
@@ -313,8 +336,14 @@ impl DashboardPublisher {
                 self.link_failed(now, &PublishError::Unavailable("ack timeout".into()));
             }
         }
-        if matches!(self.link, Link::Down) && now >= self.next_attempt && self.breaker.allow(now) {
-            self.connect(ctx);
+        if matches!(self.link, Link::Down) && now >= self.next_attempt {
+            if self.breaker.allow(now) {
+                self.status_only = false;
+                self.connect(ctx);
+            } else if self.breaker.state() == BreakerState::Open {
+                self.status_only = true;
+                self.connect(ctx);
+            }
         }
         self.persist_acked(false);
         self.publish_stats();
@@ -456,6 +485,20 @@ impl DashboardPublisher {
         self.generation += 1;
         self.sent = 0;
         self.oldest_sent_at = None;
+        if self.status_only {
+            // No batch was at stake: the breaker's pause runs on; the next
+            // status link at most every STATUS_EVERY, the probe on time.
+            let delay = if why.is_permanent() {
+                self.breaker.longest_open()
+            } else {
+                self.backoff
+                    .next_delay(&mut self.rng)
+                    .max(STATUS_EVERY)
+                    .min(self.breaker.remaining_open(now))
+            };
+            self.next_attempt = now + delay;
+            return;
+        }
         self.breaker.on_failure(now);
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
         let delay = if why.is_permanent() {
@@ -464,7 +507,9 @@ impl DashboardPublisher {
         } else {
             self.backoff.next_delay(&mut self.rng)
         };
-        self.next_attempt = now + delay.max(self.breaker.remaining_open(now));
+        // An open breaker waits for its probe, but a pause longer than
+        // STATUS_EVERY is broken by a status-only link (see `tick`).
+        self.next_attempt = now + delay.max(self.breaker.remaining_open(now).min(STATUS_EVERY));
     }
 
     /// A status report when nothing carried the status for
@@ -604,12 +649,14 @@ impl Handler<Connected> for DashboardPublisher {
                 // dashboard that accepts streams but fails every batch must
                 // still trip the breaker. With nothing to send, the open
                 // stream is all the proof there can be.
-                if self.pending.is_empty() {
+                if self.pending.is_empty() && !self.status_only {
                     self.breaker.on_success();
                     self.backoff.reset();
                 }
                 self.link = Link::Up(conn.batches);
                 self.sent = 0;
+                // A new link tells the dashboard the state at once.
+                self.status_sent_at = now.checked_sub(STATUS_EVERY).unwrap_or(now);
                 let events = conn
                     .acks
                     .map(move |r| match r {

@@ -257,3 +257,55 @@ async fn a_refusal_is_reported_and_cleared_when_the_dashboard_admits_the_publish
     assert!(rig.stats.wait_drained(&rig.journals, deadline).await);
     assert!(!rig.stats.view(&rig.journals).refused, "admitted again");
 }
+
+#[actix_rt::test]
+async fn an_open_breaker_keeps_a_status_only_link_and_probes_on_it() {
+    // Open longer than a status interval (1 s): a status link in between.
+    let mut rig = start(PublisherConfig {
+        breaker_open_ms: 1_600,
+        breaker_open_max_ms: 1_600,
+        ..config()
+    });
+    push(&rig.journals, 0..2).await;
+    // Three broken streams (the threshold) open the breaker.
+    for _ in 0..3 {
+        let mut stream = opened(&mut rig).await;
+        assert!(next(&mut stream.batches).await.sequence > 0);
+        drop(stream);
+    }
+    // While open: a link for the status only, saying OPEN, and no batch.
+    let mut stream = opened(&mut rig).await;
+    let opened_at = tokio::time::Instant::now();
+    let first = next(&mut stream.batches).await;
+    assert_eq!(
+        (first.sequence, first.verdicts.len()),
+        (0, 0),
+        "a status report"
+    );
+    let open = txmesh_proto::v1::BreakerState::Open as i32;
+    assert_eq!(first.status.as_ref().map(|s| s.breaker), Some(open));
+    // Once the pause is over, the probe goes out on the same link.
+    let probe = loop {
+        let b = next(&mut stream.batches).await;
+        if b.sequence > 0 {
+            break b;
+        }
+    };
+    assert!(
+        opened_at.elapsed() >= Duration::from_millis(300),
+        "the pause ran on"
+    );
+    let half_open = txmesh_proto::v1::BreakerState::HalfOpen as i32;
+    assert_eq!(probe.status.as_ref().map(|s| s.breaker), Some(half_open));
+    stream.acks.send(ack(&probe)).await.expect("ack");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    assert!(rig.stats.wait_drained(&rig.journals, deadline).await);
+    // The state is published with the next tick.
+    while rig.stats.view(&rig.journals).breaker != super::BreakerState::Closed {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "closed after the probe"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

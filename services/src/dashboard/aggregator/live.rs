@@ -312,6 +312,8 @@ pub(crate) struct PublisherLive {
     pub(crate) breaker: String,
     pub(crate) breaker_since_unix_ms: i64,
     prev: Option<Counters>,
+    /// Answered and errors, as last sent (with every other status only).
+    prev_answers: Option<(u64, u64)>,
     prev_latency: Option<(Vec<u64>, u64)>,
     /// Verdicts applied per second, last seconds.
     recent: VecDeque<(i64, u64)>,
@@ -323,8 +325,6 @@ struct Counters {
     transitions: u64,
     shed: u64,
     retries: u64,
-    answered: u64,
-    errors: u64,
 }
 
 /// `cur - prev`, or `cur` when the counter went back (the publisher
@@ -352,30 +352,26 @@ impl PublisherLive {
             breaker.clone_into(&mut self.breaker);
             self.breaker_since_unix_ms = now_ms;
         }
-        let mut cur = Counters {
+        let cur = Counters {
             transitions: status.breaker_transitions_total,
             shed: status.shed_total,
             retries: status.retries_total,
-            answered: 0,
-            errors: 0,
         };
-        if let Some(a) = &status.answers {
-            cur.answered = a.answered;
-            cur.errors = a.errors;
-        } else if let Some(prev) = self.prev {
-            // Sent with every other status only: unchanged meanwhile.
-            cur.answered = prev.answered;
-            cur.errors = prev.errors;
-        }
+        let s = &mut history.current;
         if let Some(prev) = self.prev {
-            let s = &mut history.current;
             s.transitions += increase(prev.transitions, cur.transitions);
             s.shed += increase(prev.shed, cur.shed);
             s.retries += increase(prev.retries, cur.retries);
-            s.answered += increase(prev.answered, cur.answered);
-            s.errors += increase(prev.errors, cur.errors);
         }
         self.prev = Some(cur);
+        // Sent with some statuses only: the first one is the baseline.
+        if let Some(a) = &status.answers {
+            if let Some((answered, errors)) = self.prev_answers {
+                s.answered += increase(answered, a.answered);
+                s.errors += increase(errors, a.errors);
+            }
+            self.prev_answers = Some((a.answered, a.errors));
+        }
         if let Some(h) = &status.latency {
             self.observe_latency(h, history);
         }
@@ -587,10 +583,41 @@ mod tests {
         assert_eq!(live.breaker_since_unix_ms, 1);
         // 102 answered in the 2 closed seconds of the window.
         assert_eq!(history.ingress_golden().tx_per_sec, 51.0);
+        // A status without the extras changes nothing of them.
+        let bare = PublisherStatus {
+            breaker_transitions_total: 6,
+            ..PublisherStatus::default()
+        };
+        live.observe(&bare, "OPEN", 1, &mut history);
+        assert_eq!(history.current.answered, 0);
         // A restarted publisher counts from zero: its new counts are new.
         live.observe(&status([5, 5, 5], 5, 5, 1), "CLOSED", 2, &mut history);
         assert_eq!(history.current.answered, 5);
         assert_eq!(history.current.latency, vec![5, 0, 0, 0]);
+    }
+
+    #[test]
+    fn the_first_answers_are_a_baseline_even_after_statuses_without_them() {
+        let mut history = History::new(60, 100);
+        let mut live = PublisherLive::default();
+        live.observe(&PublisherStatus::default(), "CLOSED", 0, &mut history);
+        live.observe(
+            &status([10, 10, 10], 10, 5_000, 0),
+            "CLOSED",
+            0,
+            &mut history,
+        );
+        assert_eq!(
+            history.current.answered, 0,
+            "5,000 answered before: not this second's"
+        );
+        live.observe(
+            &status([12, 12, 12], 12, 5_012, 0),
+            "CLOSED",
+            0,
+            &mut history,
+        );
+        assert_eq!(history.current.answered, 12);
     }
 
     #[test]
