@@ -187,10 +187,15 @@ try {
     const text = document.getElementById("mesh-edges").textContent;
     const ids = ["txgen", "ingress", "dashboard", "operator"].map((n) => `spiffe://${td}/${n}`);
     const edges = ["txgen → ingress", "ingress → dashboard", "operator → dashboard", "prometheus → metrics"];
+    // The graph: every edge carried calls over mTLS; every node is known.
+    const graph = [...document.querySelectorAll("#mesh-graph .g-edge")].map((g) => g.getAttribute("class"));
+    const nodes = [...document.querySelectorAll("#mesh-graph .g-node .id")].map((t) => t.textContent);
     const ok = ids.every((id) => text.includes(id)) && edges.every((e) => text.includes(e)) &&
-      /cert expires in \d/.test(text) && !text.includes("no calls seen yet");
+      /cert expires in \d/.test(text) && !text.includes("no calls seen yet") &&
+      graph.length === 5 && graph.every((c) => c === "g-edge ok") && nodes.every((id) => id.startsWith("spiffe://"));
     return ok ? [...document.querySelectorAll("#mesh-edges tbody tr")].map((r) => r.textContent) : null;
   }, cfg.trust_domain));
+  await page.locator("#mesh-graph").screenshot({ path: path.join(cfg.screenshots, "mesh-graph-1400.png") });
   pass("mesh", JSON.stringify(mesh));
 
   // Nothing overflows sideways, from 800 to 1920 px.

@@ -322,7 +322,87 @@ function expiry(td, spiffeId, notAfterUnix, now) {
   return left < RENEWAL_WINDOW_SECS;
 }
 
+// The mesh as a graph, Kiali style: a node per component, an edge per
+// service a client calls, green when calls get through over mTLS, red when
+// calls are denied or the server is gone, dashed when none were seen yet.
+const SVG_NS = "http://www.w3.org/2000/svg";
+function svgEl(tag, attrs, parent) {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  if (parent) parent.appendChild(e);
+  return e;
+}
+const GRAPH_NODES = { txgen: [110, 60], ingress: [420, 60], dashboard: [740, 60], prometheus: [580, 195], operator: [890, 195] };
+const GRAPH_EDGES = [
+  { id: "screen", from: "txgen", to: "ingress", service: "screen" },
+  { id: "publish", from: "ingress", to: "dashboard", service: "publish" },
+  { id: "dashboard_ui", from: "operator", to: "dashboard", service: "dashboard_ui" },
+  { id: "metrics-ingress", from: "prometheus", to: "ingress", service: "metrics" },
+  { id: "metrics-dashboard", from: "prometheus", to: "dashboard", service: "metrics" },
+];
+const graphParts = (() => {
+  const svg = $("mesh-graph");
+  const defs = svgEl("defs", {}, svg);
+  const marker = svgEl("marker", { id: "g-arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 8, markerHeight: 8, orient: "auto-start-reverse" }, defs);
+  svgEl("path", { d: "M 0 0 L 10 5 L 0 10 z" }, marker);
+  const edges = {}, nodes = {};
+  const W = 190, H = 58;
+  for (const e of GRAPH_EDGES) {
+    const [x1, y1] = GRAPH_NODES[e.from], [x2, y2] = GRAPH_NODES[e.to];
+    // From the client's box edge to the server's, so the arrow shows.
+    const dx = x2 - x1, dy = y2 - y1;
+    const scale = (k) => Math.min(Math.abs((W / 2) / (dx || 1e-9)), Math.abs((H / 2) / (dy || 1e-9))) * k;
+    const s1 = scale(1), s2 = scale(1);
+    const g = svgEl("g", { class: "g-edge", "data-edge": e.id }, svg);
+    svgEl("line", { x1: x1 + dx * s1, y1: y1 + dy * s1, x2: x2 - dx * s2, y2: y2 - dy * s2, "marker-end": "url(#g-arrow)" }, g);
+    const label = svgEl("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 6, "text-anchor": "middle" }, g);
+    edges[e.id] = { g, label };
+  }
+  for (const [name, [x, y]] of Object.entries(GRAPH_NODES)) {
+    const g = svgEl("g", { class: "g-node", "data-node": name }, svg);
+    svgEl("rect", { x: x - W / 2, y: y - H / 2, width: W, height: H, rx: 8 }, g);
+    const title = svgEl("text", { class: "name", x, y: y - 10, "text-anchor": "middle" }, g);
+    title.textContent = name;
+    const id = svgEl("text", { class: "id", x, y: y + 6, "text-anchor": "middle" }, g);
+    const exp = svgEl("text", { class: "exp", x, y: y + 21, "text-anchor": "middle" }, g);
+    nodes[name] = { g, id, exp };
+  }
+  return { edges, nodes };
+})();
+
+function certState(notAfterUnix, now) {
+  if (!notAfterUnix) return ["", "cert expiry unknown"];
+  const left = notAfterUnix - now / 1000;
+  if (left <= 0) return ["bad", "cert EXPIRED"];
+  return [left < RENEWAL_WINDOW_SECS ? "warn" : "", `cert ${duration(left)} left`];
+}
+
+function renderGraph(now) {
+  const seen = {}; // node name -> [spiffe id, cert notAfter]
+  for (const m of S.mesh.filter((m) => !m.gone)) seen[m.component] = seen[m.component] || [m.spiffe_id, m.cert_not_after_unix];
+  for (const e of GRAPH_EDGES) {
+    const servers = S.mesh.filter((m) => m.component === e.to);
+    const peers = servers.flatMap((m) => m.peers.filter((p) => p.service === e.service));
+    const allowed = peers.reduce((n, p) => n + p.allowed, 0), denied = peers.reduce((n, p) => n + p.denied, 0);
+    const serverGone = servers.length > 0 && servers.every((m) => m.gone);
+    if (peers.length && !seen[e.from]) seen[e.from] = [peers[0].spiffe_id, peers[0].cert_not_after_unix];
+    const cls = "g-edge " + (denied > 0 || serverGone ? "bad" : allowed > 0 ? "ok" : "idle");
+    const part = graphParts.edges[e.id];
+    if (part.g.getAttribute("class") !== cls) part.g.setAttribute("class", cls);
+    setText(part.label, allowed || denied ? `mTLS · ${e.service} · ${int(allowed)} ok${denied ? ` · ${int(denied)} denied` : ""}` : `${e.service}: no calls yet`);
+  }
+  for (const [name, part] of Object.entries(graphParts.nodes)) {
+    const [id, notAfter] = seen[name] || ["", 0];
+    const [state, text] = id ? certState(notAfter, now) : ["", ""];
+    const cls = "g-node " + state;
+    if (part.g.getAttribute("class") !== cls) part.g.setAttribute("class", cls);
+    setText(part.id, id || "not seen");
+    setText(part.exp, text);
+  }
+}
+
 function renderMesh(now) {
+  renderGraph(now);
   const keys = new Set(), refusals = new Set();
   for (const edge of EDGES) {
     const servers = S.mesh.filter((m) => edge.server === "*" || m.component === edge.server);
