@@ -619,7 +619,8 @@ mod tests {
     fn every_bad_key_is_named_at_once() {
         let file = temp_file(
             "bad",
-            "[txgen]\ninject_ratio = 3.0\naccounts = 0\n[actors.rules.high_amount]\nZZZ = 5\n",
+            "[txgen]\ninject_ratio = 3.0\naccounts = 0\n[actors.rules.high_amount]\nZZZ = 5\n\
+             [dashboard]\nhistory_secs = 10\nrecent_alerts = 0\n",
         );
         let mut with_env = sources(&file);
         with_env.env = HashMap::from([(
@@ -634,6 +635,8 @@ mod tests {
             "txgen.accounts",
             "actors.rules.high_amount.ZZZ",
             "connections.max_per_identity",
+            "dashboard.history_secs",
+            "dashboard.recent_alerts",
         ] {
             assert!(err.contains(key), "{key} missing from: {err}");
         }
