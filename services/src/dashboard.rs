@@ -22,7 +22,8 @@ use txmesh_certs::CertStore;
 use txmesh_proto::v1::dashboard_server::DashboardServer;
 
 pub use aggregator::{
-    live::{CountBy, Golden, HistoryColumns, IngressGolden, LinkGolden, MeshPeerView, MeshView},
+    live::{Golden, HistoryColumns, IngressGolden, LinkGolden},
+    mesh::{CountBy, MeshPeerView, MeshView},
     Aggregator, Alert, GetSnapshot, IngestCounters, PublisherRecord, PublisherView, Snapshot,
     Totals,
 };
