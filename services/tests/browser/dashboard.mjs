@@ -281,6 +281,17 @@ try {
   await cp.goto(foreignUrl);
   check(!(await wsOpens(cp)), "a WebSocket from another origin opened with the operator's certificate");
   pass("refused_cross_origin");
+
+  // What a security reviewer then sees on the page: the refusal above, by
+  // reason (txgen denied the page and the WebSocket).
+  await cp.goto(cfg.url);
+  const refusals = await until("the refusals in the mesh view", () => cp.evaluate(() => {
+    const rows = [...document.querySelectorAll("#mesh-refusals tbody tr")].map((r) => r.textContent);
+    const denied = rows.some((r) => /call to dashboard_ui denied/.test(r) && /not_allowed/.test(r));
+    if (!denied) throw new Error(JSON.stringify(rows));
+    return rows;
+  }), 10000);
+  pass("refusals_shown", JSON.stringify(refusals));
   await crossCtx.close();
 } catch (e) {
   console.log(`FAIL ${e.message}`);

@@ -264,6 +264,7 @@ async fn the_operator_page_in_chromium() {
         "refused_without_cert",
         "refused_other_identity",
         "refused_cross_origin",
+        "refusals_shown",
     ] {
         assert!(
             passed.iter().any(|p| p == check),
