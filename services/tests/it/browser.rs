@@ -65,6 +65,17 @@ fn required() -> bool {
     std::env::var("TXMESH_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
 }
 
+/// txgen at 100 tx/s for `secs`, in the background.
+fn spawn_load(
+    config: &txmesh::config::TxmeshConfig,
+    secs: u64,
+) -> tokio::task::JoinHandle<txmesh::txgen::TxgenReport> {
+    let mut run = config.clone();
+    run.txgen.rate = 100;
+    run.txgen.duration_secs = secs;
+    tokio::spawn(async move { run_txgen(&run).await })
+}
+
 /// A flagged, high-amount transaction whose id and merchant are markup.
 fn hostile(tag: &str) -> Transaction {
     Transaction {
@@ -186,10 +197,7 @@ async fn the_operator_page_in_chromium() {
                 "started".into()
             }
             ("load", _) => {
-                let mut run = config.clone();
-                run.txgen.rate = 100;
-                run.txgen.duration_secs = 12;
-                load = Some(tokio::spawn(async move { run_txgen(&run).await }));
+                load = Some(spawn_load(&config, 12));
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 "loading".into()
             }
@@ -212,10 +220,7 @@ async fn the_operator_page_in_chromium() {
                 }
                 // Load through an ingest outage: the publisher's breaker
                 // opens on the refusals and closes once they end.
-                let mut run = config.clone();
-                run.txgen.rate = 100;
-                run.txgen.duration_secs = 14;
-                load = Some(tokio::spawn(async move { run_txgen(&run).await }));
+                load = Some(spawn_load(&config, 14));
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let spec = txmesh_chaos::FaultSpec {
                     kind: txmesh_chaos::FaultKind::IngestRefusal {

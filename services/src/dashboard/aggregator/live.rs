@@ -39,19 +39,11 @@ pub(crate) struct Second {
     pub(crate) latency: Vec<u64>,
 }
 
-/// One closed second as the charts get it.
-#[derive(Debug, Clone, Copy, Default)]
+/// One closed second as the charts get it: its counts (its latency
+/// buckets moved out, to the golden window) and its percentiles.
+#[derive(Debug, Clone, Default)]
 struct Point {
-    t: i64,
-    approved: u64,
-    flagged: u64,
-    rejected: u64,
-    answered: u64,
-    errors: u64,
-    transitions: u64,
-    shed: u64,
-    gaps: u64,
-    retries: u64,
+    second: Second,
     p50_ms: Option<f64>,
     p95_ms: Option<f64>,
     p99_ms: Option<f64>,
@@ -155,24 +147,16 @@ impl History {
                 t: self.current.t + 1,
                 ..Second::default()
             };
-            let closed = std::mem::replace(&mut self.current, next);
-            let q = |q| quantile_ms(&self.bounds, &closed.latency, q);
+            let mut closed = std::mem::replace(&mut self.current, next);
+            let latency = std::mem::take(&mut closed.latency);
+            let q = |q| quantile_ms(&self.bounds, &latency, q);
             self.points.push_back(Point {
-                t: closed.t,
-                approved: closed.approved,
-                flagged: closed.flagged,
-                rejected: closed.rejected,
-                answered: closed.answered,
-                errors: closed.errors,
-                transitions: closed.transitions,
-                shed: closed.shed,
-                gaps: closed.gaps,
-                retries: closed.retries,
                 p50_ms: q(0.5),
                 p95_ms: q(0.95),
                 p99_ms: q(0.99),
+                second: closed,
             });
-            self.recent_latency.push_back(closed.latency);
+            self.recent_latency.push_back(latency);
             while self.points.len() > self.capacity {
                 self.points.pop_front();
             }
@@ -185,52 +169,67 @@ impl History {
     /// Adds latency observations (per bucket) to the current second.
     /// Histograms with other bounds than the first one seen are skipped
     /// (percentiles over mixed buckets would be wrong).
-    pub(crate) fn add_latency(&mut self, bounds: &[f64], buckets: &[u64]) -> bool {
+    pub(crate) fn add_latency(&mut self, bounds: &[f64], buckets: &[u64]) {
         if self.bounds.is_empty() {
             bounds.clone_into(&mut self.bounds);
         }
         if self.bounds != bounds || buckets.len() != bounds.len() + 1 {
-            return false;
+            return;
         }
         let current = &mut self.current.latency;
         current.resize(buckets.len(), 0);
         for (c, b) in current.iter_mut().zip(buckets) {
             *c += b;
         }
-        true
     }
 
     /// The closed seconds after `after_t`, as columns.
     pub(crate) fn columns_after(&self, after_t: i64) -> HistoryColumns {
         let mut c = HistoryColumns::default();
-        for p in self.points.iter().filter(|p| p.t > after_t) {
-            c.t.push(p.t);
-            c.approved.push(p.approved);
-            c.flagged.push(p.flagged);
-            c.rejected.push(p.rejected);
-            c.errors.push(p.errors);
+        for p in self.points.iter().filter(|p| p.second.t > after_t) {
+            let s = &p.second;
+            c.t.push(s.t);
+            c.approved.push(s.approved);
+            c.flagged.push(s.flagged);
+            c.rejected.push(s.rejected);
+            c.errors.push(s.errors);
             c.p50_ms.push(p.p50_ms);
             c.p95_ms.push(p.p95_ms);
             c.p99_ms.push(p.p99_ms);
-            c.transitions.push(p.transitions);
-            c.shed.push(p.shed);
-            c.gaps.push(p.gaps);
+            c.transitions.push(s.transitions);
+            c.shed.push(s.shed);
+            c.gaps.push(s.gaps);
         }
         c
     }
 
     /// The last closed second.
     pub(crate) fn last_t(&self) -> i64 {
-        self.points.back().map_or(self.current.t - 1, |p| p.t)
+        self.points
+            .back()
+            .map_or(self.current.t - 1, |p| p.second.t)
+    }
+
+    /// The last closed seconds (fewer just after a start), and how many,
+    /// as the divisor of a rate (at least 1).
+    fn window(&self) -> (Vec<&Second>, f64) {
+        let window: Vec<&Second> = self
+            .points
+            .iter()
+            .rev()
+            .take(GOLDEN_WINDOW_SECS)
+            .map(|p| &p.second)
+            .collect();
+        #[allow(clippy::cast_precision_loss)]
+        let secs = window.len().max(1) as f64;
+        (window, secs)
     }
 
     /// Rates and percentiles over the last closed seconds (fewer just after
     /// a start).
     pub(crate) fn ingress_golden(&self) -> IngressGolden {
-        let window: Vec<&Point> = self.points.iter().rev().take(GOLDEN_WINDOW_SECS).collect();
-        #[allow(clippy::cast_precision_loss)]
-        let secs = window.len().max(1) as f64;
-        let sum = |f: fn(&Point) -> u64| window.iter().map(|p| f(p)).sum::<u64>();
+        let (window, secs) = self.window();
+        let sum = |f: fn(&Second) -> u64| window.iter().map(|p| f(p)).sum::<u64>();
         #[allow(clippy::cast_precision_loss)]
         let per_sec = |n: u64| round(n as f64 / secs, 1);
         let answered = sum(|p| p.answered);
@@ -258,9 +257,7 @@ impl History {
 
     /// Verdicts applied and sends retried per second over the window.
     pub(crate) fn link_rates(&self) -> (f64, f64) {
-        let window: Vec<&Point> = self.points.iter().rev().take(GOLDEN_WINDOW_SECS).collect();
-        #[allow(clippy::cast_precision_loss)]
-        let secs = window.len().max(1) as f64;
+        let (window, secs) = self.window();
         let verdicts: u64 = window
             .iter()
             .map(|p| p.approved + p.flagged + p.rejected)
@@ -314,7 +311,8 @@ pub(crate) struct PublisherLive {
     prev: Option<Counters>,
     /// Answered and errors, as last sent (with every other status only).
     prev_answers: Option<(u64, u64)>,
-    prev_latency: Option<(Vec<u64>, u64)>,
+    /// The last latency histogram, per bucket.
+    prev_latency: Option<Vec<u64>>,
     /// Verdicts applied per second, last seconds.
     recent: VecDeque<(i64, u64)>,
     pub(crate) mesh: Option<MeshStatus>,
@@ -382,11 +380,10 @@ impl PublisherLive {
 
     fn observe_latency(&mut self, h: &LatencyHistogram, history: &mut History) {
         let cur = per_bucket(&h.cumulative, h.count);
-        let restarted = self
-            .prev_latency
-            .as_ref()
-            .is_some_and(|(prev, count)| h.count < *count || prev.len() != cur.len());
-        if let Some((prev, _)) = &self.prev_latency {
+        if let Some(prev) = &self.prev_latency {
+            // Fewer observations than before: the ingress restarted.
+            let restarted =
+                prev.len() != cur.len() || cur.iter().sum::<u64>() < prev.iter().sum::<u64>();
             let delta: Vec<u64> = if restarted {
                 cur.clone()
             } else {
@@ -397,7 +394,7 @@ impl PublisherLive {
             };
             history.add_latency(&h.bounds_seconds, &delta);
         }
-        self.prev_latency = Some((cur, h.count));
+        self.prev_latency = Some(cur);
     }
 
     /// Counts `n` verdicts applied in second `t`.

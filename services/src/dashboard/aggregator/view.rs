@@ -51,7 +51,6 @@ pub struct Snapshot {
     pub recent_alerts: Vec<Alert>,
     pub publishers: BTreeMap<String, PublisherView>,
     pub mesh: Vec<MeshView>,
-    pub gone_after_ms: i64,
     pub sessions: usize,
     pub dropped_updates: u64,
 }
@@ -111,7 +110,6 @@ impl Aggregator {
             recent_alerts: self.alerts.iter().cloned().collect(),
             publishers: self.publisher_views(),
             mesh: self.sent.mesh.clone(),
-            gone_after_ms: live::GONE_AFTER_MS,
             sessions,
             dropped_updates,
         }
@@ -195,7 +193,6 @@ impl Aggregator {
             .filter(|(id, p)| sent.publishers.get(*id) != Some(p))
             .map(|(id, p)| (id.clone(), p.clone()))
             .collect();
-        sent.publishers = publishers.clone();
         sent.golden = golden.clone();
         let mesh_due = sent.mesh_at.is_none_or(|at| at.elapsed() >= MESH_EVERY);
         let mesh = if mesh_due {
@@ -209,6 +206,7 @@ impl Aggregator {
         } else {
             None
         };
+        self.sent.publishers = publishers;
         let (sessions, dropped_updates) = self.broadcaster_stats();
         Update {
             kind: "update",

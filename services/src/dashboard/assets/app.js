@@ -15,7 +15,6 @@ const S = {
   seq: null,
   hist: null,
   historySecs: 3600,
-  goneAfterMs: 10000,
   publishers: {},
   mesh: [],
   me: null,
@@ -551,7 +550,6 @@ $("f-pause").addEventListener("click", () => {
 function applySnapshot(s) {
   S.seq = s.seq;
   S.historySecs = s.history_secs;
-  S.goneAfterMs = s.gone_after_ms;
   S.hist = emptyHistory();
   appendHistory(s.history);
   S.publishers = s.publishers;
