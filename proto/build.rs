@@ -10,6 +10,8 @@ const PROTOS: &[&str] = &[
     "txmesh/v1/screening.proto",
     "txmesh/v1/dashboard.proto",
     "txmesh/v1/admin.proto",
+    "txmesh/v1/partition.proto",
+    "txmesh/v1/cluster.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

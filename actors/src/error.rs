@@ -33,6 +33,23 @@ pub enum ActorError {
     JournalUnavailable { retry_after_ms: u32 },
     #[error("the ingress is rebuilding its account windows from its journal; retry shortly")]
     Recovering,
+    #[error("this replica does not own partition {partition} at epoch {stamped}: {owner} owns it at epoch {epoch}; send it there, or through any replica")]
+    WrongOwner {
+        partition: u32,
+        stamped: u64,
+        owner: String,
+        epoch: u64,
+    },
+    #[error(
+        "{owner}, which owns partition {partition}, cannot be reached ({reason}); retry later"
+    )]
+    OwnerUnreachable {
+        partition: u32,
+        owner: String,
+        epoch: u64,
+        reason: String,
+        retry_after_ms: u32,
+    },
 }
 
 impl ActorError {
@@ -47,6 +64,8 @@ impl ActorError {
                 | Self::ShuttingDown
                 | Self::JournalUnavailable { .. }
                 | Self::Recovering
+                | Self::WrongOwner { .. }
+                | Self::OwnerUnreachable { .. }
         )
     }
 
@@ -67,12 +86,25 @@ impl ActorError {
                 (TxnErrorCode::Unavailable, *retry_after_ms)
             }
             Self::Recovering => (TxnErrorCode::Unavailable, 500),
+            // A map change is quick: come back soon, to the named owner.
+            Self::WrongOwner { .. } => (TxnErrorCode::WrongOwner, 50),
+            Self::OwnerUnreachable { retry_after_ms, .. } => {
+                (TxnErrorCode::Unavailable, *retry_after_ms)
+            }
+        };
+        let (owner, owner_epoch) = match self {
+            Self::WrongOwner { owner, epoch, .. } | Self::OwnerUnreachable { owner, epoch, .. } => {
+                (owner.clone(), *epoch)
+            }
+            _ => (String::new(), 0),
         };
         TxnError {
             code: code as i32,
             message: self.to_string(),
             retryable: self.is_retryable(),
             retry_after_ms,
+            owner,
+            owner_epoch,
         }
     }
 }

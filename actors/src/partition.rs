@@ -171,6 +171,13 @@ impl PartitionMap {
         (p, r, e)
     }
 
+    /// [`Self::locate`] with the owner as an index into [`Self::replicas`].
+    pub fn locate_index(&self, account_id: &str) -> (u32, usize, u64) {
+        let p = self.partition_of(account_id);
+        let o = self.owners[p as usize];
+        (p, o.replica, o.epoch)
+    }
+
     /// Whether work on `partition` stamped with `epoch` may be done by
     /// `replica` (its name): it owns the partition at exactly that epoch.
     /// Anything else is fenced.

@@ -79,6 +79,12 @@ impl ReplySlot {
         self.complete(Outcome::Error(error.to_txn_error()));
     }
 
+    /// Answers with an outcome decided elsewhere (the replica that owns
+    /// the account).
+    pub fn answer(self, outcome: Outcome) {
+        self.complete(outcome);
+    }
+
     fn complete(mut self, outcome: Outcome) {
         let transaction_id = self.transaction_id.take().unwrap_or_default();
         self.inner.store(

@@ -11,6 +11,9 @@
 //! overtaken.
 
 mod holds;
+mod remote;
+
+pub use remote::{Cluster, RemoteItem, RemotePart, RemoteScreen};
 
 use std::{
     collections::HashMap,
@@ -37,6 +40,7 @@ use crate::{
     clock::{SharedClock, SystemClock},
     config::{ActorsConfig, ShardsConfig},
     journal::{snapshot::AccountWindow, JournalHistograms, Journals},
+    partition::PartitionMap,
     reply::{BatchReply, ReplySlot},
     stats::{PoisonLog, ScreeningStats, ShardStats},
     window::HistoryWindow,
@@ -51,11 +55,17 @@ const MAX_PASSIVATIONS_PER_SWEEP: usize = 20_000;
 /// The retry delay suggested while a shard's journal cannot write.
 const JOURNAL_RETRY_AFTER_MS: u32 = 1_000;
 
-/// Where an account lives. Today always a local shard; with several ingress
-/// replicas this is where "another replica" will be answered.
+/// Where an account lives: a shard of this process, or (with several
+/// ingress replicas) another replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Location {
     Local(usize),
+    /// `owner` indexes the replicas of the map the location was read from.
+    Remote {
+        partition: u32,
+        owner: usize,
+        epoch: u64,
+    },
 }
 
 /// What a router is started with besides its config.
@@ -66,6 +76,8 @@ pub struct RouterOptions {
     pub hook: Option<EvaluationHook>,
     /// Faults injected by chaos experiments, consulted at every evaluation.
     pub chaos: Option<Arc<txmesh_chaos::Registry>>,
+    /// With several ingress replicas: this one's place among them.
+    pub cluster: Option<Cluster>,
 }
 
 /// Routes transactions to shards. Cheap to clone; one per process.
@@ -77,6 +89,7 @@ pub struct ShardRouter {
     stats: ScreeningStats,
     arbiters: Arc<parking_lot::Mutex<Vec<Arbiter>>>,
     journals: Journals,
+    cluster: Option<(Cluster, Arc<remote::RemoteHolds>)>,
 }
 
 struct ShardHandle {
@@ -130,6 +143,7 @@ impl Default for RouterOptions {
             clock: SystemClock::shared(),
             hook: None,
             chaos: None,
+            cluster: None,
         }
     }
 }
@@ -230,6 +244,11 @@ impl ShardRouter {
             shards: shards.iter().map(|s| s.stats.clone()).collect(),
             poison,
         };
+        let cluster = options.cluster.map(|c| {
+            let holds =
+                remote::RemoteHolds::new(options.clock.clone(), config.shards.order_hold_ms);
+            (c, Arc::new(holds))
+        });
         Self {
             shards: shards.into(),
             config: shards_config,
@@ -237,6 +256,7 @@ impl ShardRouter {
             stats,
             arbiters: Arc::new(parking_lot::Mutex::new(arbiters)),
             journals,
+            cluster,
         }
     }
 
@@ -247,10 +267,49 @@ impl ShardRouter {
 
     /// The one place that decides where an account lives.
     pub fn locate(&self, account_id: &str) -> Location {
+        let map = self.cluster.as_ref().map(|(c, _)| c.map.read().clone());
+        let me = map.as_deref().and_then(|m| self.my_index(m));
+        self.locate_in(map.as_deref(), me, account_id)
+    }
+
+    /// [`Self::locate`] against one snapshot of the map (`me`: this
+    /// replica's index in it, if it is in the set).
+    fn locate_in(
+        &self,
+        map: Option<&PartitionMap>,
+        me: Option<usize>,
+        account_id: &str,
+    ) -> Location {
+        if let Some(map) = map {
+            let (partition, owner, epoch) = map.locate_index(account_id);
+            if Some(owner) != me {
+                return Location::Remote {
+                    partition,
+                    owner,
+                    epoch,
+                };
+            }
+        }
+        Location::Local(self.shard_of(account_id))
+    }
+
+    /// The local shard of an account this replica owns.
+    fn shard_of(&self, account_id: &str) -> usize {
         let mut h = DefaultHasher::new();
         account_id.hash(&mut h);
         let n = self.shards.len() as u64;
-        Location::Local(usize::try_from(h.finish() % n).unwrap_or(0))
+        usize::try_from(h.finish() % n).unwrap_or(0)
+    }
+
+    /// This replica's index in `map`.
+    fn my_index(&self, map: &PartitionMap) -> Option<usize> {
+        let (cluster, _) = self.cluster.as_ref()?;
+        map.replicas().iter().position(|r| r.name == cluster.me)
+    }
+
+    /// The partition map, when this router is one replica of several.
+    pub fn partition_map(&self) -> Option<Arc<PartitionMap>> {
+        self.cluster.as_ref().map(|(c, _)| c.map.read().clone())
     }
 
     /// Number of shards.
@@ -276,9 +335,39 @@ impl ShardRouter {
 
     /// [`Self::screen`] for a traced request: `trace` (a W3C
     /// `traceparent`) travels in the actor messages onto every verdict.
+    /// Transactions of accounts another replica owns are forwarded to it.
     pub fn screen_traced(
         &self,
         txns: Vec<Transaction>,
+        received: Instant,
+        trace: Option<Arc<str>>,
+        on_done: impl FnOnce(Vec<TxnResult>) + Send + 'static,
+    ) {
+        self.route(txns, None, received, trace, on_done);
+    }
+
+    /// Screens transactions another replica forwarded, each stamped with the
+    /// ownership epoch its sender saw: screened here only when this replica
+    /// owns the account's partition at exactly that epoch, answered
+    /// WRONG_OWNER (naming the current owner) otherwise, and never
+    /// forwarded again.
+    pub fn screen_forwarded(
+        &self,
+        txns: Vec<(Transaction, u64)>,
+        received: Instant,
+        trace: Option<Arc<str>>,
+        on_done: impl FnOnce(Vec<TxnResult>) + Send + 'static,
+    ) {
+        let (txns, epochs): (Vec<_>, Vec<_>) = txns.into_iter().unzip();
+        self.route(txns, Some(epochs), received, trace, on_done);
+    }
+
+    /// Splits a batch by where its accounts live and hands each part on;
+    /// `stamped`: the epochs of forwarded work (fenced, never forwarded).
+    fn route(
+        &self,
+        txns: Vec<Transaction>,
+        stamped: Option<Vec<u64>>,
         received: Instant,
         trace: Option<Arc<str>>,
         on_done: impl FnOnce(Vec<TxnResult>) + Send + 'static,
@@ -298,48 +387,106 @@ impl ShardRouter {
             }
             return;
         }
+        let map = self.partition_map();
+        let me = map.as_deref().and_then(|m| self.my_index(m));
         let mut parts: Vec<Vec<(Transaction, ReplySlot)>> =
             (0..self.shards.len()).map(|_| Vec::new()).collect();
+        let mut remote: Vec<(usize, Vec<(Transaction, ReplySlot, u32, u64)>)> = Vec::new();
         for (i, txn) in txns.into_iter().enumerate() {
             let slot = batch.slot(i, &txn.transaction_id);
-            let Location::Local(shard) = self.locate(&txn.account_id);
-            parts[shard].push((txn, slot));
+            match self.locate_in(map.as_deref(), me, &txn.account_id) {
+                Location::Local(shard) => {
+                    if let (Some(map), Some(stamped)) = (map.as_deref(), &stamped) {
+                        let p = map.partition_of(&txn.account_id);
+                        let (owner, epoch) = map.owner(p);
+                        if epoch != stamped[i] {
+                            slot.error(&ActorError::WrongOwner {
+                                partition: p,
+                                stamped: stamped[i],
+                                owner: owner.name.clone(),
+                                epoch,
+                            });
+                            continue;
+                        }
+                    }
+                    parts[shard].push((txn, slot));
+                }
+                Location::Remote {
+                    partition,
+                    owner,
+                    epoch,
+                } => {
+                    if let (Some(map), Some(stamped)) = (map.as_deref(), &stamped) {
+                        // One hop only: say who owns it instead.
+                        slot.error(&ActorError::WrongOwner {
+                            partition,
+                            stamped: stamped[i],
+                            owner: map.replicas()[owner].name.clone(),
+                            epoch,
+                        });
+                        continue;
+                    }
+                    match remote.iter_mut().find(|(o, _)| *o == owner) {
+                        Some((_, items)) => items.push((txn, slot, partition, epoch)),
+                        None => remote.push((owner, vec![(txn, slot, partition, epoch)])),
+                    }
+                }
+            }
         }
         for (shard, items) in parts.into_iter().enumerate() {
-            if items.is_empty() {
-                continue;
+            if !items.is_empty() {
+                self.to_shard(shard, items, received, &trace);
             }
-            let handle = &self.shards[shard];
-            if !self.journals.shards()[shard].is_healthy() {
-                // Nothing is screened that could not be recorded.
-                for (_, slot) in items {
-                    slot.error(&ActorError::JournalUnavailable {
-                        retry_after_ms: JOURNAL_RETRY_AFTER_MS,
-                    });
+        }
+        if let (Some((cluster, holds)), Some(map)) = (&self.cluster, &map) {
+            for (owner, items) in remote {
+                let part = holds.admit(items, trace.clone(), self.config.overload_retry_after_ms);
+                if !part.is_empty() {
+                    cluster.remote.forward(&map.replicas()[owner].name, part);
                 }
-                continue;
             }
-            let stamp = handle.stamps.fetch_add(1, Ordering::Relaxed);
-            match handle.addr.try_send(ScreenPart {
-                items,
-                received,
-                trace: trace.clone(),
-                stamp,
-            }) {
-                Ok(()) => {}
-                Err(SendError::Full(part)) => {
-                    let until = self.clock.now_ms() + self.config.order_hold_ms;
-                    for (txn, slot) in part.items {
-                        handle
-                            .holds
-                            .hold(&txn.account_id, &txn.transaction_id, stamp, until);
-                        overloaded(&handle.stats, &self.config, slot, "shard");
-                    }
+        }
+    }
+
+    /// Hands one shard its part of a batch, or refuses it (journal down,
+    /// mailbox full, shutting down).
+    fn to_shard(
+        &self,
+        shard: usize,
+        items: Vec<(Transaction, ReplySlot)>,
+        received: Instant,
+        trace: &Option<Arc<str>>,
+    ) {
+        let handle = &self.shards[shard];
+        if !self.journals.shards()[shard].is_healthy() {
+            // Nothing is screened that could not be recorded.
+            for (_, slot) in items {
+                slot.error(&ActorError::JournalUnavailable {
+                    retry_after_ms: JOURNAL_RETRY_AFTER_MS,
+                });
+            }
+            return;
+        }
+        let stamp = handle.stamps.fetch_add(1, Ordering::Relaxed);
+        match handle.addr.try_send(ScreenPart {
+            items,
+            received,
+            trace: trace.clone(),
+            stamp,
+        }) {
+            Ok(()) => {}
+            Err(SendError::Full(part)) => {
+                let until = self.clock.now_ms() + self.config.order_hold_ms;
+                for (txn, slot) in part.items {
+                    handle
+                        .holds
+                        .hold(&txn.account_id, &txn.transaction_id, stamp, until);
+                    overloaded(&handle.stats, &self.config, slot, "shard");
                 }
-                Err(SendError::Closed(part)) => {
-                    for (_, slot) in part.items {
-                        slot.error(&ActorError::ShuttingDown);
-                    }
+            }
+            Err(SendError::Closed(part)) => {
+                for (_, slot) in part.items {
+                    slot.error(&ActorError::ShuttingDown);
                 }
             }
         }
@@ -644,3 +791,7 @@ impl Handler<ScreenPart> for Shard {
 #[cfg(test)]
 #[path = "router/tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "router/cluster_tests.rs"]
+mod cluster_tests;

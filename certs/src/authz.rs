@@ -20,6 +20,9 @@ pub enum Service {
     ChaosInject,
     /// `Admin.ListFaults`.
     ChaosList,
+    /// `Replica.Forward`: work one ingress replica hands to the owner of
+    /// its accounts.
+    Forward,
 }
 
 /// The outcome of an authorization check.
@@ -45,6 +48,7 @@ impl Service {
             Self::Metrics => "metrics",
             Self::ChaosInject => "chaos_inject",
             Self::ChaosList => "chaos_list",
+            Self::Forward => "forward",
         }
     }
 }
@@ -58,7 +62,7 @@ impl AuthzPolicy {
     }
 
     /// The txmesh defaults: Screen <- txgen; Publish <- ingress; UI <- operator;
-    /// metrics <- prometheus, operator.
+    /// metrics <- prometheus, operator; forward <- ingress.
     ///
     /// # Errors
     /// When `trust_domain` is not a valid trust domain.
@@ -70,6 +74,7 @@ impl AuthzPolicy {
         policy.allow(Service::Metrics, trust_domain, &["prometheus", "operator"])?;
         policy.allow(Service::ChaosInject, trust_domain, &["chaos"])?;
         policy.allow(Service::ChaosList, trust_domain, &["chaos", "operator"])?;
+        policy.allow(Service::Forward, trust_domain, &["ingress"])?;
         Ok(policy)
     }
 

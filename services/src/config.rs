@@ -230,6 +230,8 @@ pub struct AuthzConfig {
     /// Who may inject and clear faults (`Admin`), and who may list them.
     pub chaos_inject: Vec<String>,
     pub chaos_list: Vec<String>,
+    /// Which replicas may forward work to this one (`Replica.Forward`).
+    pub forward: Vec<String>,
 }
 
 impl Default for TxmeshConfig {
@@ -310,6 +312,7 @@ impl Default for AuthzConfig {
             metrics: names(&["prometheus", "operator"]),
             chaos_inject: names(&["chaos"]),
             chaos_list: names(&["chaos", "operator"]),
+            forward: names(&["ingress"]),
         }
     }
 }
@@ -513,7 +516,7 @@ impl TxmeshConfig {
     }
 
     /// Each `authz` list with the service it opens and its key.
-    fn authz_lists(&self) -> [(Service, &'static str, &Vec<String>); 6] {
+    fn authz_lists(&self) -> [(Service, &'static str, &Vec<String>); 7] {
         [
             (Service::Screen, "authz.screen", &self.authz.screen),
             (Service::Publish, "authz.publish", &self.authz.publish),
@@ -533,6 +536,7 @@ impl TxmeshConfig {
                 "authz.chaos_list",
                 &self.authz.chaos_list,
             ),
+            (Service::Forward, "authz.forward", &self.authz.forward),
         ]
     }
 

@@ -185,6 +185,7 @@ impl Metrics {
             Service::Metrics,
             Service::ChaosInject,
             Service::ChaosList,
+            Service::Forward,
         ] {
             for decision in [Decision::Allow, Decision::Deny] {
                 authz.with_label_values(&[service.name(), decision_label(decision)]);

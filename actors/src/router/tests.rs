@@ -159,6 +159,7 @@ fn crashing_router(config: &ActorsConfig) -> (ShardRouter, Arc<ManualClock>) {
         clock: clock.clone(),
         hook: Some(hook),
         chaos: None,
+        cluster: None,
     };
     (ShardRouter::start_with(config, options), clock)
 }

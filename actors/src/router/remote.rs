@@ -1,0 +1,160 @@
+//! Accounts owned by another ingress replica. The router hands their
+//! transactions to a [`RemoteScreen`] (the network lives in `services`) as
+//! [`RemotePart`]s: one per request batch and owner, each transaction
+//! stamped with the partition and ownership epoch this replica saw, so the
+//! owner can refuse work that was routed by a stale map (fencing).
+//!
+//! Order: a part that cannot be delivered (the owner is unreachable, the
+//! link is full) holds its accounts here, as a shard holds accounts whose
+//! mailbox was full (see [`super::holds`]): a later transaction of the same
+//! account is refused until the refused one is sent again, so a retry
+//! never overtakes nor is overtaken.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use parking_lot::RwLock;
+use txmesh_proto::v1::{Transaction, TxnResult};
+
+use super::holds::Holds;
+use crate::{clock::SharedClock, partition::PartitionMap, ActorError, ReplySlot};
+
+/// Where work for accounts of other replicas goes. Implemented over mTLS in
+/// `services`; every item of every part must be answered (a dropped part
+/// answers its items with a retryable error by itself).
+pub trait RemoteScreen: Send + Sync + 'static {
+    /// Hands `part` to `owner` (a replica name of the current map).
+    fn forward(&self, owner: &str, part: RemotePart);
+}
+
+/// This replica's place in a cluster of ingress replicas.
+#[derive(Clone)]
+pub struct Cluster {
+    /// This replica's name in the map.
+    pub me: String,
+    /// The current partition map; replaced whole when the replica set
+    /// changes.
+    pub map: Arc<RwLock<Arc<PartitionMap>>>,
+    pub remote: Arc<dyn RemoteScreen>,
+}
+
+/// One transaction for another replica.
+pub struct RemoteItem {
+    pub txn: Transaction,
+    pub partition: u32,
+    pub epoch: u64,
+    slot: ReplySlot,
+}
+
+/// The transactions of one request batch that one other replica owns.
+pub struct RemotePart {
+    pub items: Vec<RemoteItem>,
+    /// W3C trace context of the request, when traced.
+    pub trace: Option<Arc<str>>,
+    holds: Arc<RemoteHolds>,
+    stamp: u64,
+}
+
+/// The order holds of accounts whose forwarding failed.
+pub(super) struct RemoteHolds {
+    holds: Holds,
+    stamps: AtomicU64,
+    clock: SharedClock,
+    hold_ms: u64,
+}
+
+impl RemoteHolds {
+    pub(super) fn new(clock: SharedClock, hold_ms: u64) -> Self {
+        Self {
+            holds: Holds::default(),
+            stamps: AtomicU64::new(0),
+            clock,
+            hold_ms,
+        }
+    }
+
+    /// Numbers a new part; its items are admitted (or refused, when their
+    /// account is held) into `admitted`.
+    pub(super) fn admit(
+        self: &Arc<Self>,
+        items: Vec<(Transaction, ReplySlot, u32, u64)>,
+        trace: Option<Arc<str>>,
+        retry_after_ms: u32,
+    ) -> RemotePart {
+        let stamp = self.stamps.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now_ms();
+        let mut admitted = Vec::with_capacity(items.len());
+        for (txn, slot, partition, epoch) in items {
+            if self.holds.admit(
+                &txn.account_id,
+                &txn.transaction_id,
+                stamp,
+                now,
+                self.hold_ms,
+            ) {
+                admitted.push(RemoteItem {
+                    txn,
+                    partition,
+                    epoch,
+                    slot,
+                });
+            } else {
+                slot.error(&ActorError::Held { retry_after_ms });
+            }
+        }
+        RemotePart {
+            items: admitted,
+            trace,
+            holds: self.clone(),
+            stamp,
+        }
+    }
+}
+
+impl RemotePart {
+    /// Answers the items with the owner's results, in item order; an item
+    /// without a result gets a retryable error.
+    pub fn answer(self, results: impl IntoIterator<Item = TxnResult>) {
+        let mut results = results.into_iter();
+        for item in self.items {
+            match results.next() {
+                Some(TxnResult {
+                    outcome: Some(outcome),
+                    ..
+                }) => item.slot.answer(outcome),
+                _ => item.slot.error(&ActorError::Dropped),
+            }
+        }
+    }
+
+    /// Answers every item with `error` and, when it is retryable, holds
+    /// their accounts until each comes back (see the module's doc).
+    pub fn fail(self, error: &ActorError) {
+        let h = &self.holds;
+        let now = h.clock.now_ms();
+        h.holds.expire(now, h.hold_ms);
+        for item in self.items {
+            if error.is_retryable() {
+                h.holds.hold(
+                    &item.txn.account_id,
+                    &item.txn.transaction_id,
+                    self.stamp,
+                    now + h.hold_ms,
+                );
+            }
+            item.slot.error(error);
+        }
+    }
+
+    /// Transactions in the part.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether the part holds no transaction (all were held back).
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
