@@ -391,7 +391,7 @@ impl ShardRouter {
         let me = map.as_deref().and_then(|m| self.my_index(m));
         let mut parts: Vec<Vec<(Transaction, ReplySlot)>> =
             (0..self.shards.len()).map(|_| Vec::new()).collect();
-        let mut remote: Vec<(usize, Vec<(Transaction, ReplySlot, u32, u64)>)> = Vec::new();
+        let mut remote: Vec<(usize, Vec<remote::Outbound>)> = Vec::new();
         for (i, txn) in txns.into_iter().enumerate() {
             let slot = batch.slot(i, &txn.transaction_id);
             match self.locate_in(map.as_deref(), me, &txn.account_id) {

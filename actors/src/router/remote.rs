@@ -57,6 +57,10 @@ pub struct RemotePart {
     stamp: u64,
 }
 
+/// A transaction on its way to another replica, before its part is
+/// numbered: (transaction, its slot, partition, epoch).
+pub(super) type Outbound = (Transaction, ReplySlot, u32, u64);
+
 /// The order holds of accounts whose forwarding failed.
 pub(super) struct RemoteHolds {
     holds: Holds,
@@ -79,7 +83,7 @@ impl RemoteHolds {
     /// account is held) into `admitted`.
     pub(super) fn admit(
         self: &Arc<Self>,
-        items: Vec<(Transaction, ReplySlot, u32, u64)>,
+        items: Vec<Outbound>,
         trace: Option<Arc<str>>,
         retry_after_ms: u32,
     ) -> RemotePart {
