@@ -41,12 +41,10 @@ pub enum ActorError {
         epoch: u64,
     },
     #[error(
-        "{owner}, which owns partition {partition}, cannot be reached ({reason}); retry later"
+        "{owner}, the replica that owns this account, cannot be reached ({reason}); retry later"
     )]
     OwnerUnreachable {
-        partition: u32,
         owner: String,
-        epoch: u64,
         reason: String,
         retry_after_ms: u32,
     },
@@ -93,9 +91,8 @@ impl ActorError {
             }
         };
         let (owner, owner_epoch) = match self {
-            Self::WrongOwner { owner, epoch, .. } | Self::OwnerUnreachable { owner, epoch, .. } => {
-                (owner.clone(), *epoch)
-            }
+            Self::WrongOwner { owner, epoch, .. } => (owner.clone(), *epoch),
+            Self::OwnerUnreachable { owner, .. } => (owner.clone(), 0),
             _ => (String::new(), 0),
         };
         TxnError {

@@ -41,6 +41,6 @@ pub use config::{
 pub use error::{ActorError, JournalError};
 pub use publisher::{DashboardPublisher, PublishTransport, PublisherStatusView};
 pub use reply::{BatchReply, ReplySlot};
-pub use router::{Location, RouterOptions, ShardRouter};
+pub use router::{Cluster, Location, RemotePart, RemoteScreen, RouterOptions, ShardRouter};
 pub use stats::{mask_account, ScreeningStats};
 pub use window::HistoryWindow;

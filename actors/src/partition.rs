@@ -38,6 +38,9 @@ pub enum PartitionError {
     TooManyReplicas { got: usize, max: usize },
 }
 
+/// The name of the account hash, as the served map gives it.
+pub const HASH_NAME: &str = "fnv1a64-splitmix64";
+
 /// The most partitions a map may have.
 pub const MAX_PARTITIONS: u32 = 1 << 16;
 /// The most replicas a map may have.

@@ -11,6 +11,10 @@ use txmesh_certs::{AuthzPolicy, Service};
 
 use crate::{error::ServiceError, net::HostPort};
 
+mod cluster;
+
+pub use cluster::ClusterConfig;
+
 /// The whole configuration of a txmesh process.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -21,6 +25,8 @@ pub struct TxmeshConfig {
     /// saved totals.
     pub state_dir: PathBuf,
     pub ingress: IngressConfig,
+    /// Several ingress replicas sharing the accounts (empty: one ingress).
+    pub cluster: ClusterConfig,
     pub dashboard: DashboardConfig,
     pub txgen: TxgenConfig,
     /// Who may call what, by workload name or full SPIFFE ID.
@@ -240,6 +246,7 @@ impl Default for TxmeshConfig {
             trust_domain: txmesh_certs::DEFAULT_TRUST_DOMAIN.to_owned(),
             state_dir: PathBuf::from(".txmesh"),
             ingress: IngressConfig::default(),
+            cluster: ClusterConfig::default(),
             dashboard: DashboardConfig::default(),
             txgen: TxgenConfig::default(),
             authz: AuthzConfig::default(),
@@ -440,6 +447,7 @@ impl TxmeshConfig {
     pub fn validate(&self) -> Result<(), ServiceError> {
         let mut p = Problems::default();
         p.within("actors.", |p| self.actors.check(p));
+        self.cluster.check(&mut p);
         for (service, key, names) in self.authz_lists() {
             if let Err(e) = AuthzPolicy::deny_all().allow(service, &self.trust_domain, names) {
                 p.bad_if(true, key, e.to_string());

@@ -10,9 +10,12 @@
 //! ends and stops (saving its acknowledged positions), then the shards and
 //! the journal's writers, whose lock is let go last.
 
+mod cluster;
+mod forward;
 mod journal_metrics;
 mod metrics;
 mod publish_client;
+mod replica;
 mod service;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -26,8 +29,9 @@ use txmesh_actors::{
     DashboardPublisher, PublisherStatusView, RouterOptions, ScreeningStats, ShardRouter,
 };
 use txmesh_certs::{CertStore, SpiffeId};
-use txmesh_proto::v1::ingress_server::IngressServer;
+use txmesh_proto::v1::{ingress_server::IngressServer, replica_server::ReplicaServer};
 
+pub use cluster::{ClusterView, ForwardStats};
 pub use service::{IngressCounters, IngressService, InputFault, ScreenLimits, CODES};
 
 use crate::{
@@ -93,7 +97,33 @@ pub async fn start_with(
     let counters = Arc::new(IngressCounters::new(self::metrics::screening_latency(
         &base.metrics,
     )));
+    let view = ClusterView::new(&config.cluster, config.state_dir.clone())?;
     let routing = Arc::new(std::sync::OnceLock::new());
+    let replica = view.is_clustered().then(|| {
+        ReplicaServer::new(replica::ReplicaService::new(
+            routing.clone(),
+            base.policy.clone(),
+            base.metrics.clone(),
+            view.clone(),
+            config.ingress.max_in_flight_batches,
+            base.shutdown.clone(),
+        ))
+        .max_decoding_message_size(config.ingress.max_message_bytes)
+    });
+    if view.is_clustered() {
+        let remote = forward::GrpcRemote::new(
+            view.clone(),
+            base.certs.clone(),
+            SpiffeId::for_workload(&config.trust_domain, "ingress")?,
+            config.actors.shards.max_batch,
+            base.shutdown.clone(),
+        );
+        options.cluster = Some(txmesh_actors::router::Cluster {
+            me: view.me.clone(),
+            map: view.map.clone(),
+            remote: Arc::new(remote),
+        });
+    }
     let service = IngressService::new(
         routing.clone(),
         base.policy.clone(),
@@ -107,7 +137,8 @@ pub async fn start_with(
         },
         base.shutdown.clone(),
     )
-    .with_chaos(base.chaos.clone());
+    .with_chaos(base.chaos.clone())
+    .with_cluster(view.clone());
     let ingress =
         IngressServer::new(service).max_decoding_message_size(config.ingress.max_message_bytes);
     let (metrics, certs, shutdown) = (
@@ -118,7 +149,24 @@ pub async fn start_with(
     // Listening before the journal is recovered: probes see NOT_SERVING
     // (and callers a retryable UNAVAILABLE) until it is. The HTTPS listener
     // serves /metrics only.
-    let server = base.serve(|r| r.add_service(ingress), |_| {}).await?;
+    let server = base
+        .serve(
+            |r| {
+                let r = r.add_service(ingress);
+                match replica {
+                    Some(replica) => r.add_service(replica),
+                    None => r,
+                }
+            },
+            |_| {},
+        )
+        .await?;
+    if let Err(e) = view.bound(server.grpc_addr) {
+        server
+            .stop(tokio::time::Instant::now() + Duration::from_secs(1))
+            .await;
+        return Err(e);
+    }
 
     let status_source: txmesh_actors::publisher::StatusSource = {
         let (counters, metrics) = (counters.clone(), metrics.clone());
@@ -146,6 +194,7 @@ pub async fn start_with(
         histograms,
         recovery,
     } = pipeline;
+    self::metrics::register_forwarding(&metrics, &view);
     self::metrics::register(
         &metrics,
         &counters,
@@ -210,8 +259,15 @@ async fn start_pipeline(
         &dashboard_id,
     )?;
     let spiffe_path = certs.spiffe_id().path().to_owned();
-    let publisher_id =
-        journals.publisher_id(|| format!("{spiffe_path}-{:08x}", rand::random::<u32>()))?;
+    // A replica's publisher is named after it, so the dashboard tells the
+    // replicas apart.
+    let replica = if config.cluster.is_clustered() {
+        format!("/{}", config.cluster.name)
+    } else {
+        String::new()
+    };
+    let publisher_id = journals
+        .publisher_id(|| format!("{spiffe_path}{replica}-{:08x}", rand::random::<u32>()))?;
     let publisher = DashboardPublisher::new(
         publisher_id,
         config.actors.publisher.clone(),
@@ -260,18 +316,28 @@ fn watch_journal(journals: &Journals, readiness: Readiness, shutdown: Cancellati
     ));
 }
 
-/// Opens the journal under `state_dir/journal` (or in memory when
+/// `state_dir/journal`, or `state_dir/replicas/NAME/journal` for a
+/// replica (replicas of one local run share a state directory).
+pub fn journal_dir(config: &TxmeshConfig) -> std::path::PathBuf {
+    if config.cluster.is_clustered() {
+        config
+            .state_dir
+            .join("replicas")
+            .join(&config.cluster.name)
+            .join("journal")
+    } else {
+        config.state_dir.join("journal")
+    }
+}
+
+/// Opens the journal under [`journal_dir`] (or in memory when
 /// `actors.journal.enabled` is false) and replays it into windows, off the
 /// async threads. Logs what recovery read and dropped.
 async fn open_journal(
     config: &TxmeshConfig,
     histograms: JournalHistograms,
 ) -> Result<(Journals, Recovered), ServiceError> {
-    let dir = config
-        .actors
-        .journal
-        .enabled
-        .then(|| config.state_dir.join("journal"));
+    let dir = config.actors.journal.enabled.then(|| journal_dir(config));
     let journal = config.actors.journal.clone();
     let window = config.actors.window.clone();
     let shards = config.actors.shard_count();

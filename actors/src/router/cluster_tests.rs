@@ -24,9 +24,7 @@ impl RemoteScreen for Link {
     fn forward(&self, owner: &str, part: RemotePart) {
         if self.down.load(Ordering::Relaxed) {
             let error = ActorError::OwnerUnreachable {
-                partition: part.items[0].partition,
                 owner: owner.to_owned(),
-                epoch: part.items[0].epoch,
                 reason: "link down".into(),
                 retry_after_ms: 100,
             };

@@ -97,7 +97,7 @@ pub fn command(command: &JournalCommand, config: &TxmeshConfig) -> anyhow::Resul
 
 fn read_all(config: &TxmeshConfig) -> anyhow::Result<Vec<LogReport>> {
     let mut reports = Vec::new();
-    let root = config.state_dir.join("journal");
+    let root = crate::ingress::journal_dir(config);
     if root.is_dir() {
         let acked = publisher_positions(&root).map(|p| p.1).unwrap_or_default();
         let mut shards: Vec<(usize, PathBuf)> = std::fs::read_dir(&root)?

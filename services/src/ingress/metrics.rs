@@ -43,6 +43,31 @@ pub(super) fn screening_latency(metrics: &Metrics) -> Histogram {
     h
 }
 
+/// Work forwarded to and from the other replicas, per transaction.
+pub(super) fn register_forwarding(metrics: &Metrics, view: &Arc<super::ClusterView>) {
+    let v = view.clone();
+    metrics.sampled(
+        "txmesh_forwarded_transactions_total",
+        "Transactions forwarded between ingress replicas: sent to their owner, failed (answered \
+         with a retryable error without the owner's answer), received from a peer, refused \
+         (received but not owned at the stamped epoch).",
+        MetricType::COUNTER,
+        &["outcome"],
+        move || {
+            let s = &v.stats;
+            [
+                ("sent", &s.sent),
+                ("failed", &s.failed),
+                ("received", &s.received),
+                ("refused", &s.refused),
+            ]
+            .into_iter()
+            .map(|(o, c)| (vec![o.to_owned()], c.load(Ordering::Relaxed) as f64))
+            .collect()
+        },
+    );
+}
+
 /// The ingress's transactions, screening pipeline and publisher.
 pub(super) fn register(
     metrics: &Metrics,

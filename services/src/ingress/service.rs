@@ -29,8 +29,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use txmesh_actors::{ActorError, ShardRouter};
 use txmesh_certs::{AuthzPolicy, Service};
 use txmesh_proto::v1::{
-    ingress_server::Ingress, txn_result::Outcome, ScreenRequest, ScreenResponse, Transaction,
-    TxnResult, VerdictStatus,
+    ingress_server::Ingress, txn_result::Outcome, PartitionMap, PartitionMapRequest, ScreenRequest,
+    ScreenResponse, Transaction, TxnResult, VerdictStatus,
 };
 
 use crate::net::authorize;
@@ -245,6 +245,8 @@ pub struct IngressService {
     shutdown: CancellationToken,
     /// Consulted for every request read (injected stream resets).
     chaos: Option<Arc<txmesh_chaos::Registry>>,
+    /// The partition map served to partition-aware clients.
+    cluster: Option<Arc<super::ClusterView>>,
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ScreenResponse, Status>> + Send>>;
@@ -270,7 +272,15 @@ impl IngressService {
             limits,
             shutdown,
             chaos: None,
+            cluster: None,
         }
+    }
+
+    /// Serves `view`'s partition map.
+    #[must_use]
+    pub fn with_cluster(mut self, view: Arc<super::ClusterView>) -> Self {
+        self.cluster = Some(view);
+        self
     }
 
     /// Consults `chaos` for every request read from a Screen stream.
@@ -488,6 +498,17 @@ impl Ingress for IngressService {
         match rx.await {
             Ok(Some(result)) => Ok(Response::new(result)),
             _ => Err(Status::internal("transaction was not answered")),
+        }
+    }
+
+    async fn get_partition_map(
+        &self,
+        request: Request<PartitionMapRequest>,
+    ) -> Result<Response<PartitionMap>, Status> {
+        authorize(&request, &self.policy, &self.metrics, Service::Screen)?;
+        match &self.cluster {
+            Some(view) => Ok(Response::new(view.served())),
+            None => Err(Status::unavailable("the partition map is not known yet")),
         }
     }
 }

@@ -304,6 +304,7 @@ mod tests {
             message: "full".into(),
             retryable,
             retry_after_ms,
+            ..TxnError::default()
         }
     }
 

@@ -24,6 +24,7 @@ mod limits;
 mod metrics;
 mod outage;
 mod overload;
+mod replicas;
 mod rotation;
 mod screen_input;
 mod security;

@@ -1,0 +1,338 @@
+//! Three ingress replicas as three real processes on 127.0.0.1 (ports
+//! chosen by the OS, published in the state directory's address files),
+//! one dashboard, txgen connected to one replica only: every transaction
+//! answered once, history kept at each account's owner whichever replica
+//! the work arrived at, a killed replica's accounts answered retryably
+//! until it is back with its history, and forwarded work with a stale
+//! epoch refused.
+
+use std::{net::SocketAddr, time::Duration};
+
+use txmesh::config::TxmeshConfig;
+use txmesh_actors::partition::{PartitionMap, Replica};
+use txmesh_proto::v1::{
+    ingress_client::IngressClient, replica_client::ReplicaClient, txn_result::Outcome,
+    ForwardRequest, ForwardedTxn, PartitionMapRequest, Reason, Transaction, TxnErrorCode,
+    TxnResult, Verdict,
+};
+
+use crate::support::*;
+
+const NAMES: [&str; 3] = ["ingress-0", "ingress-1", "ingress-2"];
+
+/// The replicas' processes and gRPC addresses, index = ordinal.
+struct Replicas {
+    sets: Vec<(&'static str, String)>,
+    children: Vec<Option<std::process::Child>>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Replicas {
+    /// Starts the three replicas publishing to `dashboard`, and waits until
+    /// each is SERVING.
+    async fn start(config: &TxmeshConfig, dashboard: SocketAddr) -> Self {
+        let sets = vec![
+            ("state_dir", config.state_dir.display().to_string()),
+            ("ingress.dashboard_addr", dashboard.to_string()),
+            ("actors.shards.count", "2".to_owned()),
+            ("cluster.replicas", NAMES.join(",")),
+            ("cluster.address_dir", "cluster".to_owned()),
+        ];
+        let mut replicas = Self {
+            sets,
+            children: Vec::new(),
+            addrs: Vec::new(),
+        };
+        for i in 0..NAMES.len() {
+            let (child, addr) = replicas.spawn(i);
+            replicas.children.push(Some(child));
+            replicas.addrs.push(addr);
+        }
+        for addr in &replicas.addrs {
+            wait_serving(config, *addr, "ingress").await;
+        }
+        replicas
+    }
+
+    fn spawn(&self, i: usize) -> (std::process::Child, SocketAddr) {
+        let mut sets = self.sets.clone();
+        sets.push(("cluster.name", NAMES[i].to_owned()));
+        spawn_ingress(&sets, "127.0.0.1:0".parse().expect("addr"))
+    }
+
+    /// Stops every replica with SIGTERM (each drains its publisher).
+    async fn stop(mut self) {
+        for child in self.children.iter_mut().filter_map(Option::take) {
+            let status = signal(child, "-TERM").await;
+            assert!(status.success(), "{status:?}");
+        }
+    }
+}
+
+/// The map every replica computes from the configured set.
+fn map() -> PartitionMap {
+    let set = NAMES
+        .iter()
+        .map(|n| Replica {
+            name: (*n).to_owned(),
+            addr: String::new(),
+        })
+        .collect();
+    PartitionMap::new(1024, set).expect("valid map")
+}
+
+/// An account that replica `owner` owns (`tag` makes it unique).
+fn account_of(owner: usize, tag: &str) -> String {
+    let map = map();
+    (0..)
+        .map(|i| format!("{tag}-{i}"))
+        .find(|a| map.locate(a).1.name == NAMES[owner])
+        .expect("some account hashes to every replica")
+}
+
+/// Account `account`'s transaction `i` of `amount`, `secs_ago` old.
+fn txn_at(account: &str, i: u32, amount: i64, secs_ago: i64) -> Transaction {
+    let mut t = txn(&format!("{account}-{i}"), account, amount);
+    t.timestamp_unix_ms = txmesh_actors::clock::system_unix_ms() - secs_ago * 1000;
+    t
+}
+
+async fn screen_via(config: &TxmeshConfig, addr: SocketAddr, t: Transaction) -> TxnResult {
+    let mut client = IngressClient::new(channel_as(config, "txgen", "ingress", addr));
+    client.screen_one(t).await.expect("answered").into_inner()
+}
+
+fn verdict(r: &TxnResult) -> &Verdict {
+    match &r.outcome {
+        Some(Outcome::Verdict(v)) => v,
+        other => panic!("expected a verdict for {}, got {other:?}", r.transaction_id),
+    }
+}
+
+/// Waits until the dashboard has applied at least `n` verdicts in all.
+async fn dashboard_counts(dash: &txmesh::dashboard::DashboardHandle, n: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = dash.snapshot().await.expect("snapshot").totals.verdicts;
+        if got >= n || tokio::time::Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn three_replicas_answer_everything_sent_to_one_with_history_at_each_owner() {
+    let dir = TempDir::new("replicas");
+    let mut config = test_config(&dir.0);
+    let _machine = machine_shared().await;
+    let dash = txmesh::dashboard::start(&config).await.expect("dashboard");
+    let replicas = Replicas::start(&config, dash.grpc_addr).await;
+
+    // The map each serves: three replicas with their addresses, every
+    // partition covered once, at epoch 1.
+    let mut client = IngressClient::new(channel_as(&config, "txgen", "ingress", replicas.addrs[1]));
+    let served = client
+        .get_partition_map(PartitionMapRequest {})
+        .await
+        .expect("map served")
+        .into_inner();
+    assert_eq!(served.partitions, 1024);
+    assert_eq!(served.served_by, "ingress-1");
+    let addrs: Vec<String> = served.replicas.iter().map(|r| r.addr.clone()).collect();
+    let expected: Vec<String> = replicas.addrs.iter().map(ToString::to_string).collect();
+    assert_eq!(addrs, expected);
+    let covered: u32 = served.ranges.iter().map(|r| r.last - r.first + 1).sum();
+    assert_eq!(covered, 1024);
+    assert!(served.ranges.iter().all(|r| r.epoch == 1));
+
+    // VELOCITY and STRUCTURING for accounts owned by ingress-2 whose
+    // transactions arrive through ingress-0 and ingress-1 in turn.
+    let fast = account_of(2, "fast");
+    let mut last = None;
+    for i in 0..11 {
+        let via = replicas.addrs[i as usize % 2];
+        last = Some(screen_via(&config, via, txn_at(&fast, i, 1_000, 30 - i64::from(i))).await);
+    }
+    let last = last.expect("screened");
+    assert_eq!(verdict(&last).reasons, vec![Reason::Velocity as i32]);
+    let split = account_of(2, "split");
+    let mut reasons = Vec::new();
+    for i in 0..3 {
+        let via = replicas.addrs[i as usize % 2];
+        let r = screen_via(&config, via, txn_at(&split, i, 950_000, 60 - i64::from(i))).await;
+        reasons = verdict(&r).reasons.clone();
+    }
+    assert!(
+        reasons.contains(&(Reason::Structuring as i32)),
+        "{reasons:?}"
+    );
+    let own = 14;
+
+    // Load through ingress-0 alone: two thirds of it is forwarded.
+    config.txgen.target = replicas.addrs[0].into();
+    config.txgen.rate = 2_000;
+    config.txgen.duration_secs = 4;
+    config.txgen.accounts = 600;
+    let report = run_txgen(&config).await;
+    println!("{}", report.summary());
+    assert_eq!(report.answered, report.sent, "{}", report.summary());
+    assert_eq!(report.errors, 0, "{:?}", report.by_error);
+    assert_eq!(report.unanswered, 0);
+    for (pattern, count) in &report.injected {
+        assert_eq!(count.detected, count.sent, "{pattern} detected every time");
+    }
+    assert_eq!(report.clean.flagged, 0, "no clean transaction flagged");
+
+    // Every replica published what it owns; the dashboard's totals equal
+    // the answers.
+    let total = dashboard_counts(&dash, report.answered + own).await;
+    assert_eq!(total, report.answered + own);
+    let snapshot = dash.snapshot().await.expect("snapshot");
+    for name in NAMES {
+        let published: u64 = snapshot
+            .publishers
+            .iter()
+            .filter(|(id, _)| id.contains(&format!("/{name}-")))
+            .map(|(_, p)| p.record.applied.values().sum::<u64>())
+            .sum();
+        assert!(
+            published > report.answered / 6,
+            "{name} published {published}"
+        );
+    }
+    replicas.stop().await;
+    dash.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_killed_replica_is_answered_retryably_and_returns_with_its_history() {
+    let dir = TempDir::new("replica-kill");
+    let mut config = test_config(&dir.0);
+    let _machine = machine_shared().await;
+    let dash = txmesh::dashboard::start(&config).await.expect("dashboard");
+    let mut replicas = Replicas::start(&config, dash.grpc_addr).await;
+
+    // Ten transactions of an account ingress-1 owns, through ingress-0.
+    let acct = account_of(1, "kill");
+    for i in 0..10 {
+        let r = screen_via(
+            &config,
+            replicas.addrs[0],
+            txn_at(&acct, i, 1_000, 10 - i64::from(i)),
+        )
+        .await;
+        verdict(&r);
+    }
+
+    config.txgen.target = replicas.addrs[0].into();
+    config.txgen.rate = 3_000;
+    config.txgen.duration_secs = 8;
+    let (load, progress) = spawn_txgen_watched(&config);
+    answered_at_least(&progress, 4_000).await;
+    let child = replicas.children[1].take().expect("running");
+    let killed = signal(child, "-KILL").await;
+    assert!(!killed.success(), "killed, not exited: {killed:?}");
+
+    // Meanwhile its accounts are answered with a retryable UNAVAILABLE
+    // naming it, and a retry delay.
+    let r = screen_via(&config, replicas.addrs[0], txn_at(&acct, 99, 1_000, 0)).await;
+    let Some(Outcome::Error(e)) = &r.outcome else {
+        panic!("an error while the owner is down: {r:?}");
+    };
+    assert_eq!(e.code(), TxnErrorCode::Unavailable);
+    assert!(e.retryable && e.retry_after_ms > 0, "{e:?}");
+    assert_eq!(e.owner, "ingress-1");
+
+    let (child, addr) = replicas.spawn(1);
+    replicas.children[1] = Some(child);
+    replicas.addrs[1] = addr;
+    let report = tokio::time::timeout(Duration::from_secs(90), load)
+        .await
+        .expect("txgen finished its run")
+        .expect("txgen task")
+        .expect("txgen runs");
+    println!("{}", report.summary());
+    assert!(report.retries > 0, "{}", report.summary());
+    assert_eq!(report.unanswered, 0, "{}", report.summary());
+    assert_eq!(report.answered, report.sent, "{}", report.summary());
+    assert_eq!(report.errors, 0, "{:?}", report.by_error);
+    assert_eq!(report.screened_twice, 0, "{}", report.summary());
+
+    // The history from before the kill: the eleventh is VELOCITY (the
+    // refused one above never entered it: it may be sent again).
+    let r = screen_via(&config, replicas.addrs[2], txn_at(&acct, 10, 1_000, 0)).await;
+    assert!(
+        verdict(&r).reasons.contains(&(Reason::Velocity as i32)),
+        "{r:?}"
+    );
+    replicas.stop().await;
+    let totals = dash.snapshot().await.expect("snapshot").totals;
+    assert!(
+        totals.verdicts >= report.answered + 11,
+        "{} verdicts: {}",
+        totals.verdicts,
+        report.summary()
+    );
+    dash.stop().await;
+}
+
+#[actix_rt::test]
+async fn forwarded_work_stamped_with_an_old_epoch_is_refused() {
+    let dir = TempDir::new("replica-fence");
+    let config = test_config(&dir.0);
+    let _machine = machine_shared().await;
+    let dash = txmesh::dashboard::start(&config).await.expect("dashboard");
+    let replicas = Replicas::start(&config, dash.grpc_addr).await;
+    let acct = account_of(2, "fence");
+    let partition = map().partition_of(&acct);
+    let forward = |epoch: u64, i: u32| ForwardRequest {
+        request_id: u64::from(i),
+        transactions: vec![ForwardedTxn {
+            transaction: Some(txn_at(&acct, i, 1_000, 0)),
+            partition,
+            epoch,
+        }],
+        traceparent: String::new(),
+        origin: "test".into(),
+    };
+    let send = |identity: &'static str, requests: Vec<ForwardRequest>| {
+        let channel = channel_as(&config, identity, "ingress", replicas.addrs[2]);
+        async move {
+            let mut client = ReplicaClient::new(channel);
+            let mut answers = client
+                .forward(tokio_stream::iter(requests))
+                .await?
+                .into_inner();
+            let mut out = Vec::new();
+            while let Some(a) = answers.message().await? {
+                out.push(a);
+            }
+            Ok::<_, tonic::Status>(out)
+        }
+    };
+    let answers = send("ingress", vec![forward(0, 1), forward(1, 2)])
+        .await
+        .expect("answered");
+    let result = |id: u64| {
+        answers
+            .iter()
+            .find(|a| a.request_id == id)
+            .and_then(|a| a.results.first())
+            .expect("one result")
+            .clone()
+    };
+    let Some(Outcome::Error(e)) = result(1).outcome else {
+        panic!("a stale epoch is refused");
+    };
+    assert_eq!(e.code(), TxnErrorCode::WrongOwner);
+    assert_eq!((e.owner.as_str(), e.owner_epoch), ("ingress-2", 1));
+    verdict(&result(2));
+    // Only replicas may forward.
+    let denied = send("txgen", vec![forward(1, 3)])
+        .await
+        .expect_err("denied");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    replicas.stop().await;
+    dash.stop().await;
+}
