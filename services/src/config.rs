@@ -182,6 +182,10 @@ pub struct TxgenConfig {
     pub seed: u64,
     /// How retryable per-transaction errors are retried.
     pub retry: RetryConfig,
+    /// Fetch the partition map from `target` and send each account's
+    /// transactions straight to the replica that owns it (`streams`
+    /// streams per replica), instead of through `target`.
+    pub partition_aware: bool,
 }
 
 /// Per-transaction retries (gRPC A6 style): full-jitter exponential backoff
@@ -305,6 +309,7 @@ impl Default for TxgenConfig {
             max_in_flight: 32,
             seed: 42,
             retry: RetryConfig::default(),
+            partition_aware: false,
         }
     }
 }

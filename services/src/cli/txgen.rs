@@ -24,6 +24,11 @@ pub(super) struct LoadArgs {
     /// Distinct accounts.
     #[arg(long)]
     accounts: Option<u64>,
+    /// Send each transaction straight to the replica that owns its
+    /// account (from the partition map the target serves), instead of
+    /// letting the target forward it.
+    #[arg(long)]
+    partition_aware: bool,
     /// Print the final report as `json` (one object on stdout) or `text`.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub(super) report: ReportFormat,
@@ -62,6 +67,9 @@ impl LoadArgs {
         }
         if let Some(a) = self.accounts {
             keys.push(("txgen.accounts".into(), a.to_string()));
+        }
+        if self.partition_aware {
+            keys.push(("txgen.partition_aware".into(), "true".into()));
         }
         Ok(keys)
     }

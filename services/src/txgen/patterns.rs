@@ -182,6 +182,21 @@ impl Generator {
         }
     }
 
+    /// Keeps only the accounts whose id `keep` accepts (partition-aware
+    /// runs: those one replica owns).
+    pub fn keep_accounts(&mut self, keep: impl Fn(&str) -> bool) {
+        let run = self.run;
+        let (accounts, sims) = self
+            .accounts
+            .iter()
+            .zip(std::mem::take(&mut self.sims))
+            .filter(|(a, _)| keep(&account_id(run, **a)))
+            .map(|(a, sim)| (*a, sim))
+            .unzip();
+        self.accounts = accounts;
+        self.sims = sims;
+    }
+
     /// The next transaction to send.
     pub fn next(&mut self, now_ms: i64) -> Planned {
         if let Some(p) = self.queue.pop_front() {
@@ -370,7 +385,7 @@ impl Generator {
         let amount = baseline(account) * self.rng.random_range(50..=150) / 100;
         let txn = Transaction {
             transaction_id: self.new_id(),
-            account_id: format!("acct-{:x}-{account:08}", self.run),
+            account_id: account_id(self.run, account),
             amount_minor: amount,
             currency: CURRENCIES[(account % 3) as usize].to_owned(),
             timestamp_unix_ms: clock_ms,
@@ -384,11 +399,7 @@ impl Generator {
     fn invalid(&mut self, now_ms: i64) -> Planned {
         let mut txn = Transaction {
             transaction_id: self.new_id(),
-            account_id: format!(
-                "acct-{:x}-{:08}",
-                self.run,
-                self.accounts.first().copied().unwrap_or(0)
-            ),
+            account_id: account_id(self.run, self.accounts.first().copied().unwrap_or(0)),
             amount_minor: 1_000,
             currency: "EUR".into(),
             timestamp_unix_ms: now_ms,
@@ -413,6 +424,11 @@ impl Generator {
         self.next_id += 1;
         format!("r{:x}-s{}-{:010}", self.run, self.stream, self.next_id)
     }
+}
+
+/// The id of account number `account` in run `run`.
+fn account_id(run: u64, account: u64) -> String {
+    format!("acct-{run:x}-{account:08}")
 }
 
 /// An account's usual amount in minor units: 10.00 to 500.00.

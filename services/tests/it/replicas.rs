@@ -25,6 +25,7 @@ struct Replicas {
     sets: Vec<(&'static str, String)>,
     children: Vec<Option<std::process::Child>>,
     addrs: Vec<SocketAddr>,
+    metrics: Vec<SocketAddr>,
 }
 
 impl Replicas {
@@ -42,11 +43,13 @@ impl Replicas {
             sets,
             children: Vec::new(),
             addrs: Vec::new(),
+            metrics: Vec::new(),
         };
         for i in 0..NAMES.len() {
-            let (child, addr) = replicas.spawn(i);
+            let (child, addr, metrics) = replicas.spawn(i);
             replicas.children.push(Some(child));
             replicas.addrs.push(addr);
+            replicas.metrics.push(metrics);
         }
         for addr in &replicas.addrs {
             wait_serving(config, *addr, "ingress").await;
@@ -54,10 +57,19 @@ impl Replicas {
         replicas
     }
 
-    fn spawn(&self, i: usize) -> (std::process::Child, SocketAddr) {
+    fn spawn(&self, i: usize) -> (std::process::Child, SocketAddr, SocketAddr) {
         let mut sets = self.sets.clone();
         sets.push(("cluster.name", NAMES[i].to_owned()));
-        spawn_ingress(&sets, "127.0.0.1:0".parse().expect("addr"))
+        spawn_ingress_listening(&sets, "127.0.0.1:0".parse().expect("addr"))
+    }
+
+    /// Transactions replica `i` has forwarded with `outcome`.
+    async fn forwarded(&self, config: &TxmeshConfig, i: usize, outcome: &str) -> f64 {
+        let (_, body) = scrape(config, "operator", "ingress", self.metrics[i]).await;
+        value(
+            &body,
+            &format!("txmesh_forwarded_transactions_total{{outcome=\"{outcome}\"}}"),
+        )
     }
 
     /// Stops every replica with SIGTERM (each drains its publisher).
@@ -183,11 +195,40 @@ async fn three_replicas_answer_everything_sent_to_one_with_history_at_each_owner
         assert_eq!(count.detected, count.sent, "{pattern} detected every time");
     }
     assert_eq!(report.clean.flagged, 0, "no clean transaction flagged");
+    let forwarded = replicas.forwarded(&config, 0, "sent").await;
+    let share = forwarded / report.sent as f64;
+    assert!(
+        (0.5..0.8).contains(&share),
+        "{forwarded} of {} forwarded",
+        report.sent
+    );
+    assert_eq!(replicas.forwarded(&config, 0, "failed").await, 0.0);
+
+    // Partition-aware: straight to each owner, (almost) nothing forwarded.
+    config.txgen.partition_aware = true;
+    config.txgen.seed = 7;
+    config.txgen.duration_secs = 2;
+    let aware = run_txgen(&config).await;
+    println!("{}", aware.summary());
+    assert_eq!(aware.answered, aware.sent, "{}", aware.summary());
+    assert_eq!(aware.errors, 0, "{:?}", aware.by_error);
+    let mut after = 0.0;
+    for i in 0..NAMES.len() {
+        after += replicas.forwarded(&config, i, "sent").await;
+    }
+    // Only malformed input whose account id hashes elsewhere still hops.
+    assert!(
+        after - forwarded < aware.sent as f64 / 100.0,
+        "{} of {} forwarded",
+        after - forwarded,
+        aware.sent
+    );
 
     // Every replica published what it owns; the dashboard's totals equal
     // the answers.
-    let total = dashboard_counts(&dash, report.answered + own).await;
-    assert_eq!(total, report.answered + own);
+    let answered = report.answered + aware.answered + own;
+    let total = dashboard_counts(&dash, answered).await;
+    assert_eq!(total, answered);
     let snapshot = dash.snapshot().await.expect("snapshot");
     for name in NAMES {
         let published: u64 = snapshot
@@ -244,9 +285,10 @@ async fn a_killed_replica_is_answered_retryably_and_returns_with_its_history() {
     assert!(e.retryable && e.retry_after_ms > 0, "{e:?}");
     assert_eq!(e.owner, "ingress-1");
 
-    let (child, addr) = replicas.spawn(1);
+    let (child, addr, metrics) = replicas.spawn(1);
     replicas.children[1] = Some(child);
     replicas.addrs[1] = addr;
+    replicas.metrics[1] = metrics;
     let report = tokio::time::timeout(Duration::from_secs(90), load)
         .await
         .expect("txgen finished its run")

@@ -315,10 +315,19 @@ pub fn spawn_ingress(
     sets: &[(&str, String)],
     listen: SocketAddr,
 ) -> (std::process::Child, SocketAddr) {
+    let (child, grpc, _) = spawn_ingress_listening(sets, listen);
+    (child, grpc)
+}
+
+/// [`spawn_ingress`], also returning its HTTPS (metrics) address.
+pub fn spawn_ingress_listening(
+    sets: &[(&str, String)],
+    listen: SocketAddr,
+) -> (std::process::Child, SocketAddr, SocketAddr) {
     let mut all = sets.to_vec();
     all.push(("ingress.listen", listen.to_string()));
     all.push(("ingress.metrics_listen", "127.0.0.1:0".to_owned()));
-    spawn_service("ingress", &all)
+    spawn_listening("ingress", &all)
 }
 
 /// Starts `txmesh dashboard` likewise, its gRPC listener on `listen`.
@@ -329,10 +338,16 @@ pub fn spawn_dashboard(
     let mut all = sets.to_vec();
     all.push(("dashboard.grpc_listen", listen.to_string()));
     all.push(("dashboard.https_listen", "127.0.0.1:0".to_owned()));
-    spawn_service("dashboard", &all)
+    let (child, grpc, _) = spawn_listening("dashboard", &all);
+    (child, grpc)
 }
 
-fn spawn_service(command: &str, sets: &[(&str, String)]) -> (std::process::Child, SocketAddr) {
+/// Starts `txmesh COMMAND` and returns it with its gRPC and HTTPS
+/// addresses, read from its log.
+fn spawn_listening(
+    command: &str,
+    sets: &[(&str, String)],
+) -> (std::process::Child, SocketAddr, SocketAddr) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_txmesh"));
     child.arg(command);
@@ -352,15 +367,20 @@ fn spawn_service(command: &str, sets: &[(&str, String)]) -> (std::process::Child
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let event: Option<serde_json::Value> = serde_json::from_str(&line).ok();
-            if let Some(a) = event.and_then(|e| e["fields"]["grpc_addr"].as_str()?.parse().ok()) {
+            let addrs = event.and_then(|e| {
+                let grpc: SocketAddr = e["fields"]["grpc_addr"].as_str()?.parse().ok()?;
+                let https: SocketAddr = e["fields"]["https_addr"].as_str()?.parse().ok()?;
+                Some((grpc, https))
+            });
+            if let Some(a) = addrs {
                 let _ = found.send(a);
             }
         }
     });
-    let addr: SocketAddr = addr
+    let (grpc, https) = addr
         .recv_timeout(Duration::from_secs(60))
         .expect("the service logs the address it listens on");
-    (child, addr)
+    (child, grpc, https)
 }
 
 /// Waits until the service `server` at `addr` reports SERVING.
