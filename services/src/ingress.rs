@@ -98,6 +98,7 @@ pub async fn start_with(
         &base.metrics,
     )));
     let view = ClusterView::new(&config.cluster, config.state_dir.clone())?;
+    view.check_saved_map()?;
     let routing = Arc::new(std::sync::OnceLock::new());
     let replica = view.is_clustered().then(|| {
         ReplicaServer::new(replica::ReplicaService::new(

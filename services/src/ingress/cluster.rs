@@ -32,6 +32,13 @@ pub struct ClusterView {
     pub stats: ForwardStats,
 }
 
+/// The replica set a replica's journal was written under.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct SavedMap {
+    partitions: u32,
+    replicas: Vec<String>,
+}
+
 /// Forwarding, counted per transaction.
 #[derive(Debug, Default)]
 pub struct ForwardStats {
@@ -84,6 +91,60 @@ impl ClusterView {
     /// The cluster's settings.
     pub fn config(&self) -> &ClusterConfig {
         &self.config
+    }
+
+    /// Keeps the replica set this replica's journal was written under, in
+    /// `state_dir/replicas/NAME/partition-map.json`, and refuses to start
+    /// under another one: a changed set moves partitions, and moving them
+    /// without handing their windows over would split their history.
+    ///
+    /// # Errors
+    /// A different saved set (naming `cluster.replicas`), or a file that
+    /// cannot be read or written.
+    pub fn check_saved_map(&self) -> Result<(), ServiceError> {
+        if !self.is_clustered() {
+            return Ok(());
+        }
+        let file = self
+            .state_dir
+            .join("replicas")
+            .join(&self.me)
+            .join("partition-map.json");
+        let map = self.map.read().clone();
+        let now = SavedMap {
+            partitions: map.partitions(),
+            replicas: map.replicas().iter().map(|r| r.name.clone()).collect(),
+        };
+        let io = |e: std::io::Error| ServiceError::config("cluster", format!("{}: {e}", file.display()));
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let saved: SavedMap = serde_json::from_slice(&bytes).map_err(|e| {
+                    ServiceError::config("cluster", format!("{}: {e}", file.display()))
+                })?;
+                if saved != now {
+                    return Err(ServiceError::config(
+                        "cluster.replicas",
+                        format!(
+                            "this replica's journal was written with replicas {:?} over {} \
+                             partitions, not {:?} over {}: moving partitions between replicas \
+                             needs a handoff of their windows, which this version does not do; \
+                             restore the previous list (or start on a new state directory)",
+                            saved.replicas, saved.partitions, now.replicas, now.partitions
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some(dir) = file.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+                let json = serde_json::to_vec_pretty(&now)
+                    .map_err(|e| ServiceError::config("cluster", e.to_string()))?;
+                std::fs::write(&file, json).map_err(io)
+            }
+            Err(e) => Err(io(e)),
+        }
     }
 
     /// Records this replica's bound address and, for local runs, publishes
