@@ -131,6 +131,8 @@ pub enum ListenerKind {
     DashboardHttps,
     /// The ingress's HTTPS listener (metrics).
     IngressHttps,
+    /// A replica's gRPC listener as its peers use it (`Replica.Forward`).
+    ReplicaGrpc,
 }
 
 /// One listener to audit.
@@ -195,7 +197,7 @@ impl ListenerKind {
     /// The workload the listener must present.
     fn server(self) -> &'static str {
         match self {
-            Self::IngressGrpc | Self::IngressHttps => "ingress",
+            Self::IngressGrpc | Self::IngressHttps | Self::ReplicaGrpc => "ingress",
             Self::DashboardGrpc | Self::DashboardHttps => "dashboard",
         }
     }
@@ -204,13 +206,17 @@ impl ListenerKind {
     fn allowed_and_denied(self) -> (&'static str, &'static str) {
         match self {
             Self::IngressGrpc => ("txgen", "dashboard"),
+            Self::ReplicaGrpc => ("ingress", "txgen"),
             Self::DashboardGrpc => ("ingress", "txgen"),
             Self::DashboardHttps | Self::IngressHttps => ("operator", "txgen"),
         }
     }
 
     fn is_grpc(self) -> bool {
-        matches!(self, Self::IngressGrpc | Self::DashboardGrpc)
+        matches!(
+            self,
+            Self::IngressGrpc | Self::DashboardGrpc | Self::ReplicaGrpc
+        )
     }
 
     /// The HTTP path whose authorization the audit tries.
@@ -231,10 +237,12 @@ impl ListenerKind {
             "dashboard" | "dashboard-grpc" => Ok(Self::DashboardGrpc),
             "dashboard-https" | "https" => Ok(Self::DashboardHttps),
             "ingress-https" | "ingress-metrics" => Ok(Self::IngressHttps),
+            "replica" | "ingress-forward" => Ok(Self::ReplicaGrpc),
             other => Err(ServiceError::config(
                 "--target",
                 format!(
-                    "{other}: expected ingress, ingress-https, dashboard-grpc or dashboard-https"
+                    "{other}: expected ingress, ingress-https, ingress-forward, dashboard-grpc \
+                     or dashboard-https"
                 ),
             )),
         }
@@ -589,6 +597,10 @@ async fn call(
     let outcome = match target.kind {
         ListenerKind::IngressGrpc => IngressClient::new(channel)
             .screen(tokio_stream::empty())
+            .await
+            .map(|_| ()),
+        ListenerKind::ReplicaGrpc => txmesh_proto::v1::replica_client::ReplicaClient::new(channel)
+            .forward(tokio_stream::empty())
             .await
             .map(|_| ()),
         _ => DashboardClient::new(channel)

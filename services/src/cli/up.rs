@@ -1,9 +1,11 @@
 //! `txmesh up`: the whole system in one process on 127.0.0.1 with its own
 //! certificates, for a newcomer's first run. Creates (or reuses) the state
-//! directory's CA and identities, starts the dashboard, then the ingress,
-//! then txgen, prints a summary line every few seconds, and on Ctrl-C (or
-//! at the end of `--duration`) stops txgen, lets the publisher deliver what
-//! it holds, stops the ingress and then the dashboard.
+//! directory's CA and identities, starts the dashboard, then the ingress
+//! (or `--replicas N` ingress replicas, each with its own listeners and
+//! journal, txgen sending to the first), then txgen, prints a summary line
+//! every few seconds, and on Ctrl-C (or at the end of `--duration`) stops
+//! txgen, lets the publishers deliver what they hold, stops the ingresses
+//! and then the dashboard.
 
 use std::{
     path::PathBuf,
@@ -36,6 +38,10 @@ pub struct UpArgs {
     /// State directory (certificates, dashboard totals).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Ingress replicas sharing the accounts (`ingress-0`..), each on its
+    /// own ports (the first on the ingress ports, the next 10 higher...).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=32))]
+    replicas: u16,
 }
 
 impl UpArgs {
@@ -56,6 +62,7 @@ pub(super) fn command(args: UpArgs, mut config: TxmeshConfig) -> anyhow::Result<
     let options = UpOptions {
         report_json: json,
         summary_every: Duration::from_secs(5),
+        replicas: usize::from(args.replicas),
     };
     let report = crate::runtime::block_on(2, run(config, options))??;
     if json {
@@ -82,6 +89,8 @@ pub struct UpOptions {
     pub report_json: bool,
     /// Seconds between summary lines.
     pub summary_every: Duration,
+    /// Ingress replicas (1: a single ingress, no cluster).
+    pub replicas: usize,
 }
 
 /// The `up --report json` object: txgen's report plus the dashboard's own
@@ -95,6 +104,7 @@ pub struct UpReport {
     /// Verdicts the dashboard applied during this run (compare with
     /// `ingress_verdicts`).
     pub dashboard_this_run: u64,
+    /// Verdicts the ingress (every replica) answered this run.
     pub ingress_verdicts: u64,
     pub publisher_drained: bool,
 }
@@ -132,15 +142,38 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     // The dashboard's totals persist across runs in the state directory:
     // this run's share is the increase from here.
     let dashboard_before = dashboard.snapshot().await?.totals.verdicts;
-    let ingress = ingress::start(&config).await?;
+    let mut ingresses = Vec::with_capacity(options.replicas);
+    for replica in replica_configs(&config, options.replicas) {
+        ingresses.push(ingress::start(&replica).await?);
+    }
+    let mut config = config;
+    config.txgen.target = ingresses[0].local_addr.into();
     let layout = StateLayout::new(&config.state_dir);
-    let listeners = write_listeners(&config, &ingress, &dashboard)?;
+    let listeners = write_listeners(&config, &ingresses, &dashboard)?;
     say("txmesh is up (all listeners mTLS on 127.0.0.1):".to_string());
-    say(format!("  ingress gRPC    {}", ingress.local_addr));
-    say(format!(
-        "  ingress metrics https://localhost:{}/metrics",
-        ingress.metrics_addr.port()
-    ));
+    for (i, ingress) in ingresses.iter().enumerate() {
+        let name = if options.replicas > 1 {
+            format!("ingress-{i}")
+        } else {
+            "ingress".to_owned()
+        };
+        say(format!("  {name:<15} gRPC {}", ingress.local_addr));
+        say(format!(
+            "  {:<15} https://localhost:{}/metrics",
+            "",
+            ingress.metrics_addr.port()
+        ));
+    }
+    if options.replicas > 1 {
+        say(format!(
+            "  txgen sends to ingress-0{}",
+            if config.txgen.partition_aware {
+                ", partition-aware: each account straight to its owner"
+            } else {
+                ", which forwards to each account's owner"
+            }
+        ));
+    }
     say(format!("  dashboard gRPC  {}", dashboard.grpc_addr));
     say(format!(
         "  dashboard       https://localhost:{}/",
@@ -187,16 +220,19 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
                 let answered = progress.answered.load(Ordering::Relaxed);
                 let rate = (answered - last_answered) as f64 / every.as_secs_f64();
                 last_answered = answered;
-                let c = &ingress.counters;
-                let publisher = ingress.publisher();
+                let sum = |f: fn(&ingress::IngressCounters) -> &std::sync::atomic::AtomicU64| {
+                    ingresses.iter().map(|i| f(&i.counters).load(Ordering::Relaxed)).sum::<u64>()
+                };
+                let publisher = ingresses[0].publisher();
+                let outbox: u64 = ingresses.iter().map(|i| i.publisher().outbox_depth).sum();
                 say(format!(
                     "{rate:>9.0} tx/s | approved {} flagged {} rejected {} errors {} | breaker {:?} outbox {}",
-                    c.approved.load(Ordering::Relaxed),
-                    c.flagged.load(Ordering::Relaxed),
-                    c.rejected.load(Ordering::Relaxed),
-                    c.errors.load(Ordering::Relaxed),
+                    sum(|c| &c.approved),
+                    sum(|c| &c.flagged),
+                    sum(|c| &c.rejected),
+                    sum(|c| &c.errors),
                     publisher.breaker,
-                    publisher.outbox_depth,
+                    outbox,
                 ));
             }
         }
@@ -213,10 +249,17 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
             ))
         }
     };
-    let publisher_drained = ingress.wait_drained(Duration::from_secs(10)).await;
+    let mut publisher_drained = true;
+    for ingress in &ingresses {
+        publisher_drained &= ingress.wait_drained(Duration::from_secs(10)).await;
+    }
     let totals = dashboard.snapshot().await?.totals;
-    let ingress_verdicts = ingress.counters.verdicts();
-    ingress.stop(Duration::from_secs(5)).await;
+    // Verdicts answered to callers (a forwarded one is counted by the
+    // replica that answered its caller, not again by its owner).
+    let ingress_verdicts = ingresses.iter().map(|i| i.counters.verdicts()).sum();
+    for ingress in ingresses {
+        ingress.stop(Duration::from_secs(5)).await;
+    }
     dashboard.stop().await;
     Ok(UpReport {
         txgen: txgen_report,
@@ -227,38 +270,82 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     })
 }
 
+/// The config of each of `replicas` ingresses: `config` itself for one;
+/// for several, replica `i` is `ingress-i` of the set, on the ingress ports
+/// plus `10 * i`, publishing its address in the state directory.
+pub fn replica_configs(config: &TxmeshConfig, replicas: usize) -> Vec<TxmeshConfig> {
+    if replicas <= 1 {
+        return vec![config.clone()];
+    }
+    let names: Vec<String> = (0..replicas).map(|i| format!("ingress-{i}")).collect();
+    (0..replicas)
+        .map(|i| {
+            let mut c = config.clone();
+            c.cluster.name = names[i].clone();
+            c.cluster.replicas = names.clone();
+            c.cluster.address_dir = "cluster".to_owned();
+            let step = u16::try_from(10 * i).unwrap_or(u16::MAX);
+            for addr in [&mut c.ingress.listen, &mut c.ingress.metrics_listen] {
+                // Port 0 stays 0: the OS chooses.
+                if addr.port() != 0 {
+                    addr.set_port(addr.port().saturating_add(step));
+                }
+            }
+            c
+        })
+        .collect()
+}
+
 /// Records the listeners and this process's id in the state directory, for
 /// `txmesh audit`; returns the file (removed when `up` stops).
 fn write_listeners(
     config: &TxmeshConfig,
-    ingress: &ingress::IngressHandle,
+    ingresses: &[ingress::IngressHandle],
     dashboard: &dashboard::DashboardHandle,
 ) -> Result<std::path::PathBuf, ServiceError> {
     use crate::cli::audit::{AuditTarget, ListenerFile, ListenerKind};
+    let mut listeners = Vec::new();
+    for (i, ingress) in ingresses.iter().enumerate() {
+        let name = if ingresses.len() > 1 {
+            format!("ingress-{i}")
+        } else {
+            "ingress".to_owned()
+        };
+        listeners.push(AuditTarget {
+            name: name.clone(),
+            addr: ingress.local_addr,
+            kind: ListenerKind::IngressGrpc,
+        });
+        if ingresses.len() > 1 {
+            listeners.push(AuditTarget {
+                name: format!("{name}-forward"),
+                addr: ingress.local_addr,
+                kind: ListenerKind::ReplicaGrpc,
+            });
+        }
+        listeners.push(AuditTarget {
+            name: format!("{name}-https"),
+            addr: ingress.metrics_addr,
+            kind: ListenerKind::IngressHttps,
+        });
+    }
     let file = ListenerFile {
         pid: std::process::id(),
-        listeners: vec![
-            AuditTarget {
-                name: "ingress".into(),
-                addr: ingress.local_addr,
-                kind: ListenerKind::IngressGrpc,
-            },
-            AuditTarget {
-                name: "ingress-https".into(),
-                addr: ingress.metrics_addr,
-                kind: ListenerKind::IngressHttps,
-            },
-            AuditTarget {
-                name: "dashboard-grpc".into(),
-                addr: dashboard.grpc_addr,
-                kind: ListenerKind::DashboardGrpc,
-            },
-            AuditTarget {
-                name: "dashboard-https".into(),
-                addr: dashboard.https_addr,
-                kind: ListenerKind::DashboardHttps,
-            },
-        ],
+        listeners: listeners
+            .into_iter()
+            .chain([
+                AuditTarget {
+                    name: "dashboard-grpc".into(),
+                    addr: dashboard.grpc_addr,
+                    kind: ListenerKind::DashboardGrpc,
+                },
+                AuditTarget {
+                    name: "dashboard-https".into(),
+                    addr: dashboard.https_addr,
+                    kind: ListenerKind::DashboardHttps,
+                },
+            ])
+            .collect(),
     };
     let path = crate::cli::audit::listener_file(&config.state_dir);
     let json = serde_json::to_vec_pretty(&file)

@@ -115,7 +115,8 @@ impl ClusterView {
             partitions: map.partitions(),
             replicas: map.replicas().iter().map(|r| r.name.clone()).collect(),
         };
-        let io = |e: std::io::Error| ServiceError::config("cluster", format!("{}: {e}", file.display()));
+        let io =
+            |e: std::io::Error| ServiceError::config("cluster", format!("{}: {e}", file.display()));
         match std::fs::read(&file) {
             Ok(bytes) => {
                 let saved: SavedMap = serde_json::from_slice(&bytes).map_err(|e| {

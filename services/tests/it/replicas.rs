@@ -38,6 +38,10 @@ impl Replicas {
             ("actors.shards.count", "2".to_owned()),
             ("cluster.replicas", NAMES.join(",")),
             ("cluster.address_dir", "cluster".to_owned()),
+            (
+                "ingress.handshake_timeout_ms",
+                config.ingress.handshake_timeout_ms.to_string(),
+            ),
         ];
         let mut replicas = Self {
             sets,
@@ -322,7 +326,9 @@ async fn a_killed_replica_is_answered_retryably_and_returns_with_its_history() {
 #[actix_rt::test]
 async fn forwarded_work_stamped_with_an_old_epoch_is_refused() {
     let dir = TempDir::new("replica-fence");
-    let config = test_config(&dir.0);
+    let mut config = test_config(&dir.0);
+    // The audit's idle-connection check waits this long.
+    config.ingress.handshake_timeout_ms = 1_000;
     let _machine = machine_shared().await;
     let dash = txmesh::dashboard::start(&config).await.expect("dashboard");
     let replicas = Replicas::start(&config, dash.grpc_addr).await;
@@ -375,6 +381,41 @@ async fn forwarded_work_stamped_with_an_old_epoch_is_refused() {
         .await
         .expect_err("denied");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+    // `txmesh audit` covers the forwarding listener: mTLS only, ingress
+    // allowed, txgen denied.
+    let target = txmesh::cli::audit::AuditTarget {
+        name: "ingress-2-forward".into(),
+        addr: replicas.addrs[2],
+        kind: txmesh::cli::audit::ListenerKind::ReplicaGrpc,
+    };
+    let options = txmesh::cli::audit::AuditOptions::for_config(&config);
+    let report = txmesh::cli::audit::run(&[target], &options).await;
+    assert_eq!(
+        (report.failed, report.skipped),
+        (0, 0),
+        "{}",
+        report.table()
+    );
+    assert!(report.passed >= 20, "{}", report.table());
     replicas.stop().await;
+
+    // A replica started under another replica set than its journal was
+    // written under refuses to start, naming the key.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_txmesh"))
+        .arg("ingress")
+        .args([
+            "--set",
+            &format!("state_dir={}", config.state_dir.display()),
+        ])
+        .args(["--set", "cluster.name=ingress-0"])
+        .args(["--set", "cluster.replicas=ingress-0,ingress-1"])
+        .args(["--set", "ingress.listen=127.0.0.1:0"])
+        .args(["--set", "ingress.metrics_listen=127.0.0.1:0"])
+        .output()
+        .expect("txmesh ingress");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cluster.replicas"), "{stderr}");
     dash.stop().await;
 }
