@@ -41,13 +41,24 @@ pub enum ActorError {
         epoch: u64,
     },
     #[error(
-        "{owner}, the replica that owns this account, cannot be reached ({reason}); retry later"
+        "{owner}, the replica that owns this account, cannot be reached ({reason}){}; retry later",
+        sent_note(*.sent)
     )]
     OwnerUnreachable {
         owner: String,
         reason: String,
         retry_after_ms: u32,
+        /// It had been sent to the owner: it may have been screened there.
+        sent: bool,
     },
+}
+
+fn sent_note(sent: bool) -> &'static str {
+    if sent {
+        " after it was sent there, so it may have been screened: a retry is answered with its verdict"
+    } else {
+        ""
+    }
 }
 
 impl ActorError {
@@ -95,6 +106,7 @@ impl ActorError {
             Self::OwnerUnreachable { owner, .. } => (owner.clone(), 0),
             _ => (String::new(), 0),
         };
+        let maybe_screened = matches!(self, Self::OwnerUnreachable { sent: true, .. });
         TxnError {
             code: code as i32,
             message: self.to_string(),
@@ -102,6 +114,7 @@ impl ActorError {
             retry_after_ms,
             owner,
             owner_epoch,
+            maybe_screened,
         }
     }
 }

@@ -35,6 +35,11 @@ pub struct Experiment {
     /// written to the journal so the run can be replayed).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Ingress replicas of the `--target up` system (1: a single ingress).
+    /// With several, `ingress` in probes and faults is replica 0, the one
+    /// the load is sent to; the others own their share of the accounts.
+    #[serde(default = "one_replica")]
+    pub replicas: u32,
     pub steady_state: Hypothesis,
     pub method: Vec<Action>,
     /// Run after the method, or at once on an abort. Faults end by their
@@ -73,6 +78,9 @@ pub enum Link {
     TxgenIngress,
     /// The ingress's publisher to the dashboard (Publish stream).
     IngressDashboard,
+    /// Replica 0's forwarding link to replica 1 (Replica.Forward stream);
+    /// needs `replicas` of 2 or more.
+    ReplicaLink,
 }
 
 impl Link {
@@ -81,6 +89,7 @@ impl Link {
         match self {
             Link::TxgenIngress => "txgen_ingress",
             Link::IngressDashboard => "ingress_dashboard",
+            Link::ReplicaLink => "replica_link",
         }
     }
 }
@@ -290,6 +299,13 @@ fn one() -> f64 {
     1.0
 }
 
+fn one_replica() -> u32 {
+    1
+}
+
+/// Most replicas an experiment's system may have.
+pub const MAX_REPLICAS: u32 = 8;
+
 impl Experiment {
     /// Reads and validates an experiment file.
     ///
@@ -346,8 +362,26 @@ impl Experiment {
                 return Err(bad(key, "load probes run after the method only".into()));
             }
         }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(bad(
+                "replicas".into(),
+                format!("must be between 1 and {MAX_REPLICAS}"),
+            ));
+        }
         for (section, actions) in [("method", &self.method), ("rollbacks", &self.rollbacks)] {
             for (i, action) in actions.iter().enumerate() {
+                if let Action::Wire {
+                    link: Link::ReplicaLink,
+                    ..
+                } = action
+                {
+                    if self.replicas < 2 {
+                        return Err(bad(
+                            format!("{section}[{i}].link"),
+                            "replica_link needs replicas = 2 or more".into(),
+                        ));
+                    }
+                }
                 action
                     .fault_spec()
                     .map_err(|e| bad(format!("{section}[{i}]"), e.to_string()))?;

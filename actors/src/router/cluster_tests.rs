@@ -27,6 +27,7 @@ impl RemoteScreen for Link {
                 owner: owner.to_owned(),
                 reason: "link down".into(),
                 retry_after_ms: 100,
+                sent: false,
             };
             part.fail(&error);
             return;

@@ -76,7 +76,7 @@ impl LoadOutcome {
 }
 
 /// Series whose increase over the run the journal records.
-const OBSERVED: [(Component, &str); 12] = [
+const OBSERVED: [(Component, &str); 13] = [
     (
         Component::Ingress,
         "txmesh_publisher_breaker_transitions_total",
@@ -89,6 +89,7 @@ const OBSERVED: [(Component, &str); 12] = [
     (Component::Ingress, "txmesh_mailbox_full_rejections_total"),
     (Component::Ingress, "txmesh_tls_handshake_failures_total"),
     (Component::Ingress, "txmesh_cert_reloads_total"),
+    (Component::Ingress, "txmesh_forwarded_transactions_total"),
     (Component::Dashboard, "txmesh_tls_handshake_failures_total"),
     (
         Component::Dashboard,

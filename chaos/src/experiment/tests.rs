@@ -34,6 +34,7 @@ fn a_minimal_experiment_parses_with_its_defaults() {
     assert_eq!(spec.kind, FaultKind::IngestRefusal { code: 14 });
     assert_eq!(spec.rate, 1.0);
     assert_eq!(spec.duration, Duration::from_secs(5));
+    assert_eq!(e.replicas, 1);
 }
 
 #[test]
@@ -64,6 +65,25 @@ fn mistakes_are_refused_naming_the_key() {
         "[[steady_state.probes]]\nname = \"l\"\ntype = \"load\"\nfield = \"errors\"\nmax = 0\n[[method]]",
     );
     assert!(error_of(&load_during).to_string().contains("after"));
+
+    let replica_link = format!(
+        "{MINIMAL}[[method]]\ntype = \"wire\"\nlink = \"replica_link\"\n\
+         fault = {{ kind = \"black_hole\" }}\nduration_secs = 1\n"
+    );
+    let msg = error_of(&replica_link).to_string();
+    assert!(
+        msg.contains("method[1].link") && msg.contains("replicas"),
+        "{msg}"
+    );
+    let clustered = replica_link.replace("title = \"t\"", "title = \"t\"\nreplicas = 3");
+    assert_eq!(
+        Experiment::parse("x.toml", &clustered)
+            .expect("parses")
+            .replicas,
+        3
+    );
+    let too_many = MINIMAL.replace("title = \"t\"", "title = \"t\"\nreplicas = 0");
+    assert!(error_of(&too_many).to_string().contains("replicas"));
 }
 
 #[test]
@@ -90,6 +110,7 @@ fn every_shipped_experiment_is_valid() {
             "dashboard-outage.toml",
             "ingress-crash.toml",
             "ingress-stream-resets.toml",
+            "replica-partition.toml",
             "slow-dashboard-link.toml",
         ]
     );

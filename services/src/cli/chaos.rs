@@ -7,6 +7,10 @@
 //! it, the experiment runs against the configured addresses (no wire
 //! proxies there: on a cluster that is Chaos Mesh's NetworkChaos).
 //!
+//! An experiment with `replicas = N` gets N ingress replicas (as `txmesh
+//! up --replicas N`), the load on replica 0 and a third proxy on replica
+//! 0's forwarding link to replica 1.
+//!
 //! The experiment's load is txgen, in process. Faults go through each
 //! component's Admin service as the `chaos` identity; probes read
 //! `/metrics` as the `operator` identity.
@@ -205,6 +209,35 @@ async fn run_against_up(
         .await
         .map_err(proxy_error)?;
     config.ingress.dashboard_addr = to_dashboard.local_addr().into();
+    // With replicas, replica 0 is "the ingress" (the load goes to it);
+    // the others start first, so the proxy on replica 0's link to replica
+    // 1 has its upstream, and replica 0 is given the proxy's address.
+    let mut replicas = up::replica_configs(&config, experiment.replicas as usize);
+    let first = replicas.remove(0);
+    let mut peers = Vec::new();
+    for peer in &replicas {
+        match ingress::start(peer).await {
+            Ok(handle) => peers.push(handle),
+            Err(e) => {
+                stop_peers(peers).await;
+                stop_dashboard(dashboard).await;
+                return Err(e);
+            }
+        }
+    }
+    let replica_link = match peers.first() {
+        Some(peer) => Some(
+            WireProxy::start(localhost, peer.local_addr, MAX_WIRE_LEASE)
+                .await
+                .map_err(proxy_error)?,
+        ),
+        None => None,
+    };
+    let mut config = first;
+    if let Some(proxy) = &replica_link {
+        let name = &mut config.cluster.replicas[1];
+        *name = format!("{name}={}", proxy.local_addr());
+    }
     let started = if crashed.contains(&Component::Ingress) {
         ChildService::start(ChildKind::Ingress, &config)
             .await
@@ -215,6 +248,7 @@ async fn run_against_up(
     let ingress = match started {
         Ok(ingress) => ingress,
         Err(e) => {
+            stop_peers(peers).await;
             stop_dashboard(dashboard).await;
             return Err(e);
         }
@@ -234,13 +268,21 @@ async fn run_against_up(
         txgen_target: to_ingress.local_addr().into(),
     };
     let target = format!(
-        "up: ingress {ing_grpc}{} (via proxy {}), dashboard {dash_grpc}{} (via proxy {})",
+        "up: ingress {ing_grpc}{} (via proxy {}){}, dashboard {dash_grpc}{} (via proxy {})",
         if ingress.child().is_some() {
             " as a child process"
         } else {
             ""
         },
         to_ingress.local_addr(),
+        match &replica_link {
+            Some(proxy) => format!(
+                " and {} more replicas (ingress-1 via proxy {})",
+                peers.len(),
+                proxy.local_addr()
+            ),
+            None => String::new(),
+        },
         if dashboard.child().is_some() {
             " as a child process"
         } else {
@@ -253,6 +295,9 @@ async fn run_against_up(
             let mut driver = driver
                 .with_proxy(experiment::Link::TxgenIngress, to_ingress)
                 .with_proxy(experiment::Link::IngressDashboard, to_dashboard);
+            if let Some(proxy) = replica_link {
+                driver = driver.with_proxy(experiment::Link::ReplicaLink, proxy);
+            }
             if let Some(child) = ingress.child() {
                 driver = driver.with_child(Component::Ingress, child);
             }
@@ -271,8 +316,15 @@ async fn run_against_up(
         }
         Running::Child(c) => c.stop(Duration::from_secs(10)).await,
     }
+    stop_peers(peers).await;
     stop_dashboard(dashboard).await;
     journal
+}
+
+async fn stop_peers(peers: Vec<ingress::IngressHandle>) {
+    for peer in peers {
+        peer.stop(Duration::from_secs(5)).await;
+    }
 }
 
 async fn stop_dashboard(dashboard: Running<dashboard::DashboardHandle>) {

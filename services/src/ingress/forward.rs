@@ -110,12 +110,15 @@ impl RemoteScreen for GrpcRemote {
 }
 
 impl LinkContext {
-    fn unreachable(&self, owner: &str, reason: impl Into<String>) -> ActorError {
+    /// The answer for work that cannot reach `owner`; `sent` when it had
+    /// been sent (the owner may have screened it, its answer lost).
+    fn unreachable(&self, owner: &str, reason: impl Into<String>, sent: bool) -> ActorError {
         let retry = self.view.config().unreachable_retry_after_ms;
         ActorError::OwnerUnreachable {
             owner: owner.to_owned(),
             reason: reason.into(),
             retry_after_ms: u32::try_from(retry).unwrap_or(u32::MAX),
+            sent,
         }
     }
 
@@ -152,7 +155,7 @@ async fn run_link(owner: String, mut rx: mpsc::Receiver<RemotePart>, ctx: Arc<Li
                 Ended::Failed(why) => why,
             },
             Err(why) => {
-                ctx.fail([first], &ctx.unreachable(&owner, why.clone()));
+                ctx.fail([first], &ctx.unreachable(&owner, why.clone(), false));
                 why
             }
         };
@@ -160,7 +163,7 @@ async fn run_link(owner: String, mut rx: mpsc::Receiver<RemotePart>, ctx: Arc<Li
         // Fail fast while down: nothing waits on a peer known to be gone.
         let until =
             Instant::now() + Duration::from_millis(ctx.view.config().unreachable_retry_after_ms);
-        let error = ctx.unreachable(&owner, why);
+        let error = ctx.unreachable(&owner, why, false);
         loop {
             tokio::select! {
                 part = rx.recv() => match part {
@@ -242,7 +245,7 @@ async fn forward(
             let request = request(next_id, &ctx.view.me, &parts);
             let sent = request.transactions.len() as u64;
             if stream.requests.send(request).await.is_err() {
-                ctx.fail(parts, &ctx.unreachable(owner, "stream closed"));
+                ctx.fail(parts, &ctx.unreachable(owner, "stream closed", false));
                 break Ended::Failed("stream closed".into());
             }
             ctx.view.stats.sent.fetch_add(sent, Ordering::Relaxed);
@@ -276,11 +279,17 @@ async fn forward(
             () = ctx.shutdown.cancelled() => break Ended::Stopped,
         }
     };
-    let error = match &ended {
-        Ended::Stopped => ActorError::ShuttingDown,
-        Ended::Failed(why) => ctx.unreachable(owner, why.clone()),
+    // What was in flight may have been screened there, its answer lost
+    // with the link; what was not sent was not.
+    let (sent, unsent) = match &ended {
+        Ended::Stopped => (ActorError::ShuttingDown, ActorError::ShuttingDown),
+        Ended::Failed(why) => (
+            ctx.unreachable(owner, why.clone(), true),
+            ctx.unreachable(owner, why.clone(), false),
+        ),
     };
-    ctx.fail(in_flight.into_values().flatten().chain(carry), &error);
+    ctx.fail(in_flight.into_values().flatten(), &sent);
+    ctx.fail(carry, &unsent);
     ended
 }
 

@@ -620,6 +620,9 @@ async fn receive(
                         Decision::RetryAfter(delay) => {
                             tally.retried();
                             f.attempt += 1;
+                            // Its answer was lost between replicas: a
+                            // replayed verdict for it is its own.
+                            f.lost |= e.maybe_screened;
                             f.last_error = Some(e.clone());
                             retries.push(now + delay, f);
                             continue;

@@ -149,6 +149,25 @@ async fn shipped_ingress_crash_holds() {
 }
 
 #[actix_rt::test]
+async fn shipped_replica_partition_holds() {
+    shipped_experiment_holds("replica-partition", |j| {
+        assert!(observed(j, "wire.replica_link.bytes_dropped") > 0.0);
+        assert!(
+            observed(
+                j,
+                "ingress.txmesh_forwarded_transactions_total{outcome=failed}"
+            ) > 0.0
+        );
+        assert!(
+            j["load"]["retries"].as_u64() > Some(0),
+            "forwards that failed were retried: {}",
+            j["load"]
+        );
+    })
+    .await;
+}
+
+#[actix_rt::test]
 async fn shipped_cert_rotation_under_load_holds() {
     shipped_experiment_holds("cert-rotation-under-load", |j| {
         assert!(observed(j, "ingress.txmesh_cert_reloads_total{result=refused}") > 0.0);
