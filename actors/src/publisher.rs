@@ -544,6 +544,7 @@ impl DashboardPublisher {
             latency: None,
             mesh: None,
             answers: None,
+            cluster: None,
         };
         if let Some(source) = &self.status_source {
             if now >= self.next_status_extra {

@@ -170,10 +170,13 @@ pub async fn start_with(
     }
 
     let status_source: txmesh_actors::publisher::StatusSource = {
-        let (counters, metrics) = (counters.clone(), metrics.clone());
+        let (counters, metrics, view) = (counters.clone(), metrics.clone(), view.clone());
         Arc::new(move |status| {
             counters.fill_status(status);
             status.mesh = Some(metrics.mesh());
+            if view.is_clustered() {
+                status.cluster = Some(view.status());
+            }
         })
     };
     let pipeline = match start_pipeline(config, options, &certs, &server.chaos, status_source).await

@@ -14,6 +14,7 @@
 mod durable;
 pub(super) mod live;
 pub(super) mod mesh;
+pub(super) mod partitions;
 mod view;
 
 use std::{

@@ -185,6 +185,39 @@ impl ClusterView {
         self.config.resolve(&self.state_dir, replica)
     }
 
+    /// What the dashboard is told of this replica (see `ClusterStatus`).
+    pub fn status(&self) -> pb::ClusterStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let map = self.map.read().clone();
+        let me = map
+            .replicas()
+            .iter()
+            .position(|r| r.name == self.me)
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(0);
+        let owned = map
+            .ranges()
+            .into_iter()
+            .filter(|(_, _, owner, _)| *owner == self.me)
+            .map(|(first, last, _, epoch)| pb::PartitionRange {
+                first,
+                last,
+                owner: me,
+                epoch,
+            })
+            .collect();
+        pb::ClusterStatus {
+            replica: self.me.clone(),
+            replicas: map.replicas().iter().map(|r| r.name.clone()).collect(),
+            partitions: map.partitions(),
+            owned,
+            forwarded_sent: self.stats.sent.load(Relaxed),
+            forwarded_failed: self.stats.failed.load(Relaxed),
+            forwarded_received: self.stats.received.load(Relaxed),
+            forwarded_refused: self.stats.refused.load(Relaxed),
+        }
+    }
+
     /// The map as served to clients.
     pub fn served(&self) -> pb::PartitionMap {
         let map = self.map.read().clone();

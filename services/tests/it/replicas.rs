@@ -246,6 +246,29 @@ async fn three_replicas_answer_everything_sent_to_one_with_history_at_each_owner
             "{name} published {published}"
         );
     }
+    // The page's partition map, assembled from what each replica claims:
+    // every partition owned once, at epoch 1, by the replica the map names.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let claimed = loop {
+        let map = dash.snapshot().await.expect("snapshot").partition_map;
+        match map {
+            Some(m) if m.claims.len() == NAMES.len() => break m,
+            _ if tokio::time::Instant::now() >= deadline => panic!("no partition map: {map:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert_eq!((claimed.conflicts, claimed.unclaimed), (0, 0));
+    assert!(!claimed.sets_differ);
+    let expected = map();
+    for (p, owner) in claimed.owners.iter().enumerate() {
+        let claim = &claimed.claims[usize::try_from(*owner).expect("claimed")];
+        let p = u32::try_from(p).expect("partition");
+        assert_eq!(claim.replica, expected.owner(p).0.name);
+    }
+    let zero = &claimed.claims[0];
+    assert_eq!(zero.replica, NAMES[0]);
+    assert!(zero.forwarded_sent as f64 >= forwarded, "{zero:?}");
+    assert!(claimed.claims[1..].iter().all(|c| c.forwarded_received > 0));
     replicas.stop().await;
     dash.stop().await;
 }

@@ -316,6 +316,8 @@ pub(crate) struct PublisherLive {
     /// Verdicts applied per second, last seconds.
     recent: VecDeque<(i64, u64)>,
     pub(crate) mesh: Option<MeshStatus>,
+    /// Its place among the ingress replicas, as last sent.
+    pub(crate) cluster: Option<txmesh_proto::v1::ClusterStatus>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -375,6 +377,9 @@ impl PublisherLive {
         }
         if let Some(mesh) = &status.mesh {
             self.mesh = Some(mesh.clone());
+        }
+        if let Some(cluster) = &status.cluster {
+            self.cluster = Some(cluster.clone());
         }
     }
 

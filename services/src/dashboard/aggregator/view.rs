@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::{
     live::{self, Golden, HistoryColumns, LinkGolden},
     mesh::MeshView,
+    partitions::{self, PartitionMapView},
     Aggregator, Alert, PublisherRecord, Totals, MAX_ALERTS_PER_UPDATE, MESH_EVERY,
 };
 
@@ -51,6 +52,8 @@ pub struct Snapshot {
     pub recent_alerts: Vec<Alert>,
     pub publishers: BTreeMap<String, PublisherView>,
     pub mesh: Vec<MeshView>,
+    /// Owner per partition, when the ingress runs as several replicas.
+    pub partition_map: Option<PartitionMapView>,
     pub sessions: usize,
     pub dropped_updates: u64,
 }
@@ -74,6 +77,9 @@ pub(crate) struct Update {
     /// The whole mesh, when it changed (at most every [`MESH_EVERY`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh: Option<Vec<MeshView>>,
+    /// The whole partition map, when it changed (with the mesh).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition_map: Option<PartitionMapView>,
     pub sessions: usize,
     pub dropped_updates: u64,
 }
@@ -88,6 +94,7 @@ pub(super) struct Sent {
     publishers: BTreeMap<String, PublisherView>,
     golden: Golden,
     mesh: Vec<MeshView>,
+    partition_map: Option<PartitionMapView>,
     mesh_at: Option<Instant>,
 }
 
@@ -110,6 +117,7 @@ impl Aggregator {
             recent_alerts: self.alerts.iter().cloned().collect(),
             publishers: self.publisher_views(),
             mesh: self.sent.mesh.clone(),
+            partition_map: self.sent.partition_map.clone(),
             sessions,
             dropped_updates,
         }
@@ -166,6 +174,16 @@ impl Aggregator {
         mesh
     }
 
+    fn partition_map(
+        &self,
+        publishers: &BTreeMap<String, PublisherView>,
+    ) -> Option<PartitionMapView> {
+        partitions::assemble(self.live.iter().filter_map(|(id, live)| {
+            let gone = publishers.get(id).is_none_or(|p| p.gone);
+            Some((id.as_str(), live.cluster.as_ref()?, gone))
+        }))
+    }
+
     /// The update for this tick: what changed since the last one.
     pub(super) fn update(&mut self) -> Update {
         let now_ms = txmesh_actors::clock::system_unix_ms();
@@ -195,16 +213,22 @@ impl Aggregator {
             .collect();
         sent.golden = golden.clone();
         let mesh_due = sent.mesh_at.is_none_or(|at| at.elapsed() >= MESH_EVERY);
-        let mesh = if mesh_due {
+        let (mesh, partition_map) = if mesh_due {
             let mesh = self.mesh(&publishers);
+            let map = self.partition_map(&publishers);
             let sent = &mut self.sent;
             sent.mesh_at = Some(Instant::now());
-            (mesh != sent.mesh).then(|| {
+            let mesh = (mesh != sent.mesh).then(|| {
                 sent.mesh = mesh.clone();
                 mesh
-            })
+            });
+            let map = (map != sent.partition_map).then(|| {
+                sent.partition_map = map.clone();
+                map
+            });
+            (mesh, map.flatten())
         } else {
-            None
+            (None, None)
         };
         self.sent.publishers = publishers;
         let (sessions, dropped_updates) = self.broadcaster_stats();
@@ -219,6 +243,7 @@ impl Aggregator {
             alerts_omitted,
             publishers: changed,
             mesh,
+            partition_map,
             sessions,
             dropped_updates,
         }

@@ -17,6 +17,8 @@ const S = {
   historySecs: 3600,
   publishers: {},
   mesh: [],
+  partitionMap: null, // owner per partition, when the ingress runs as replicas
+  drawnMap: null,
   me: null,
   lastMessageAt: 0,
   open: false,
@@ -286,11 +288,66 @@ function renderShards(now) {
   $("poison-none").hidden = poison.size > 0;
 }
 
+// ---- partitions ------------------------------------------------------------
+
+// One colour per replica (by its index in the claims); gone, unclaimed and
+// claimed twice have their own.
+const OWNER_COLOURS = ["#7aa7ff", "#4fd1a5", "#c792ea", "#f6c453", "#5fd4e8", "#f0a06b", "#9ccc65", "#e57fb3"];
+const GONE_COLOUR = "#3a4654", UNCLAIMED_COLOUR = "#1b2633", CONFLICT_COLOUR = "#f2686b";
+const claimRows = keyedRows($("partition-claims").tBodies[0], ["", "", "n", "n", "n", "n", "n", "n", ""]);
+
+function ownerColour(map, owner) {
+  if (owner === -2) return CONFLICT_COLOUR;
+  if (owner < 0) return UNCLAIMED_COLOUR;
+  return map.claims[owner].gone ? GONE_COLOUR : OWNER_COLOURS[owner % OWNER_COLOURS.length];
+}
+
+function renderPartitions() {
+  const map = S.partitionMap;
+  $("partitions").hidden = !map;
+  if (!map) return;
+  setText($("pm-partitions"), int(map.partitions));
+  setText($("pm-replicas"), int(map.replicas.length));
+  setText($("pm-gone"), int(map.owners.filter((o) => o >= 0 && map.claims[o].gone).length));
+  setText($("pm-unclaimed"), int(map.unclaimed));
+  setText($("pm-conflicts"), int(map.conflicts));
+  $("pm-conflicts").className = "num" + (map.conflicts > 0 ? " bad" : "");
+  $("pm-sets").hidden = !map.sets_differ;
+  if (S.drawnMap !== map) {
+    S.drawnMap = map;
+    // A grid of cells, partition 0 top left, row by row.
+    const canvas = $("partition-strip");
+    const rows = 4, cols = Math.ceil(map.partitions / rows);
+    canvas.width = cols;
+    canvas.height = rows;
+    const g = canvas.getContext("2d");
+    g.clearRect(0, 0, cols, rows);
+    map.owners.forEach((owner, p) => {
+      g.fillStyle = ownerColour(map, owner);
+      g.fillRect(p % cols, Math.floor(p / cols), 1, 1);
+    });
+  }
+  const keys = new Set();
+  map.claims.forEach((c, i) => {
+    keys.add(c.publisher);
+    const epoch = c.epoch_min === c.epoch_max ? String(c.epoch_max) : `${c.epoch_min}–${c.epoch_max}`;
+    const r = claimRows.set(c.publisher, [null, c.publisher, int(c.owned), epoch, int(c.forwarded_sent),
+      int(c.forwarded_failed), int(c.forwarded_received), int(c.forwarded_refused), c.gone ? "GONE" : "publishing"],
+      c.gone ? "gone" : "");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = ownerColour(map, i);
+    r.tds[0].replaceChildren(swatch, document.createTextNode(c.replica));
+  });
+  claimRows.keep(keys);
+}
+
 // ---- mesh ----------------------------------------------------------------
 
 const EDGES = [
   { service: "screen", label: "txgen → ingress", server: "ingress" },
   { service: "publish", label: "ingress → dashboard", server: "dashboard" },
+  { service: "forward", label: "ingress → ingress (forward)", server: "ingress", replicas: true },
   { service: "dashboard_ui", label: "operator → dashboard", server: "dashboard" },
   { service: "metrics", label: "prometheus → metrics", server: "*" },
   { service: "chaos_inject", label: "chaos → inject", server: "*" },
@@ -427,7 +484,8 @@ function renderMesh(now) {
         shown++;
       }
     }
-    if (!shown && edge.service !== "chaos_inject" && edge.service !== "chaos_list") {
+    // Forwarding is an edge only between replicas.
+    if (!shown && edge.service !== "chaos_inject" && edge.service !== "chaos_list" && (!edge.replicas || S.partitionMap)) {
       const server = servers.find((m) => !m.gone);
       const key = edge.service + "\u0000none";
       keys.add(key);
@@ -554,6 +612,7 @@ function applySnapshot(s) {
   appendHistory(s.history);
   S.publishers = s.publishers;
   S.mesh = s.mesh;
+  S.partitionMap = s.partition_map;
   resetAlerts(s.recent_alerts);
   render(s);
   S.attempt = 0;
@@ -573,6 +632,7 @@ function applyUpdate(u, ws) {
   appendHistory(u.history);
   Object.assign(S.publishers, u.publishers);
   if (u.mesh) S.mesh = u.mesh;
+  if (u.partition_map) S.partitionMap = u.partition_map;
   feed.omitted += u.alerts_omitted;
   addAlerts(u.alerts);
   showFeedCount();
@@ -589,6 +649,7 @@ function render(m) {
   renderBreakers(now);
   renderShards(now);
   renderMesh(now);
+  renderPartitions();
   setText($("sessions"), `${m.sessions} browser session(s), ${int(m.dropped_updates)} update(s) dropped for slow browsers`);
 }
 
