@@ -85,6 +85,16 @@ impl Replicas {
     }
 }
 
+/// A test that fails leaves no replica running.
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for mut child in self.children.iter_mut().filter_map(Option::take) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The map every replica computes from the configured set.
 fn map() -> PartitionMap {
     let set = NAMES
