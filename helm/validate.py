@@ -77,6 +77,7 @@ def value_sets():
             load_values("values-production.yaml"),
             {"certificates": {"trustBundle": {"configMap": "txmesh-trust"}}},
         ),
+        "replicas": {"ingress": {"replicas": 3}},
         "everything-off": {
             "networkPolicy": {"enabled": False},
             "podDisruptionBudget": {"enabled": False},
@@ -95,7 +96,7 @@ def value_sets():
 BAD_VALUES = [
     ("an unknown top-level key", {"ingres": {}}),
     ("an unknown nested key", {"ingress": {"replica": 2}}),
-    ("a second ingress replica (histories would split)", {"ingress": {"replicas": 2}}),
+    ("more ingress replicas than the chart supports", {"ingress": {"replicas": 33}}),
     ("zero ingress replicas", {"ingress": {"replicas": 0}}),
     ("an unknown certificate mode", {"certificates": {"mode": "helmGenerated"}}),
     ("a journal sync policy that does not exist", {"ingress": {"journalSync": "sometimes"}}),
@@ -134,6 +135,60 @@ def check_pod_specs(name, docs):
             c = spec["containers"][0]
             if not all(p in c for p in ("startupProbe", "readinessProbe", "livenessProbe")):
                 fail(f"{where}: a server without all three probes")
+
+
+def check_replicas(name, docs, values):
+    """With ingress.replicas > 1 every replica is named after its pod, the
+    set is the StatefulSet's pods, peers are reached through the headless
+    Service, each journal is on its pod's volume, replicas are kept off one
+    node, may call each other, and a PDB keeps all but one up. The ingress
+    container's cluster environment goes to TXMESH_RENDERED_CONFIG_DIR as
+    NAME.env, for the Rust test to load with the rendered txmesh.toml."""
+    n = values.get("ingress", {}).get("replicas", 1)
+    sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-ingress"))
+    spec = sts["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = {e["name"]: e for e in c.get("env", [])}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    if n == 1:
+        if any(k.startswith("TXMESH__CLUSTER__") for k in env) or mounts["journal"] != "/var/lib/txmesh/journal":
+            fail(f"{name}: one ingress runs as a replica")
+        return
+    where = f"{name}: StatefulSet/{sts['metadata']['name']}"
+    if sts["spec"]["replicas"] != n:
+        fail(f"{where}: {sts['spec']['replicas']} replicas, not {n}")
+    if env.get("TXMESH__CLUSTER__NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+        fail(f"{where}: the replica's name is not its pod's")
+    pods = [f"{sts['metadata']['name']}-{i}" for i in range(n)]
+    if env.get("TXMESH__CLUSTER__REPLICAS", {}).get("value") != ",".join(pods):
+        fail(f"{where}: cluster.replicas is not the StatefulSet's pods {pods}")
+    headless = sts["spec"]["serviceName"]
+    if f"{{name}}.{headless}." not in env.get("TXMESH__CLUSTER__PEER_ADDR", {}).get("value", ""):
+        fail(f"{where}: peers are not reached through {headless}")
+    if not any(d["kind"] == "Service" and d["metadata"]["name"] == headless
+               and d["spec"].get("clusterIP") == "None" for d in docs):
+        fail(f"{where}: no headless Service {headless}")
+    if mounts["journal"] != "/var/lib/txmesh/replicas":
+        fail(f"{where}: the journal volume is not where a replica keeps its journal")
+    if values.get("topologySpread", {}).get("enabled", True) and \
+            "requiredDuringSchedulingIgnoredDuringExecution" not in \
+            spec.get("affinity", {}).get("podAntiAffinity", {}):
+        fail(f"{where}: no pod anti-affinity")
+    if values.get("podDisruptionBudget", {}).get("enabled", True) and not any(
+            d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"].endswith("-ingress") for d in docs):
+        fail(f"{where}: no PodDisruptionBudget")
+    if values.get("networkPolicy", {}).get("enabled", True):
+        policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"].endswith("-ingress"))
+        if not any(r["ports"] == [{"protocol": "TCP", "port": 7443}] for r in policy["spec"]["egress"]):
+            fail(f"{name}: replicas may not reach each other (NetworkPolicy egress)")
+        ingress_from = str(policy["spec"]["ingress"][0]["from"])
+        if "'ingress'" not in ingress_from:
+            fail(f"{name}: replicas may not be reached by each other (NetworkPolicy ingress)")
+    out = os.environ.get("TXMESH_RENDERED_CONFIG_DIR")
+    if out:
+        lines = [f"TXMESH__CLUSTER__NAME={pods[-1]}"] + [
+            f"{k}={e['value']}" for k, e in sorted(env.items()) if k.startswith("TXMESH__CLUSTER__") and "value" in e]
+        pathlib.Path(out, f"{name}.env").write_text("\n".join(lines) + "\n")
 
 
 def save_config(name, docs):
@@ -272,6 +327,7 @@ def main():
         counts = {k: sum(1 for d in docs if d["kind"] == k) for k in kinds}
         print(f"rendered {name}: {len(docs)} objects: " + ", ".join(f"{k} {n}" for k, n in counts.items()))
         check_pod_specs(name, docs)
+        check_replicas(name, docs, values)
         save_config(name, docs)
         if name == "defaults":
             check_chaos_manifests(docs)

@@ -128,3 +128,16 @@ topologySpreadConstraints:
         {{- include "txmesh.selector" . | nindent 8 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+The ingress replica set: the StatefulSet's pod names, comma-separated, in
+ordinal order (cluster.replicas).
+*/}}
+{{- define "txmesh.ingressReplicas" -}}
+{{- $full := include "txmesh.fullname" . -}}
+{{- $names := list -}}
+{{- range $i := until (int .Values.ingress.replicas) -}}
+{{- $names = append $names (printf "%s-ingress-%d" $full $i) -}}
+{{- end -}}
+{{- join "," $names -}}
+{{- end -}}

@@ -131,8 +131,12 @@ fn chart_renders_and_validates_offline() {
     assert!(text.contains("invalid 0"), "{text}");
     // Every values set's txmesh.toml is a configuration txmesh accepts.
     let mut loaded = 0;
+    let mut replicas = 0;
     for entry in std::fs::read_dir(&rendered.0).expect("rendered configs") {
         let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "env") {
+            continue;
+        }
         let sources = txmesh::config::ConfigSources {
             file: txmesh::config::ConfigFile::Required(path.clone()),
             ..Default::default()
@@ -144,6 +148,38 @@ fn chart_renders_and_validates_offline() {
             "a Service name"
         );
         loaded += 1;
+        // A replica's container adds its cluster environment to the same
+        // file: txmesh accepts it, and finds its peers by their pods' names.
+        let Ok(env) = std::fs::read_to_string(path.with_extension("env")) else {
+            continue;
+        };
+        let sources = txmesh::config::ConfigSources {
+            env: env
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..sources
+        };
+        let config = txmesh::config::TxmeshConfig::load(&sources)
+            .unwrap_or_else(|e| panic!("{}: a replica refuses it: {e}", path.display()));
+        let map = config.cluster.partition_map().expect("a partition map");
+        assert_eq!(map.replicas().len(), 3, "{}", path.display());
+        let peer = config
+            .cluster
+            .resolve(&config.state_dir, &map.replicas()[0])
+            .expect("a peer address");
+        assert_eq!(
+            peer.to_string(),
+            "txmesh-ingress-0.txmesh-ingress-headless.txmesh.svc.cluster.local:7443"
+        );
+        assert_eq!(
+            txmesh::ingress::journal_dir(&config),
+            std::path::Path::new("/var/lib/txmesh/replicas/txmesh-ingress-2/journal"),
+            "on the volume"
+        );
+        replicas += 1;
     }
+    assert_eq!(replicas, 1, "the replicas values set");
     assert!(loaded >= 8, "only {loaded} rendered configurations");
 }
