@@ -181,12 +181,30 @@ async fn partition_routes(
             partitions: map.partitions,
             ranges,
         };
+        // Asking each replica for its map connects to it before the run's
+        // clock starts, and catches a replica routing by another map.
+        let channel = mtls_channel(addr.clone(), store, ingress_id)?;
+        let theirs = IngressClient::new(channel.clone())
+            .get_partition_map(txmesh_proto::v1::PartitionMapRequest {})
+            .await
+            .map_err(|s| {
+                unreachable(format!(
+                    "{} at {addr}: partition map: {}: {}",
+                    replica.name,
+                    s.code(),
+                    s.message()
+                ))
+            })?
+            .into_inner();
+        if (theirs.partitions, &theirs.ranges) != (map.partitions, &map.ranges) {
+            return Err(unreachable(format!(
+                "{} at {addr} routes by another partition map than {} (a handoff in progress, \
+                 or replicas configured with different sets); retry",
+                replica.name, map.served_by
+            )));
+        }
         tracing::info!(replica = %replica.name, %addr, "partition-aware: streams to this replica");
-        routes.push((
-            addr.clone(),
-            mtls_channel(addr, store, ingress_id)?,
-            Some(owner),
-        ));
+        routes.push((addr, channel, Some(owner)));
     }
     Ok(routes)
 }
