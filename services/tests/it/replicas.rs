@@ -452,3 +452,46 @@ async fn forwarded_work_stamped_with_an_old_epoch_is_refused() {
     assert!(stderr.contains("cluster.replicas"), "{stderr}");
     dash.stop().await;
 }
+
+/// `txmesh up --replicas 3` as the README has a newcomer run it (the real
+/// binary, its own state directory and certificates, the shipped
+/// defaults): every transaction answered once through ingress-0, every
+/// pattern detected, and the dashboard applied exactly what the three
+/// replicas answered.
+#[actix_rt::test]
+async fn up_with_three_replicas_answers_everything_once() {
+    let dir = TempDir::new("up-replicas");
+    let _machine = machine_shared().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_txmesh"))
+        .current_dir(&dir.0)
+        .args(["up", "--replicas", "3", "--rate", "500", "--duration", "3s"])
+        .args(["--port-offset", "21000", "--report", "json", "--state-dir"])
+        .arg(dir.0.join("state"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("txmesh up runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let sent = report["sent"].as_u64().expect("sent");
+    assert!(sent >= 1_000, "{report}");
+    assert_eq!(report["answered"].as_u64(), Some(sent), "{report}");
+    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["screened_twice"].as_u64(), Some(0), "{report}");
+    for (pattern, p) in report["injected"].as_object().expect("injected") {
+        assert_eq!(p["detected"], p["sent"], "{pattern}: {report}");
+    }
+    assert_eq!(
+        report["ingress_verdicts"], report["dashboard_this_run"],
+        "{report}"
+    );
+    assert_eq!(report["ingress_verdicts"].as_u64(), Some(sent), "{report}");
+    assert_eq!(report["publisher_drained"], true, "{report}");
+    // Each replica kept its own journal.
+    for name in NAMES {
+        let journal = dir.0.join("state/replicas").join(name).join("journal");
+        assert!(journal.is_dir(), "{}", journal.display());
+    }
+}
