@@ -152,11 +152,7 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     let listeners = write_listeners(&config, &ingresses, &dashboard)?;
     say("txmesh is up (all listeners mTLS on 127.0.0.1):".to_string());
     for (i, ingress) in ingresses.iter().enumerate() {
-        let name = if options.replicas > 1 {
-            format!("ingress-{i}")
-        } else {
-            "ingress".to_owned()
-        };
+        let name = ingress_name(i, ingresses.len());
         say(format!("  {name:<15} gRPC {}", ingress.local_addr));
         say(format!(
             "  {:<15} https://localhost:{}/metrics",
@@ -270,6 +266,15 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     })
 }
 
+/// Ingress `i` of `n`: `ingress` alone, else its replica name `ingress-i`.
+fn ingress_name(i: usize, n: usize) -> String {
+    if n > 1 {
+        format!("ingress-{i}")
+    } else {
+        "ingress".to_owned()
+    }
+}
+
 /// The config of each of `replicas` ingresses: `config` itself for one;
 /// for several, replica `i` is `ingress-i` of the set, on the ingress ports
 /// plus `10 * i`, publishing its address in the state directory.
@@ -277,7 +282,7 @@ pub fn replica_configs(config: &TxmeshConfig, replicas: usize) -> Vec<TxmeshConf
     if replicas <= 1 {
         return vec![config.clone()];
     }
-    let names: Vec<String> = (0..replicas).map(|i| format!("ingress-{i}")).collect();
+    let names: Vec<String> = (0..replicas).map(|i| ingress_name(i, replicas)).collect();
     (0..replicas)
         .map(|i| {
             let mut c = config.clone();
@@ -306,11 +311,7 @@ fn write_listeners(
     use crate::cli::audit::{AuditTarget, ListenerFile, ListenerKind};
     let mut listeners = Vec::new();
     for (i, ingress) in ingresses.iter().enumerate() {
-        let name = if ingresses.len() > 1 {
-            format!("ingress-{i}")
-        } else {
-            "ingress".to_owned()
-        };
+        let name = ingress_name(i, ingresses.len());
         listeners.push(AuditTarget {
             name: name.clone(),
             addr: ingress.local_addr,

@@ -189,22 +189,10 @@ impl ClusterView {
     pub fn status(&self) -> pb::ClusterStatus {
         use std::sync::atomic::Ordering::Relaxed;
         let map = self.map.read().clone();
-        let me = map
-            .replicas()
-            .iter()
-            .position(|r| r.name == self.me)
-            .and_then(|i| u32::try_from(i).ok())
-            .unwrap_or(0);
-        let owned = map
-            .ranges()
+        let me = replica_index(&map, &self.me);
+        let owned = wire_ranges(&map)
             .into_iter()
-            .filter(|(_, _, owner, _)| *owner == self.me)
-            .map(|(first, last, _, epoch)| pb::PartitionRange {
-                first,
-                last,
-                owner: me,
-                epoch,
-            })
+            .filter(|r| r.owner == me)
             .collect();
         pb::ClusterStatus {
             replica: self.me.clone(),
@@ -232,29 +220,34 @@ impl ClusterView {
                     .unwrap_or_default(),
             })
             .collect();
-        let index = |name: &str| {
-            map.replicas()
-                .iter()
-                .position(|r| r.name == name)
-                .and_then(|i| u32::try_from(i).ok())
-                .unwrap_or(0)
-        };
-        let ranges = map
-            .ranges()
-            .into_iter()
-            .map(|(first, last, owner, epoch)| pb::PartitionRange {
-                first,
-                last,
-                owner: index(owner),
-                epoch,
-            })
-            .collect();
         pb::PartitionMap {
             partitions: map.partitions(),
             replicas,
-            ranges,
+            ranges: wire_ranges(&map),
             served_by: self.me.clone(),
             hash: txmesh_actors::partition::HASH_NAME.to_owned(),
         }
     }
+}
+
+/// Replica `name`'s index in the map's replica set.
+fn replica_index(map: &PartitionMap, name: &str) -> u32 {
+    map.replicas()
+        .iter()
+        .position(|r| r.name == name)
+        .and_then(|i| u32::try_from(i).ok())
+        .unwrap_or(0)
+}
+
+/// The map's ranges as the wire has them (owner by index).
+fn wire_ranges(map: &PartitionMap) -> Vec<pb::PartitionRange> {
+    map.ranges()
+        .into_iter()
+        .map(|(first, last, owner, epoch)| pb::PartitionRange {
+            first,
+            last,
+            owner: replica_index(map, owner),
+            epoch,
+        })
+        .collect()
 }
