@@ -40,6 +40,8 @@ pub enum ActorError {
         owner: String,
         epoch: u64,
     },
+    #[error("partition {partition} is being handed over between replicas: its accounts are answered once the new owner has their history; retry shortly")]
+    PartitionMoving { partition: u32, retry_after_ms: u32 },
     #[error(
         "{owner}, the replica that owns this account, cannot be reached ({reason}){}; retry later",
         sent_note(*.sent)
@@ -75,6 +77,7 @@ impl ActorError {
                 | Self::Recovering
                 | Self::WrongOwner { .. }
                 | Self::OwnerUnreachable { .. }
+                | Self::PartitionMoving { .. }
         )
     }
 
@@ -97,7 +100,8 @@ impl ActorError {
             Self::Recovering => (TxnErrorCode::Unavailable, 500),
             // A map change is quick: come back soon, to the named owner.
             Self::WrongOwner { .. } => (TxnErrorCode::WrongOwner, 50),
-            Self::OwnerUnreachable { retry_after_ms, .. } => {
+            Self::OwnerUnreachable { retry_after_ms, .. }
+            | Self::PartitionMoving { retry_after_ms, .. } => {
                 (TxnErrorCode::Unavailable, *retry_after_ms)
             }
         };

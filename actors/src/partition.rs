@@ -15,7 +15,10 @@
 //! stamped with the epoch its sender saw, and an owner refuses a stamp that
 //! is not current, so a stale owner cannot screen an account that moved.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 /// A replica of the configured set, by its stable name (a StatefulSet
 /// ordinal's pod name, `ingress-0`) and where its peers reach it.
@@ -190,6 +193,27 @@ impl PartitionMap {
             .is_some_and(|o| o.epoch == epoch && self.replicas[o.replica].name == replica)
     }
 
+    /// The map with `partition`'s epoch raised to `epoch` (never lowered):
+    /// what a replica learns from the owner itself (a handoff it received,
+    /// or a peer's answer naming itself the owner at a newer epoch).
+    pub fn with_epoch(&self, partition: u32, epoch: u64) -> Self {
+        let mut map = self.clone();
+        if let Some(o) = map.owners.get_mut(partition as usize) {
+            o.epoch = o.epoch.max(epoch);
+        }
+        map
+    }
+
+    /// The partitions `replica` (its name) owns, in order.
+    pub fn owned_by(&self, replica: &str) -> Vec<u32> {
+        self.owners
+            .iter()
+            .zip(0u32..)
+            .filter(|(o, _)| self.replicas[o.replica].name == replica)
+            .map(|(_, p)| p)
+            .collect()
+    }
+
     /// Runs of consecutive partitions with the same owner and epoch, for
     /// display: (first, last, owner's name, epoch).
     pub fn ranges(&self) -> Vec<(u32, u32, &str, u64)> {
@@ -202,6 +226,66 @@ impl PartitionMap {
             }
         }
         out
+    }
+}
+
+/// A set of partitions that many threads read without a lock and few
+/// change: the partitions a replica serves right now.
+pub struct PartitionFlags {
+    bits: Box<[AtomicU64]>,
+    len: u32,
+}
+
+impl PartitionFlags {
+    /// `len` partitions, none set.
+    pub fn new(len: u32) -> Self {
+        Self {
+            bits: (0..len.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            len,
+        }
+    }
+
+    /// The number of partitions (set or not).
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Whether there are no partitions at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `partition` is in the set.
+    pub fn contains(&self, partition: u32) -> bool {
+        self.bits
+            .get((partition / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (partition % 64)) != 0)
+    }
+
+    /// Puts `partition` in the set (`true`) or takes it out.
+    pub fn set(&self, partition: u32, on: bool) {
+        if let Some(w) = self.bits.get((partition / 64) as usize) {
+            let bit = 1 << (partition % 64);
+            if on {
+                w.fetch_or(bit, Ordering::AcqRel);
+            } else {
+                w.fetch_and(!bit, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// The partitions in the set, in order.
+    pub fn members(&self) -> Vec<u32> {
+        (0..self.len).filter(|p| self.contains(*p)).collect()
+    }
+}
+
+impl fmt::Debug for PartitionFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartitionFlags")
+            .field("len", &self.len)
+            .field("set", &self.members().len())
+            .finish()
     }
 }
 

@@ -10,6 +10,7 @@
 //! until the refused one comes back, so a retry cannot overtake or be
 //! overtaken.
 
+mod handoff;
 mod holds;
 mod remote;
 
@@ -40,7 +41,7 @@ use crate::{
     clock::{SharedClock, SystemClock},
     config::{ActorsConfig, ShardsConfig},
     journal::{snapshot::AccountWindow, JournalHistograms, Journals},
-    partition::PartitionMap,
+    partition::{partition_of, PartitionFlags, PartitionMap},
     reply::{BatchReply, ReplySlot},
     stats::{PoisonLog, ScreeningStats, ShardStats},
     window::HistoryWindow,
@@ -54,6 +55,9 @@ const MAX_PASSIVATIONS_PER_SWEEP: usize = 20_000;
 
 /// The retry delay suggested while a shard's journal cannot write.
 const JOURNAL_RETRY_AFTER_MS: u32 = 1_000;
+
+/// The retry delay suggested while an account's partition is handed over.
+const MOVING_RETRY_AFTER_MS: u32 = 100;
 
 /// Where an account lives: a shard of this process, or (with several
 /// ingress replicas) another replica.
@@ -127,6 +131,9 @@ pub struct Shard {
     passive: HashMap<Box<str>, AccountState>,
     /// How often the windows are snapshotted (`None`: journal in memory).
     snapshot_every: Option<Duration>,
+    /// With several replicas: the partitions served here (work for others
+    /// is refused, see [`handoff`]).
+    serving: Option<Arc<PartitionFlags>>,
 }
 
 struct ActiveAccount {
@@ -226,6 +233,7 @@ impl ShardRouter {
                 snapshot_every: journals
                     .is_durable()
                     .then(|| Duration::from_secs(config.journal.snapshot_interval_secs)),
+                serving: options.cluster.as_ref().map(|c| c.serving.clone()),
             };
             let capacity = shards_config.shard_mailbox;
             let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |ctx| {
@@ -396,17 +404,23 @@ impl ShardRouter {
             let slot = batch.slot(i, &txn.transaction_id);
             match self.locate_in(map.as_deref(), me, &txn.account_id) {
                 Location::Local(shard) => {
-                    if let (Some(map), Some(stamped)) = (map.as_deref(), &stamped) {
+                    if let (Some(map), Some((cluster, _))) = (map.as_deref(), &self.cluster) {
                         let p = map.partition_of(&txn.account_id);
-                        let (owner, epoch) = map.owner(p);
-                        if epoch != stamped[i] {
-                            slot.error(&ActorError::WrongOwner {
-                                partition: p,
-                                stamped: stamped[i],
-                                owner: owner.name.clone(),
-                                epoch,
-                            });
+                        if !cluster.serving.contains(p) {
+                            self.refuse_moving(shard, &txn, slot, p);
                             continue;
+                        }
+                        if let Some(stamped) = &stamped {
+                            let (owner, epoch) = map.owner(p);
+                            if epoch != stamped[i] {
+                                slot.error(&ActorError::WrongOwner {
+                                    partition: p,
+                                    stamped: stamped[i],
+                                    owner: owner.name.clone(),
+                                    epoch,
+                                });
+                                continue;
+                            }
                         }
                     }
                     parts[shard].push((txn, slot));
@@ -446,6 +460,22 @@ impl ShardRouter {
                 }
             }
         }
+    }
+
+    /// Refuses a transaction of a partition on its way to or from this
+    /// replica, and holds its account (a later transaction must not pass
+    /// it once the partition is served).
+    fn refuse_moving(&self, shard: usize, txn: &Transaction, slot: ReplySlot, partition: u32) {
+        let handle = &self.shards[shard];
+        let stamp = handle.stamps.fetch_add(1, Ordering::Relaxed);
+        let until = self.clock.now_ms() + self.config.order_hold_ms;
+        handle
+            .holds
+            .hold(&txn.account_id, &txn.transaction_id, stamp, until);
+        slot.error(&ActorError::PartitionMoving {
+            partition,
+            retry_after_ms: MOVING_RETRY_AFTER_MS,
+        });
     }
 
     /// Hands one shard its part of a batch, or refuses it (journal down,
@@ -680,10 +710,19 @@ impl Shard {
     /// passivated ones from here, live ones by asking them, then writes the
     /// snapshot off this thread.
     fn snapshot(&mut self, ctx: &mut Context<Self>) {
-        let journal = self.env.journal.clone();
-        if !journal.wants_snapshot() {
-            return;
+        if self.env.journal.wants_snapshot() {
+            self.collect_and_write(ctx, None);
         }
+    }
+
+    /// The body of [`Self::snapshot`], once the journal has said yes;
+    /// `done` is told whether the snapshot is in place.
+    fn collect_and_write(
+        &mut self,
+        ctx: &mut Context<Self>,
+        done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    ) {
+        let journal = self.env.journal.clone();
         let lsn = journal.committed();
         let mut windows: Vec<AccountWindow> = self
             .passive
@@ -708,12 +747,19 @@ impl Shard {
                         None => {
                             tracing::warn!(shard = shard.env.shard, "snapshot skipped: an account's window could not be read");
                             journal.snapshot_abandoned();
+                            if let Some(done) = done {
+                                let _ = done.send(Err("an account's window could not be read".to_owned()));
+                            }
                             return;
                         }
                     },
                 }
             }
-            journal.write_snapshot(lsn, windows);
+            journal.write_snapshot_then(lsn, windows, move |result| {
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            });
         }));
     }
 
@@ -762,6 +808,19 @@ impl Handler<ScreenPart> for Shard {
         let now = self.env.clock.now_ms();
         for (txn, reply) in part.items {
             let hold_ms = self.config.order_hold_ms;
+            if let Some(serving) = &self.serving {
+                // Routed before the partition stopped being served here.
+                let partition = partition_of(&txn.account_id, serving.len());
+                if !serving.contains(partition) {
+                    self.holds
+                        .hold(&txn.account_id, &txn.transaction_id, part.stamp, now + hold_ms);
+                    reply.error(&ActorError::PartitionMoving {
+                        partition,
+                        retry_after_ms: MOVING_RETRY_AFTER_MS,
+                    });
+                    continue;
+                }
+            }
             if !self.holds.admit(
                 &txn.account_id,
                 &txn.transaction_id,

@@ -46,13 +46,24 @@ impl ShardJournal {
     /// snapshot on a thread of its own; the segments it covers become
     /// removable once it is in place.
     pub fn write_snapshot(&self, lsn: u64, windows: Vec<AccountWindow>) {
+        self.write_snapshot_then(lsn, windows, |_| {});
+    }
+
+    /// [`Self::write_snapshot`], telling `done` whether the snapshot is in
+    /// place (what a handoff waits for before it acknowledges).
+    pub fn write_snapshot_then(
+        &self,
+        lsn: u64,
+        windows: Vec<AccountWindow>,
+        done: impl FnOnce(Result<(), String>) + Send + 'static,
+    ) {
         let journal = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("snapshot-{}", self.index()))
             .spawn(move || {
                 let span = tracing::info_span!("journal.snapshot", shard = journal.index(), lsn);
                 let _entered = span.enter();
-                journal.finish_snapshot(lsn, &windows);
+                done(journal.finish_snapshot(lsn, &windows));
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "snapshot thread not started");
@@ -67,12 +78,14 @@ impl ShardJournal {
             .store(false, std::sync::atomic::Ordering::Release);
     }
 
-    fn finish_snapshot(&self, lsn: u64, windows: &[AccountWindow]) {
+    fn finish_snapshot(&self, lsn: u64, windows: &[AccountWindow]) -> Result<(), String> {
         let Some(dir) = &self.shared.dir else {
-            return;
+            return Ok(());
         };
         let started = std::time::Instant::now();
-        match write(dir, lsn, windows) {
+        let written = write(dir, lsn, windows);
+        let result = written.as_ref().map(|_| ()).map_err(ToString::to_string);
+        match written {
             Ok(bytes) => {
                 self.shared.stats.snapshot_lsn.set(lsn);
                 remove_older(dir, lsn);
@@ -88,6 +101,7 @@ impl ShardJournal {
             }
         }
         self.snapshot_abandoned();
+        result
     }
 }
 

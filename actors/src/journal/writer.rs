@@ -162,6 +162,11 @@ impl ShardJournal {
         }
     }
 
+    /// The highest LSN handed to the writer (written or not yet).
+    pub fn appended(&self) -> u64 {
+        self.shared.pending.lock().next_lsn - 1
+    }
+
     /// False while writes fail: new work must be refused.
     pub fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Relaxed)

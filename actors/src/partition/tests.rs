@@ -155,3 +155,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn flags_hold_exactly_the_partitions_set() {
+    let flags = PartitionFlags::new(130);
+    for p in [0, 63, 64, 129] {
+        flags.set(p, true);
+    }
+    flags.set(63, false);
+    assert_eq!(flags.members(), vec![0, 64, 129]);
+    assert!(!flags.contains(130), "beyond the set is never in it");
+}
+
+#[test]
+fn an_epoch_learned_from_the_owner_only_rises() {
+    let map = PartitionMap::new(16, set(2)).expect("map");
+    let raised = map.with_epoch(3, 5);
+    assert_eq!(raised.owner(3).1, 5);
+    assert_eq!(raised.with_epoch(3, 2).owner(3).1, 5);
+    assert_eq!(raised.owner(4), map.owner(4));
+    let owned: usize = (0..2)
+        .map(|i| map.owned_by(&format!("ingress-{i}")).len())
+        .sum();
+    assert_eq!(owned, 16);
+}

@@ -11,7 +11,7 @@ use std::{
 use txmesh_proto::v1::{txn_result::Outcome, Reason, TxnErrorCode, TxnResult};
 
 use super::*;
-use crate::partition::{PartitionMap, Replica};
+use crate::partition::{PartitionFlags, PartitionMap, Replica};
 
 #[derive(Default)]
 struct Link {
@@ -57,29 +57,42 @@ fn replicas(n: usize) -> Vec<Replica> {
 
 /// Two linked replicas over one map of 64 partitions.
 fn pair() -> (ShardRouter, ShardRouter, Arc<Link>, Arc<PartitionMap>) {
+    let ([(a, _), (b, _)], link, map) = pair_nodes();
+    (a, b, link, map)
+}
+
+/// [`pair`], with each router's place in the cluster (its map and the
+/// partitions it serves, which a test may change).
+fn pair_nodes() -> ([(ShardRouter, Cluster); 2], Arc<Link>, Arc<PartitionMap>) {
     let map = Arc::new(PartitionMap::new(64, replicas(2)).expect("valid map"));
     let link = Arc::new(Link::default());
     let mut config = ActorsConfig::default();
     config.shards.count = 2;
     config.shards.order_hold_ms = 60_000;
     let start = |me: &str| {
+        let serving = Arc::new(PartitionFlags::new(64));
+        for p in map.owned_by(me) {
+            serving.set(p, true);
+        }
+        let cluster = Cluster {
+            me: me.to_owned(),
+            map: Arc::new(parking_lot::RwLock::new(map.clone())),
+            serving,
+            remote: link.clone(),
+        };
         let options = RouterOptions {
-            cluster: Some(Cluster {
-                me: me.to_owned(),
-                map: Arc::new(parking_lot::RwLock::new(map.clone())),
-                remote: link.clone(),
-            }),
+            cluster: Some(cluster.clone()),
             ..RouterOptions::default()
         };
-        ShardRouter::start_with(&config, options)
+        (ShardRouter::start_with(&config, options), cluster)
     };
     let (a, b) = (start("ingress-0"), start("ingress-1"));
     let routers = HashMap::from([
-        ("ingress-0".to_owned(), a.clone()),
-        ("ingress-1".to_owned(), b.clone()),
+        ("ingress-0".to_owned(), a.0.clone()),
+        ("ingress-1".to_owned(), b.0.clone()),
     ]);
     assert!(link.routers.set(routers).is_ok());
-    (a, b, link, map)
+    ([a, b], link, map)
 }
 
 fn txn(account: &str, id: &str, amount: i64, ts: i64) -> Transaction {
@@ -216,6 +229,66 @@ async fn an_unreachable_owner_is_retryable_and_holds_the_account_in_order() {
     )
     .await;
     assert!(out.iter().all(|r| error_code(r).is_none()), "{out:?}");
+    a.stop();
+    b.stop();
+}
+
+#[actix_rt::test]
+async fn a_handed_over_partition_keeps_its_history_and_is_refused_in_order_meanwhile() {
+    let ([(a, ca), (b, cb)], _link, map) = pair_nodes();
+    let (_, moving) = accounts(&map);
+    let p = map.partition_of(&moving);
+    let now = crate::clock::system_unix_ms();
+    // Ten transactions at b, its owner.
+    for i in 0..10 {
+        let out = screen(&b, vec![txn(&moving, &format!("h{i}"), 1_000, now - 20_000 + i)]).await;
+        assert!(error_code(&out[0]).is_none(), "{out:?}");
+    }
+    // The set shrinks to ingress-0: p moves to a at the next epoch. b
+    // stops serving it first; a serves it only once it has the history.
+    let one = replicas(1);
+    let (next, moves) = map.with_replicas(one).expect("valid");
+    assert!(moves.iter().any(|m| m.partition == p && m.epoch == 2));
+    let next = Arc::new(next);
+    *ca.map.write() = next.clone();
+    cb.serving.set(p, false);
+    let refused = screen(&a, vec![txn(&moving, "h10", 1_000, now - 1_000)]).await;
+    let Some(Outcome::Error(e)) = &refused[0].outcome else {
+        panic!("refused while moving: {refused:?}");
+    };
+    assert!(e.retryable && e.message.contains("handed over"), "{e:?}");
+    let windows = b.export(&[p]).await.expect("exported");
+    let (_, entries) = windows
+        .iter()
+        .find(|(k, _)| **k == *moving)
+        .expect("the moving account's window");
+    assert_eq!(entries.len(), 10);
+    a.import(windows).await.expect("imported");
+    ca.serving.set(p, true);
+    assert_eq!(b.drop_partitions(&[p]).await, 1);
+    *cb.map.write() = next;
+    // h11 was sent after h10 and may not overtake it; h10 comes back
+    // first, then h11: the window from b is used (VELOCITY on the 11th
+    // in a minute) and a replay of b's h0 is its original verdict.
+    let out = screen(&a, vec![txn(&moving, "h11", 1_000, now)]).await;
+    assert_eq!(error_code(&out[0]), Some(TxnErrorCode::Held), "{out:?}");
+    let out = screen(
+        &a,
+        vec![
+            txn(&moving, "h10", 1_000, now - 1_000),
+            txn(&moving, "h11", 1_000, now),
+        ],
+    )
+    .await;
+    let Some(Outcome::Verdict(v)) = &out[0].outcome else {
+        panic!("a verdict: {out:?}");
+    };
+    assert_eq!(v.reasons, vec![Reason::Velocity as i32]);
+    let again = screen(&b, vec![txn(&moving, "h0", 1_000, now - 20_000)]).await;
+    assert!(
+        matches!(&again[0].outcome, Some(Outcome::Verdict(v)) if v.replayed),
+        "forwarded to the new owner, which has h0: {again:?}"
+    );
     a.stop();
     b.stop();
 }

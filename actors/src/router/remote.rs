@@ -16,10 +16,14 @@ use std::sync::{
 };
 
 use parking_lot::RwLock;
-use txmesh_proto::v1::{Transaction, TxnResult};
+use txmesh_proto::v1::{txn_result::Outcome, Transaction, TxnResult};
 
 use super::holds::Holds;
-use crate::{clock::SharedClock, partition::PartitionMap, ActorError, ReplySlot};
+use crate::{
+    clock::SharedClock,
+    partition::{PartitionFlags, PartitionMap},
+    ActorError, ReplySlot,
+};
 
 /// Where work for accounts of other replicas goes. Implemented over mTLS in
 /// `services`; every item of every part must be answered (a dropped part
@@ -37,6 +41,10 @@ pub struct Cluster {
     /// The current partition map; replaced whole when the replica set
     /// changes.
     pub map: Arc<RwLock<Arc<PartitionMap>>>,
+    /// The partitions this replica serves now: those it owns and holds the
+    /// history of (not those on their way to or from it; see
+    /// [`super::handoff`]).
+    pub serving: Arc<PartitionFlags>,
     pub remote: Arc<dyn RemoteScreen>,
 }
 
@@ -119,15 +127,30 @@ impl RemoteHolds {
 
 impl RemotePart {
     /// Answers the items with the owner's results, in item order; an item
-    /// without a result gets a retryable error.
+    /// without a result gets a retryable error. An item the owner refused
+    /// retryably (a partition on the move, a stale epoch, overload) holds
+    /// its account here, so the account's next transaction cannot reach
+    /// the owner before it.
     pub fn answer(self, results: impl IntoIterator<Item = TxnResult>) {
+        let h = &self.holds;
+        let now = h.clock.now_ms();
         let mut results = results.into_iter();
         for item in self.items {
             match results.next() {
                 Some(TxnResult {
                     outcome: Some(outcome),
                     ..
-                }) => item.slot.answer(outcome),
+                }) => {
+                    if matches!(&outcome, Outcome::Error(e) if e.retryable) {
+                        h.holds.hold(
+                            &item.txn.account_id,
+                            &item.txn.transaction_id,
+                            self.stamp,
+                            now + h.hold_ms,
+                        );
+                    }
+                    item.slot.answer(outcome);
+                }
                 _ => item.slot.error(&ActorError::Dropped),
             }
         }
