@@ -106,6 +106,25 @@ impl PartitionMap {
         Ok(Self { replicas, owners })
     }
 
+    /// The map of `replicas` with the given epochs, one per partition (a
+    /// map as it was saved, or as a peer served it).
+    ///
+    /// # Errors
+    /// As [`Self::new`]; or `epochs` not one per partition.
+    pub fn restore(replicas: Vec<Replica>, epochs: &[u64]) -> Result<Self, PartitionError> {
+        let partitions = u32::try_from(epochs.len()).unwrap_or(u32::MAX);
+        let mut map = Self::new(partitions, replicas)?;
+        for (o, e) in map.owners.iter_mut().zip(epochs) {
+            o.epoch = (*e).max(1);
+        }
+        Ok(map)
+    }
+
+    /// Every partition's epoch, in order.
+    pub fn epochs(&self) -> Vec<u64> {
+        self.owners.iter().map(|o| o.epoch).collect()
+    }
+
     /// The map after the replica set becomes `replicas`: partitions whose
     /// owner changes get the next epoch; the others keep theirs. Returns the
     /// moves, in partition order.
@@ -322,6 +341,12 @@ fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// A 32-bit tag of a replica's name (places told apart in memory, not on
+/// the wire).
+pub(crate) fn name_tag(name: &str) -> u32 {
+    u32::try_from(mix(fnv1a(name.as_bytes())) >> 32).unwrap_or(0)
 }
 
 /// The partition of `account_id` among `partitions`.

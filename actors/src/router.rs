@@ -12,6 +12,7 @@
 
 mod handoff;
 mod holds;
+mod inflight;
 mod remote;
 
 pub use remote::{Cluster, RemoteItem, RemotePart, RemoteScreen};
@@ -41,7 +42,7 @@ use crate::{
     clock::{SharedClock, SystemClock},
     config::{ActorsConfig, ShardsConfig},
     journal::{snapshot::AccountWindow, JournalHistograms, Journals},
-    partition::{partition_of, PartitionFlags, PartitionMap},
+    partition::{name_tag, partition_of, PartitionFlags, PartitionMap},
     reply::{BatchReply, ReplySlot},
     stats::{PoisonLog, ScreeningStats, ShardStats},
     window::HistoryWindow,
@@ -94,14 +95,17 @@ pub struct ShardRouter {
     arbiters: Arc<parking_lot::Mutex<Vec<Arbiter>>>,
     journals: Journals,
     cluster: Option<(Cluster, Arc<remote::RemoteHolds>)>,
+    /// Numbers every part handed on, to a shard or another replica (see
+    /// [`holds`]).
+    stamps: Arc<AtomicU64>,
+    /// With several replicas: where each partition's unanswered work went.
+    inflight: Option<Arc<inflight::InFlight>>,
 }
 
 struct ShardHandle {
     addr: Addr<Shard>,
     holds: Arc<Holds>,
     stats: Arc<ShardStats>,
-    /// Numbers the parts handed to this shard (see [`holds`]).
-    stamps: AtomicU64,
 }
 
 /// The transactions of one request batch that belong to one shard.
@@ -240,21 +244,22 @@ impl ShardRouter {
                 ctx.set_mailbox_capacity(capacity);
                 shard
             });
-            shards.push(ShardHandle {
-                addr,
-                holds,
-                stats,
-                stamps: AtomicU64::new(0),
-            });
+            shards.push(ShardHandle { addr, holds, stats });
             arbiters.push(arbiter);
         }
         let stats = ScreeningStats {
             shards: shards.iter().map(|s| s.stats.clone()).collect(),
             poison,
         };
+        let stamps = Arc::new(AtomicU64::new(0));
         let cluster = options.cluster.map(|c| {
-            let holds =
-                remote::RemoteHolds::new(options.clock.clone(), config.shards.order_hold_ms);
+            let shard_holds: Arc<[Arc<Holds>]> = shards.iter().map(|s| s.holds.clone()).collect();
+            let holds = remote::RemoteHolds::new(
+                shard_holds,
+                stamps.clone(),
+                options.clock.clone(),
+                config.shards.order_hold_ms,
+            );
             (c, Arc::new(holds))
         });
         Self {
@@ -263,8 +268,12 @@ impl ShardRouter {
             clock: options.clock,
             stats,
             arbiters: Arc::new(parking_lot::Mutex::new(arbiters)),
+            inflight: cluster
+                .as_ref()
+                .map(|(c, _)| Arc::new(inflight::InFlight::new(c.map.read().partitions()))),
             journals,
             cluster,
+            stamps,
         }
     }
 
@@ -380,6 +389,19 @@ impl ShardRouter {
         trace: Option<Arc<str>>,
         on_done: impl FnOnce(Vec<TxnResult>) + Send + 'static,
     ) {
+        // A caller's own work is kept in order across a change of owner;
+        // forwarded work goes nowhere else (see [`inflight`]).
+        let track = match (&self.inflight, &stamped) {
+            (Some(table), None) => Some(inflight::Batch::new(table.clone())),
+            _ => None,
+        };
+        let on_done = {
+            let track = track.clone();
+            move |results| {
+                drop(track);
+                on_done(results);
+            }
+        };
         let batch = BatchReply::new(txns.len(), on_done);
         if txns.is_empty() {
             batch.finish_if_empty();
@@ -422,6 +444,12 @@ impl ShardRouter {
                                 continue;
                             }
                         }
+                        if let Some(track) = &track {
+                            if !track.enter(p, name_tag(&cluster.me)) {
+                                self.refuse_moving(shard, &txn, slot, p);
+                                continue;
+                            }
+                        }
                     }
                     parts[shard].push((txn, slot));
                 }
@@ -440,9 +468,17 @@ impl ShardRouter {
                         });
                         continue;
                     }
+                    let shard = self.shard_of(&txn.account_id);
+                    if let (Some(track), Some(map)) = (&track, map.as_deref()) {
+                        if !track.enter(partition, name_tag(&map.replicas()[owner].name)) {
+                            self.refuse_moving(shard, &txn, slot, partition);
+                            continue;
+                        }
+                    }
+                    let item = (txn, slot, partition, epoch, shard);
                     match remote.iter_mut().find(|(o, _)| *o == owner) {
-                        Some((_, items)) => items.push((txn, slot, partition, epoch)),
-                        None => remote.push((owner, vec![(txn, slot, partition, epoch)])),
+                        Some((_, items)) => items.push(item),
+                        None => remote.push((owner, vec![item])),
                     }
                 }
             }
@@ -467,7 +503,7 @@ impl ShardRouter {
     /// it once the partition is served).
     fn refuse_moving(&self, shard: usize, txn: &Transaction, slot: ReplySlot, partition: u32) {
         let handle = &self.shards[shard];
-        let stamp = handle.stamps.fetch_add(1, Ordering::Relaxed);
+        let stamp = self.stamps.fetch_add(1, Ordering::Relaxed);
         let until = self.clock.now_ms() + self.config.order_hold_ms;
         handle
             .holds
@@ -497,7 +533,7 @@ impl ShardRouter {
             }
             return;
         }
-        let stamp = handle.stamps.fetch_add(1, Ordering::Relaxed);
+        let stamp = self.stamps.fetch_add(1, Ordering::Relaxed);
         match handle.addr.try_send(ScreenPart {
             items,
             received,
@@ -812,8 +848,12 @@ impl Handler<ScreenPart> for Shard {
                 // Routed before the partition stopped being served here.
                 let partition = partition_of(&txn.account_id, serving.len());
                 if !serving.contains(partition) {
-                    self.holds
-                        .hold(&txn.account_id, &txn.transaction_id, part.stamp, now + hold_ms);
+                    self.holds.hold(
+                        &txn.account_id,
+                        &txn.transaction_id,
+                        part.stamp,
+                        now + hold_ms,
+                    );
                     reply.error(&ActorError::PartitionMoving {
                         partition,
                         retry_after_ms: MOVING_RETRY_AFTER_MS,

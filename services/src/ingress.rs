@@ -12,6 +12,7 @@
 
 mod cluster;
 mod forward;
+mod handoff;
 mod journal_metrics;
 mod metrics;
 mod publish_client;
@@ -98,7 +99,8 @@ pub async fn start_with(
         &base.metrics,
     )));
     let view = ClusterView::new(&config.cluster, config.state_dir.clone())?;
-    view.check_saved_map()?;
+    let ingress_id = SpiffeId::for_workload(&config.trust_domain, "ingress")?;
+    view.settle(&base.certs, &ingress_id).await?;
     let routing = Arc::new(std::sync::OnceLock::new());
     let replica = view.is_clustered().then(|| {
         ReplicaServer::new(replica::ReplicaService::new(
@@ -115,13 +117,14 @@ pub async fn start_with(
         let remote = forward::GrpcRemote::new(
             view.clone(),
             base.certs.clone(),
-            SpiffeId::for_workload(&config.trust_domain, "ingress")?,
+            ingress_id.clone(),
             config.actors.shards.max_batch,
             base.shutdown.clone(),
         );
         options.cluster = Some(txmesh_actors::router::Cluster {
             me: view.me.clone(),
             map: view.map.clone(),
+            serving: view.serving.clone(),
             remote: Arc::new(remote),
         });
     }
@@ -179,17 +182,18 @@ pub async fn start_with(
             }
         })
     };
-    let pipeline = match start_pipeline(config, options, &certs, &server.chaos, status_source).await
-    {
-        Ok(pipeline) => pipeline,
-        Err(e) => {
-            // Nothing may listen for a service that cannot screen.
-            server
-                .stop(tokio::time::Instant::now() + Duration::from_secs(1))
-                .await;
-            return Err(e);
-        }
-    };
+    let held = view.is_clustered().then(|| view.held());
+    let pipeline =
+        match start_pipeline(config, options, &certs, &server.chaos, status_source, held).await {
+            Ok(pipeline) => pipeline,
+            Err(e) => {
+                // Nothing may listen for a service that cannot screen.
+                server
+                    .stop(tokio::time::Instant::now() + Duration::from_secs(1))
+                    .await;
+                return Err(e);
+            }
+        };
     let Pipeline {
         router,
         journals,
@@ -209,6 +213,16 @@ pub async fn start_with(
         &recovery,
     );
     let _ = routing.set(router.clone());
+    if view.is_clustered() {
+        tokio::spawn(handoff::watch_members(view.clone(), shutdown.clone()));
+        tokio::spawn(handoff::run(handoff::HandoffLinks {
+            view: view.clone(),
+            router: router.clone(),
+            store: certs.clone(),
+            ingress: ingress_id,
+            shutdown: shutdown.clone(),
+        }));
+    }
     if !shutdown.is_cancelled() {
         server.readiness.serving().await;
     }
@@ -250,9 +264,29 @@ async fn start_pipeline(
     certs: &CertStore,
     chaos: &Arc<txmesh_chaos::Registry>,
     status_source: txmesh_actors::publisher::StatusSource,
+    held: Option<Arc<txmesh_actors::partition::PartitionFlags>>,
 ) -> Result<Pipeline, ServiceError> {
     let histograms = JournalHistograms::default();
-    let (journals, recovered) = open_journal(config, histograms.clone()).await?;
+    let (journals, mut recovered) = open_journal(config, histograms.clone()).await?;
+    if let Some(held) = held {
+        // A replica's journal may still have records of accounts it has
+        // handed over: only the partitions it holds come back.
+        let count = held.len();
+        let mut dropped = 0usize;
+        for windows in &mut recovered.windows {
+            let before = windows.len();
+            windows.retain(|account, _| {
+                held.contains(txmesh_actors::partition::partition_of(account, count))
+            });
+            dropped += before - windows.len();
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "recovered accounts of partitions handed over are not kept"
+            );
+        }
+    }
     let recovery = recovered.report;
     let router =
         ShardRouter::start_recovered(&config.actors, options, journals.clone(), recovered.windows);

@@ -136,6 +136,52 @@ fn write(dir: &Path, lsn: u64, windows: &[AccountWindow]) -> Result<u64, Journal
     Ok(out.len() as u64)
 }
 
+/// `windows` in the snapshot's record format (what a handoff carries), cut
+/// into pieces of about `max_bytes` at account boundaries.
+pub fn encode_windows(windows: &[AccountWindow], max_bytes: usize) -> Vec<Vec<u8>> {
+    let mut pieces = Vec::new();
+    let mut out = Vec::new();
+    let mut n = 0u64;
+    for (account, entries) in windows {
+        if !out.is_empty() && out.len() >= max_bytes {
+            pieces.push(std::mem::take(&mut out));
+        }
+        for entry in entries.iter() {
+            n += 1;
+            format::frame(&mut out, n, |o| format::encode_entry(o, entry, account));
+        }
+    }
+    if !out.is_empty() {
+        pieces.push(out);
+    }
+    pieces
+}
+
+/// Reads what [`encode_windows`] wrote, appending to `windows` (an
+/// account's entries in the order written).
+///
+/// # Errors
+/// A record that is torn, damaged or not a window entry: nothing of a
+/// piece that fails is kept.
+pub fn decode_windows(bytes: &[u8], windows: &mut Vec<AccountWindow>) -> Result<(), String> {
+    let mut accounts: Vec<(Box<str>, Vec<WindowEntry>)> = Vec::new();
+    let mut bad = false;
+    let (end, _) = format::scan(bytes, |found| match VerdictRecord::decode(found.payload) {
+        Some(record) => match accounts.last_mut() {
+            Some((account, entries)) if *account == record.account_id => {
+                entries.push(record.entry);
+            }
+            _ => accounts.push((record.account_id, vec![record.entry])),
+        },
+        None => bad = true,
+    });
+    if end != format::ScanEnd::Clean || bad {
+        return Err(format!("window records unreadable ({end:?})"));
+    }
+    windows.extend(accounts.into_iter().map(|(a, e)| (a, e.into_boxed_slice())));
+    Ok(())
+}
+
 /// The snapshots in `dir`, newest first: (position, path).
 pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
     let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)

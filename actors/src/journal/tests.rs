@@ -263,3 +263,38 @@ fn a_snapshot_lets_acknowledged_segments_go_and_recovery_starts_from_it() {
     journals.close();
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn handed_over_windows_read_back_whole_and_in_order() {
+    use super::snapshot::{decode_windows, encode_windows, AccountWindow};
+    let entry = |id: &str, amount: i64| crate::window::WindowEntry {
+        transaction_id: id.into(),
+        fingerprint: 7,
+        amount_minor: amount,
+        currency: *b"EUR",
+        country: *b"DE",
+        timestamp_unix_ms: 1_700_000_000_000 + amount,
+        verdict: crate::window::StoredVerdict {
+            status: txmesh_proto::v1::VerdictStatus::Approved,
+            reasons: 0,
+            risk_score: 0,
+            processing_time_us: 5,
+        },
+    };
+    let windows: Vec<AccountWindow> = (0..50)
+        .map(|a| {
+            let entries: Vec<_> = (0..5).map(|i| entry(&format!("t{a}-{i}"), i)).collect();
+            (format!("acct-{a}").into(), entries.into_boxed_slice())
+        })
+        .collect();
+    let pieces = encode_windows(&windows, 1_000);
+    assert!(pieces.len() > 1, "cut into pieces");
+    let mut back = Vec::new();
+    for piece in &pieces {
+        decode_windows(piece, &mut back).expect("readable");
+    }
+    assert_eq!(back, windows);
+    let mut damaged = pieces[0].clone();
+    damaged[20] ^= 1;
+    assert!(decode_windows(&damaged, &mut Vec::new()).is_err());
+}

@@ -241,7 +241,11 @@ async fn a_handed_over_partition_keeps_its_history_and_is_refused_in_order_meanw
     let now = crate::clock::system_unix_ms();
     // Ten transactions at b, its owner.
     for i in 0..10 {
-        let out = screen(&b, vec![txn(&moving, &format!("h{i}"), 1_000, now - 20_000 + i)]).await;
+        let out = screen(
+            &b,
+            vec![txn(&moving, &format!("h{i}"), 1_000, now - 20_000 + i)],
+        )
+        .await;
         assert!(error_code(&out[0]).is_none(), "{out:?}");
     }
     // The set shrinks to ingress-0: p moves to a at the next epoch. b

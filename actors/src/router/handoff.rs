@@ -80,10 +80,7 @@ impl Message for SnapshotNow {
 
 impl ShardRouter {
     fn moving(&self, partitions: &[u32]) -> Moving {
-        let count = self
-            .partition_map()
-            .map_or(1, |m| m.partitions())
-            .max(1);
+        let count = self.partition_map().map_or(1, |m| m.partitions()).max(1);
         Moving {
             set: Arc::new(partitions.iter().copied().collect()),
             count,
@@ -192,20 +189,24 @@ impl Handler<ExportWindows> for Shard {
                 async move { (key, asked.await) }
             })
             .collect();
-        Box::pin(join_all(asks).into_actor(self).map(move |answers, shard, _| {
-            for (key, answer) in answers {
-                match answer {
-                    Ok(entries) => windows.push((key, entries)),
-                    Err(_) => match shard.passive.get(&key) {
-                        Some(state) => windows.push((key, state.entries.clone())),
-                        // Gone mid-export (its arbiter is stopping): ask
-                        // again rather than hand over less.
-                        None => return None,
-                    },
-                }
-            }
-            Some((windows, shard.env.journal.appended()))
-        }))
+        Box::pin(
+            join_all(asks)
+                .into_actor(self)
+                .map(move |answers, shard, _| {
+                    for (key, answer) in answers {
+                        match answer {
+                            Ok(entries) => windows.push((key, entries)),
+                            Err(_) => match shard.passive.get(&key) {
+                                Some(state) => windows.push((key, state.entries.clone())),
+                                // Gone mid-export (its arbiter is stopping): ask
+                                // again rather than hand over less.
+                                None => return None,
+                            },
+                        }
+                    }
+                    Some((windows, shard.env.journal.appended()))
+                }),
+        )
     }
 }
 

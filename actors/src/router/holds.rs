@@ -1,30 +1,38 @@
-//! Order holds. When a transaction of an account is refused for overload,
-//! the account is held: its later transactions are refused as well until
-//! the refused one is sent again (a retry), so retries cannot reorder an
-//! account; the retrying client must resend in the original order, which
-//! txgen does. A hold nobody comes back for expires after `order_hold_ms`.
+//! Order holds. When a transaction of an account is refused for a
+//! retryable reason (overload, a partition on the move, an owner out of
+//! reach), the account is held: its later transactions are refused as well
+//! until every refused one has been sent again (retried), oldest first,
+//! so retries cannot reorder an account; the retrying client must resend
+//! in the original order, which txgen does. A hold keeps every refusal it
+//! has not seen come back, not only the first: a client learns of its
+//! refusals one by one, and a transaction sent after the first came back
+//! but before it heard of the second must not pass the second.
 //!
 //! "Later" is decided by the part's stamp: the router numbers every part
-//! it hands to a shard. Parts stamped before the refusal were already
-//! accepted and are older, so they pass; when an older transaction is
-//! refused after a newer one (an older part overflowing an account's
-//! mailbox), the hold moves to the older one, which must come back first.
+//! it hands on. Parts stamped before the oldest refusal were already
+//! accepted and are older, so they pass; a refusal of an older
+//! transaction after a newer one (an older part overflowing an account's
+//! mailbox) takes its place in front, and must come back first.
 //!
-//! A hold nobody claims expires after `order_hold_ms`, but not in a way that
-//! lets a newer transaction overtake: if it refused others meanwhile, it
-//! passes to the oldest of them (which the client must now send first), and
-//! only a hold that refused nothing is dropped.
+//! The oldest refusal waits `order_hold_ms` for its retry. A hold nobody
+//! comes back for passes, on expiry, to the next refusal it keeps (which
+//! the client must now send first), and ends when it keeps none.
 //!
 //! Shared by the router (which refuses whole parts when a shard's mailbox is
 //! full) and the shard (which refuses single transactions when an account's
 //! mailbox is full, and admits or refuses every transaction it handles).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::atomic::{AtomicUsize, Ordering},
 };
 
 use parking_lot::Mutex;
+
+/// Refusals one hold keeps at most; past that a refusal is answered but not
+/// kept (a client has rarely this many transactions of one account in
+/// flight).
+const MAX_KEPT: usize = 256;
 
 /// The holds of one shard's accounts.
 #[derive(Debug, Default)]
@@ -36,42 +44,59 @@ pub(crate) struct Holds {
 
 #[derive(Debug)]
 struct Hold {
-    /// The oldest refused transaction: the one that must come back first.
-    transaction_id: Box<str>,
-    /// The stamp of the part it was refused in.
-    stamp: u64,
+    /// The refused transactions not yet back, oldest (by stamp) first:
+    /// (transaction id, stamp of the part it was refused in).
+    refused: VecDeque<(Box<str>, u64)>,
+    /// When the oldest stops being waited for.
     until_ms: u64,
-    /// The oldest transaction this hold refused (and its stamp): the hold
-    /// passes to it on expiry.
-    next: Option<(Box<str>, u64)>,
+}
+
+impl Hold {
+    /// Keeps `transaction_id` (refused in the part stamped `stamp`) in
+    /// stamp order, once; true when it went in front.
+    fn keep(&mut self, transaction_id: &str, stamp: u64) -> bool {
+        if self.refused.len() >= MAX_KEPT
+            || self.refused.iter().any(|(t, _)| &**t == transaction_id)
+        {
+            return false;
+        }
+        let at = self.refused.partition_point(|(_, s)| *s <= stamp);
+        self.refused.insert(at, (transaction_id.into(), stamp));
+        at == 0
+    }
+
+    /// Drops the oldest refusal if its wait is over; false when none is
+    /// left (the hold ends).
+    fn expire(&mut self, now_ms: u64, hold_ms: u64) -> bool {
+        if self.until_ms <= now_ms {
+            self.refused.pop_front();
+            self.until_ms = now_ms + hold_ms;
+        }
+        !self.refused.is_empty()
+    }
 }
 
 impl Holds {
     /// Holds `account` for `transaction_id`, refused in the part stamped
-    /// `stamp`, unless an older refusal already holds it.
+    /// `stamp`, behind any older refusal.
     pub(crate) fn hold(&self, account: &str, transaction_id: &str, stamp: u64, until_ms: u64) {
         let mut map = self.map.lock();
-        let hold = Hold {
-            transaction_id: transaction_id.into(),
-            stamp,
+        let hold = map.entry(account.into()).or_insert_with(|| Hold {
+            refused: VecDeque::new(),
             until_ms,
-            next: None,
-        };
-        match map.get_mut(account) {
-            Some(existing) if existing.stamp <= stamp => {}
-            Some(existing) => *existing = hold,
-            None => {
-                map.insert(account.into(), hold);
-            }
+        });
+        if hold.keep(transaction_id, stamp) {
+            hold.until_ms = until_ms;
         }
         self.len.store(map.len(), Ordering::Release);
     }
 
     /// Whether `transaction_id` of `account`, in the part stamped `stamp`,
     /// may be screened now: yes when the account is not held, when the part
-    /// is older than the refusal, or when this is the transaction the hold
-    /// waits for (which lifts it). An expired hold passes on (see above);
-    /// a new hold lasts `hold_ms`.
+    /// is older than every refusal, or when this is the oldest refusal
+    /// coming back (the next one is then waited for). Anything else is
+    /// refused, and kept. An expired oldest refusal passes on (see above);
+    /// a newly oldest one waits `hold_ms`.
     pub(crate) fn admit(
         &self,
         account: &str,
@@ -87,49 +112,38 @@ impl Holds {
         let Some(h) = map.get_mut(account) else {
             return true;
         };
-        if h.until_ms <= now_ms && !h.pass_on(now_ms + hold_ms) {
+        if !h.expire(now_ms, hold_ms) {
             map.remove(account);
             self.len.store(map.len(), Ordering::Release);
             return true;
         }
-        if stamp < h.stamp {
+        let Some((oldest, oldest_stamp)) = h.refused.front() else {
+            return true;
+        };
+        if stamp < *oldest_stamp {
             return true;
         }
-        if &*h.transaction_id == transaction_id {
-            map.remove(account);
-            self.len.store(map.len(), Ordering::Release);
+        if &**oldest == transaction_id {
+            h.refused.pop_front();
+            h.until_ms = now_ms + hold_ms;
+            if h.refused.is_empty() {
+                map.remove(account);
+                self.len.store(map.len(), Ordering::Release);
+            }
             return true;
         }
-        if h.next.is_none() {
-            h.next = Some((transaction_id.into(), stamp));
-        }
+        h.keep(transaction_id, stamp);
         false
     }
 
-    /// Passes expired holds on, and drops those that refused nothing.
+    /// Passes expired holds on, and drops those that keep nothing.
     pub(crate) fn expire(&self, now_ms: u64, hold_ms: u64) {
         if self.len.load(Ordering::Acquire) == 0 {
             return;
         }
         let mut map = self.map.lock();
-        map.retain(|_, h| h.until_ms > now_ms || h.pass_on(now_ms + hold_ms));
+        map.retain(|_, h| h.expire(now_ms, hold_ms));
         self.len.store(map.len(), Ordering::Release);
-    }
-}
-
-impl Hold {
-    /// Hands the hold to the oldest transaction it refused; false when it
-    /// refused none.
-    fn pass_on(&mut self, until_ms: u64) -> bool {
-        match self.next.take() {
-            Some((transaction_id, stamp)) => {
-                self.transaction_id = transaction_id;
-                self.stamp = stamp;
-                self.until_ms = until_ms;
-                true
-            }
-            None => false,
-        }
     }
 }
 
@@ -178,6 +192,23 @@ mod tests {
         holds.expire(50, 100);
         assert!(!holds.admit("d", "later", 22, 60, 100));
         assert!(holds.admit("d", "next", 23, 60, 100));
+    }
+
+    #[test]
+    fn every_refusal_comes_back_before_anything_newer_passes() {
+        let holds = Holds::default();
+        holds.hold("a", "t1", 1, 100);
+        holds.hold("a", "t2", 2, 100);
+        holds.hold("a", "t3", 3, 100);
+        // t1 comes back alone (the client has not heard of t2's refusal
+        // yet); t4, sent after, may not pass t2 or t3.
+        assert!(holds.admit("a", "t1", 4, 10, 100));
+        assert!(!holds.admit("a", "t4", 5, 10, 100));
+        assert!(!holds.admit("a", "t3", 6, 10, 100), "t2 goes first");
+        assert!(holds.admit("a", "t2", 7, 10, 100));
+        assert!(holds.admit("a", "t3", 8, 10, 100));
+        assert!(holds.admit("a", "t4", 9, 10, 100));
+        assert!(holds.admit("a", "t5", 10, 10, 100), "nothing held any more");
     }
 
     #[test]

@@ -5,10 +5,15 @@
 //! owner can refuse work that was routed by a stale map (fencing).
 //!
 //! Order: a part that cannot be delivered (the owner is unreachable, the
-//! link is full) holds its accounts here, as a shard holds accounts whose
-//! mailbox was full (see [`super::holds`]): a later transaction of the same
-//! account is refused until the refused one is sent again, so a retry
-//! never overtakes nor is overtaken.
+//! link is full), or whose items the owner refused retryably, holds its
+//! accounts as a shard holds accounts whose mailbox was full (see
+//! [`super::holds`]): a later transaction of the same account is refused
+//! until the refused one is sent again, so a retry never overtakes nor is
+//! overtaken. The holds are those of the account's local shard, numbered
+//! by the router's one counter: whether an account's work was refused
+//! here or by its owner, and whether the account lives here or elsewhere
+//! when its next transaction comes (it may have moved in between), one
+//! hold decides.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -54,6 +59,8 @@ pub struct RemoteItem {
     pub partition: u32,
     pub epoch: u64,
     slot: ReplySlot,
+    /// The account's local shard (whose holds keep its order).
+    shard: usize,
 }
 
 /// The transactions of one request batch that one other replica owns.
@@ -66,22 +73,27 @@ pub struct RemotePart {
 }
 
 /// A transaction on its way to another replica, before its part is
-/// numbered: (transaction, its slot, partition, epoch).
-pub(super) type Outbound = (Transaction, ReplySlot, u32, u64);
+/// numbered: (transaction, its slot, partition, epoch, local shard).
+pub(super) type Outbound = (Transaction, ReplySlot, u32, u64, usize);
 
-/// The order holds of accounts whose forwarding failed.
+/// The order holds of accounts whose forwarding failed: the shards' own.
 pub(super) struct RemoteHolds {
-    holds: Holds,
-    stamps: AtomicU64,
+    shards: Arc<[Arc<Holds>]>,
+    stamps: Arc<AtomicU64>,
     clock: SharedClock,
     hold_ms: u64,
 }
 
 impl RemoteHolds {
-    pub(super) fn new(clock: SharedClock, hold_ms: u64) -> Self {
+    pub(super) fn new(
+        shards: Arc<[Arc<Holds>]>,
+        stamps: Arc<AtomicU64>,
+        clock: SharedClock,
+        hold_ms: u64,
+    ) -> Self {
         Self {
-            holds: Holds::default(),
-            stamps: AtomicU64::new(0),
+            shards,
+            stamps,
             clock,
             hold_ms,
         }
@@ -98,8 +110,8 @@ impl RemoteHolds {
         let stamp = self.stamps.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now_ms();
         let mut admitted = Vec::with_capacity(items.len());
-        for (txn, slot, partition, epoch) in items {
-            if self.holds.admit(
+        for (txn, slot, partition, epoch, shard) in items {
+            if self.shards[shard].admit(
                 &txn.account_id,
                 &txn.transaction_id,
                 stamp,
@@ -111,6 +123,7 @@ impl RemoteHolds {
                     partition,
                     epoch,
                     slot,
+                    shard,
                 });
             } else {
                 slot.error(&ActorError::Held { retry_after_ms });
@@ -142,7 +155,7 @@ impl RemotePart {
                     ..
                 }) => {
                     if matches!(&outcome, Outcome::Error(e) if e.retryable) {
-                        h.holds.hold(
+                        h.shards[item.shard].hold(
                             &item.txn.account_id,
                             &item.txn.transaction_id,
                             self.stamp,
@@ -161,10 +174,9 @@ impl RemotePart {
     pub fn fail(self, error: &ActorError) {
         let h = &self.holds;
         let now = h.clock.now_ms();
-        h.holds.expire(now, h.hold_ms);
         for item in self.items {
             if error.is_retryable() {
-                h.holds.hold(
+                h.shards[item.shard].hold(
                     &item.txn.account_id,
                     &item.txn.transaction_id,
                     self.stamp,

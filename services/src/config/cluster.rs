@@ -27,6 +27,15 @@ pub struct ClusterConfig {
     /// environment or `--set`, one comma-separated string.
     #[serde(deserialize_with = "list_or_commas")]
     pub replicas: Vec<String>,
+    /// Where the replica set comes from while running, instead of
+    /// `replicas`: a file (relative to `state_dir`) with one entry per line
+    /// (or comma-separated), `#` starting a comment, read every
+    /// `members_poll_ms`. A change moves partitions with a handoff. A file
+    /// that is missing or does not form a valid set is reported and the
+    /// last good set kept. Empty: the set is `replicas`, fixed.
+    pub members_file: String,
+    #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
+    pub members_poll_ms: u64,
     /// Virtual partitions the accounts are spread over. Fixed for the life
     /// of a cluster: changing it moves almost every account.
     pub partitions: u32,
@@ -50,6 +59,41 @@ pub struct ClusterConfig {
     /// The retry delay suggested for accounts of an unreachable replica, ms.
     #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub unreachable_retry_after_ms: u64,
+}
+
+/// `NAME` or `NAME=HOST:PORT`.
+fn parse_entry(entry: &str) -> Replica {
+    match entry.split_once('=') {
+        Some((name, addr)) => Replica {
+            name: name.trim().to_owned(),
+            addr: addr.trim().to_owned(),
+        },
+        None => Replica {
+            name: entry.trim().to_owned(),
+            addr: String::new(),
+        },
+    }
+}
+
+/// Every entry's name and address are well formed.
+fn check_set(set: &[Replica], key: &str, p: &mut Problems) {
+    for r in set {
+        let bad_name = r.name.is_empty()
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        p.bad_if(
+            bad_name,
+            key,
+            format!("{:?}: a name is letters, digits, '-' and '.'", r.name),
+        );
+        p.bad_if(
+            !r.addr.is_empty() && r.addr.parse::<HostPort>().is_err(),
+            key,
+            format!("{}: {:?} is not HOST:PORT", r.name, r.addr),
+        );
+    }
 }
 
 /// A list, or one string of comma-separated items (how an environment
@@ -77,6 +121,8 @@ impl Default for ClusterConfig {
         Self {
             name: String::new(),
             replicas: Vec::new(),
+            members_file: String::new(),
+            members_poll_ms: 500,
             partitions: 1024,
             peer_addr: "{name}:7443".to_owned(),
             address_dir: String::new(),
@@ -97,19 +143,37 @@ impl ClusterConfig {
     /// The configured replica set, with the addresses given inline (others
     /// are found by [`Self::resolve`]).
     pub fn replica_set(&self) -> Vec<Replica> {
-        self.replicas
-            .iter()
-            .map(|entry| match entry.split_once('=') {
-                Some((name, addr)) => Replica {
-                    name: name.trim().to_owned(),
-                    addr: addr.trim().to_owned(),
-                },
-                None => Replica {
-                    name: entry.trim().to_owned(),
-                    addr: String::new(),
-                },
-            })
-            .collect()
+        self.replicas.iter().map(|e| parse_entry(e)).collect()
+    }
+
+    /// The members file, when the set comes from one.
+    pub fn members_path(&self, state_dir: &Path) -> Option<PathBuf> {
+        (!self.members_file.is_empty()).then(|| state_dir.join(&self.members_file))
+    }
+
+    /// The replica set a members file gives.
+    ///
+    /// # Errors
+    /// An entry that is not `NAME` or `NAME=HOST:PORT`, a name listed twice,
+    /// or no entry at all.
+    pub fn parse_members(text: &str) -> Result<Vec<Replica>, String> {
+        let set: Vec<Replica> = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or_default())
+            .flat_map(|l| l.split(','))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(parse_entry)
+            .collect();
+        let mut p = Problems::default();
+        check_set(&set, "cluster.members_file", &mut p);
+        if let Err(e) = PartitionMap::new(1, set.clone()) {
+            p.bad_if(true, "cluster.members_file", e.to_string());
+        }
+        match p.into_result() {
+            Ok(()) => Ok(set),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// The first map: the configured set, every ownership at epoch 1.
@@ -173,23 +237,8 @@ impl ClusterConfig {
             "cluster.name",
             format!("{:?} is not in cluster.replicas", self.name),
         );
-        for r in &set {
-            let bad_name = r.name.is_empty()
-                || !r
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-            p.bad_if(
-                bad_name,
-                "cluster.replicas",
-                format!("{:?}: a name is letters, digits, '-' and '.'", r.name),
-            );
-            p.bad_if(
-                !r.addr.is_empty() && r.addr.parse::<HostPort>().is_err(),
-                "cluster.replicas",
-                format!("{}: {:?} is not HOST:PORT", r.name, r.addr),
-            );
-        }
+        check_set(&set, "cluster.replicas", p);
+        p.at_least_one("cluster.members_poll_ms", self.members_poll_ms);
         if let Err(e) = PartitionMap::new(self.partitions.max(1), set) {
             p.bad_if(true, "cluster.replicas", e.to_string());
         }

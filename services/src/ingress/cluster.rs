@@ -7,10 +7,12 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{atomic::AtomicU64, Arc, OnceLock},
+    time::Duration,
 };
 
-use parking_lot::RwLock;
-use txmesh_actors::partition::{PartitionMap, Replica};
+use parking_lot::{Mutex, RwLock};
+use txmesh_actors::partition::{PartitionFlags, PartitionMap, Replica};
+use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1 as pb;
 
 use crate::{config::ClusterConfig, error::ServiceError, net::HostPort};
@@ -19,27 +21,53 @@ use crate::{config::ClusterConfig, error::ServiceError, net::HostPort};
 /// serves.
 const SINGLE: &str = "ingress";
 
+/// How long a replica starting without a saved map waits for each peer's.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What the ingress knows of the replica set.
 pub struct ClusterView {
     /// This replica's name.
     pub me: String,
     /// The map the router routes by.
     pub map: Arc<RwLock<Arc<PartitionMap>>>,
+    /// The partitions served now: owned under the current set, their
+    /// history here, and not being handed over.
+    pub serving: Arc<PartitionFlags>,
+    /// The partitions whose history this replica's journal holds (what
+    /// recovery keeps, and what is handed over when they move away).
+    held: Arc<PartitionFlags>,
+    /// Partitions whose handoff to their new owner is under way.
+    sending: PartitionFlags,
     config: ClusterConfig,
     state_dir: PathBuf,
     /// This replica's own gRPC address, once bound.
     bound: OnceLock<SocketAddr>,
     pub stats: ForwardStats,
+    /// Serialises changes of the map and the held set with their saving.
+    changes: Mutex<()>,
+    /// Woken when partitions may have to be handed over.
+    pub handoff_wake: tokio::sync::Notify,
 }
 
-/// The replica set a replica's journal was written under.
+/// What a replica saves of the map, in
+/// `state_dir/replicas/NAME/partition-map.json`: the set its map was
+/// computed from, every partition's epoch, and the partitions whose
+/// history its journal holds.
 #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct SavedMap {
     partitions: u32,
     replicas: Vec<String>,
+    /// Runs `[first, last, epoch]`; absent (every epoch 1) in maps saved
+    /// before handoffs existed.
+    #[serde(default)]
+    epochs: Vec<(u32, u32, u64)>,
+    /// Runs `[first, last]`; absent before handoffs existed, meaning the
+    /// partitions the saved set gives this replica.
+    #[serde(default)]
+    held: Option<Vec<(u32, u32)>>,
 }
 
-/// Forwarding, counted per transaction.
+/// Forwarding and handoffs, counted.
 #[derive(Debug, Default)]
 pub struct ForwardStats {
     /// Sent to the owner.
@@ -51,11 +79,33 @@ pub struct ForwardStats {
     pub received: AtomicU64,
     /// Received but refused: not the owner at the stamped epoch.
     pub refused: AtomicU64,
+    /// Handoffs completed: sent to a new owner, received from an old one.
+    pub handoffs_sent: AtomicU64,
+    pub handoffs_received: AtomicU64,
+    /// Handoff attempts that failed (and are tried again).
+    pub handoffs_failed: AtomicU64,
+}
+
+/// Consecutive numbers as runs `[first, last]`.
+fn runs(items: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for p in items {
+        match out.last_mut() {
+            Some(last) if last.1 + 1 == p => last.1 = p,
+            _ => out.push((p, p)),
+        }
+    }
+    out
+}
+
+fn names(set: &[Replica]) -> Vec<&str> {
+    set.iter().map(|r| r.name.as_str()).collect()
 }
 
 impl ClusterView {
     /// The view `config` describes: the configured replicas, or one
-    /// replica owning every partition.
+    /// replica owning every partition. The map is the configured set's
+    /// first one until [`Self::settle`] reads the saved one.
     ///
     /// # Errors
     /// When the replica set does not form a map (validation names it first).
@@ -73,13 +123,24 @@ impl ClusterView {
             )
         };
         let map = map.map_err(|e| ServiceError::config("cluster.replicas", e.to_string()))?;
+        let n = map.partitions();
+        let (serving, held) = (PartitionFlags::new(n), PartitionFlags::new(n));
+        for p in map.owned_by(&me) {
+            serving.set(p, true);
+            held.set(p, true);
+        }
         Ok(Arc::new(Self {
             me,
             map: Arc::new(RwLock::new(Arc::new(map))),
+            serving: Arc::new(serving),
+            held: Arc::new(held),
+            sending: PartitionFlags::new(n),
             config: config.clone(),
             state_dir,
             bound: OnceLock::new(),
             stats: ForwardStats::default(),
+            changes: Mutex::new(()),
+            handoff_wake: tokio::sync::Notify::new(),
         }))
     }
 
@@ -93,58 +154,312 @@ impl ClusterView {
         &self.config
     }
 
-    /// Keeps the replica set this replica's journal was written under, in
-    /// `state_dir/replicas/NAME/partition-map.json`, and refuses to start
-    /// under another one: a changed set moves partitions, and moving them
-    /// without handing their windows over would split their history.
+    /// Where relative paths of the settings start.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
+    /// The partitions whose history this replica holds (recovery keeps
+    /// only their accounts).
+    pub fn held(&self) -> Arc<PartitionFlags> {
+        self.held.clone()
+    }
+
+    fn saved_file(&self) -> PathBuf {
+        self.state_dir
+            .join("replicas")
+            .join(&self.me)
+            .join("partition-map.json")
+    }
+
+    /// Takes up the map this replica saved (or, starting without one, the
+    /// map a peer routes by, so the epochs agree with the cluster's), moved
+    /// on to the replica set configured now; the partitions that move are
+    /// handed over once the journal is recovered. A replica without a
+    /// saved map holds only the partitions that never moved (epoch 1): the
+    /// others' history is at their old owners, which hand it over.
     ///
     /// # Errors
-    /// A different saved set (naming `cluster.replicas`), or a file that
-    /// cannot be read or written.
-    pub fn check_saved_map(&self) -> Result<(), ServiceError> {
+    /// A saved map that cannot be read or does not form a map, or one that
+    /// cannot be written.
+    pub async fn settle(&self, store: &CertStore, ingress: &SpiffeId) -> Result<(), ServiceError> {
         if !self.is_clustered() {
             return Ok(());
         }
-        let file = self
-            .state_dir
-            .join("replicas")
-            .join(&self.me)
-            .join("partition-map.json");
+        let set = match self.config.members_path(&self.state_dir) {
+            Some(path) => match read_members(&path) {
+                Ok(set) => set,
+                Err(why) => {
+                    tracing::warn!(%why, "members file unreadable at start: the configured cluster.replicas is used");
+                    self.config.replica_set()
+                }
+            },
+            None => self.config.replica_set(),
+        };
+        let file = self.saved_file();
+        let bad = |e: String| ServiceError::config("cluster", format!("{}: {e}", file.display()));
+        let (base, held) = match std::fs::read(&file) {
+            Ok(bytes) => {
+                let saved: SavedMap =
+                    serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+                let base = saved.map().map_err(bad)?;
+                let held = match &saved.held {
+                    Some(runs) => runs.iter().flat_map(|(a, b)| *a..=*b).collect(),
+                    None => base.owned_by(&self.me),
+                };
+                (base, held)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let base = match self.peer_map(&set, store, ingress).await {
+                    Some(map) => map,
+                    None => PartitionMap::new(self.config.partitions, set.clone())
+                        .map_err(|e| bad(e.to_string()))?,
+                };
+                let held = Vec::new();
+                (base, held)
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        if base.partitions() != self.config.partitions {
+            return Err(ServiceError::config(
+                "cluster.partitions",
+                format!(
+                    "this replica's map has {} partitions, not {}: the partition count is fixed \
+                     for the life of a cluster",
+                    base.partitions(),
+                    self.config.partitions
+                ),
+            ));
+        }
+        let (map, moves) = base
+            .with_replicas(set)
+            .map_err(|e| ServiceError::config("cluster.replicas", e.to_string()))?;
+        let fresh = held.is_empty() && !file.exists();
+        let _guard = self.changes.lock();
+        for p in 0..map.partitions() {
+            let (owner, epoch) = map.owner(p);
+            let holds = if fresh {
+                owner.name == self.me && epoch == 1
+            } else {
+                held.contains(&p)
+            };
+            self.held.set(p, holds);
+        }
+        *self.map.write() = Arc::new(map);
+        self.refresh_serving();
+        self.save()?;
+        if !moves.is_empty() {
+            tracing::info!(moves = moves.len(), "the replica set changed since this replica's map was saved: partitions move with a handoff");
+        }
+        Ok(())
+    }
+
+    /// The map a reachable peer routes by, if any answers.
+    async fn peer_map(
+        &self,
+        set: &[Replica],
+        store: &CertStore,
+        ingress: &SpiffeId,
+    ) -> Option<PartitionMap> {
+        for peer in set.iter().filter(|r| r.name != self.me) {
+            let Some(addr) = self.config.resolve(&self.state_dir, peer) else {
+                continue;
+            };
+            let Ok(channel) = crate::net::mtls_channel(addr.clone(), store, ingress) else {
+                continue;
+            };
+            let mut client = pb::replica_client::ReplicaClient::new(channel);
+            let asked = client.get_partition_map(pb::PartitionMapRequest {});
+            match tokio::time::timeout(BOOTSTRAP_TIMEOUT, asked).await {
+                Ok(Ok(served)) => match from_wire(&served.into_inner()) {
+                    Ok(map) => {
+                        tracing::info!(peer = %peer.name, "no saved map: the cluster's epochs taken from a peer");
+                        return Some(map);
+                    }
+                    Err(why) => tracing::warn!(peer = %peer.name, %why, "a peer's map is unusable"),
+                },
+                Ok(Err(status)) => {
+                    tracing::info!(peer = %peer.name, %status, "no map from a peer");
+                }
+                Err(_) => tracing::info!(peer = %peer.name, "no map from a peer in time"),
+            }
+        }
+        None
+    }
+
+    /// Saves the map and the held set (written to a temporary file, synced
+    /// and renamed, so the file is whole or the previous one).
+    fn save(&self) -> Result<(), ServiceError> {
+        let file = self.saved_file();
         let map = self.map.read().clone();
-        let now = SavedMap {
+        let saved = SavedMap {
             partitions: map.partitions(),
-            replicas: map.replicas().iter().map(|r| r.name.clone()).collect(),
+            replicas: names(map.replicas())
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            epochs: map.epochs().into_iter().zip(0u32..).fold(
+                Vec::new(),
+                |mut out: Vec<(u32, u32, u64)>, (e, p)| {
+                    match out.last_mut() {
+                        Some(last) if last.2 == e => last.1 = p,
+                        _ => out.push((p, p, e)),
+                    }
+                    out
+                },
+            ),
+            held: Some(runs(self.held.members())),
         };
         let io =
             |e: std::io::Error| ServiceError::config("cluster", format!("{}: {e}", file.display()));
-        match std::fs::read(&file) {
-            Ok(bytes) => {
-                let saved: SavedMap = serde_json::from_slice(&bytes).map_err(|e| {
-                    ServiceError::config("cluster", format!("{}: {e}", file.display()))
-                })?;
-                if saved != now {
-                    return Err(ServiceError::config(
-                        "cluster.replicas",
-                        format!(
-                            "this replica's journal was written with replicas {:?} over {} \
-                             partitions, not {:?} over {}: moving partitions between replicas \
-                             needs a handoff of their windows, which this version does not do; \
-                             restore the previous list (or start on a new state directory)",
-                            saved.replicas, saved.partitions, now.replicas, now.partitions
-                        ),
-                    ));
-                }
-                Ok(())
+        let json = serde_json::to_vec_pretty(&saved)
+            .map_err(|e| ServiceError::config("cluster", e.to_string()))?;
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = file.with_extension("json.tmp");
+        std::fs::write(&tmp, json).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &file).map_err(io)
+    }
+
+    /// Saves, reporting a failure (the in-memory state goes on: what was
+    /// not saved is recomputed from the last saved map on restart, and a
+    /// handoff is then simply repeated).
+    fn save_or_report(&self) {
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "partition map not saved");
+        }
+    }
+
+    /// Raises the served flags of what may be served and lowers the rest.
+    fn refresh_serving(&self) {
+        let map = self.map.read().clone();
+        for p in 0..map.partitions() {
+            let owned = map.owner(p).0.name == self.me;
+            self.serving.set(
+                p,
+                owned && self.held.contains(p) && !self.sending.contains(p),
+            );
+        }
+    }
+
+    /// Moves the map on to replica set `set`: partitions that leave this
+    /// replica stop being served at once (and are handed over), partitions
+    /// that arrive are served once their history has. Returns whether
+    /// anything changed.
+    ///
+    /// # Errors
+    /// `set` does not form a map.
+    pub fn apply_set(&self, set: Vec<Replica>) -> Result<bool, String> {
+        let _guard = self.changes.lock();
+        let current = self.map.read().clone();
+        if current.replicas() == set.as_slice() {
+            return Ok(false);
+        }
+        let (next, moves) = current.with_replicas(set).map_err(|e| e.to_string())?;
+        // Leaving partitions stop being served before the map says so.
+        for p in 0..next.partitions() {
+            if next.owner(p).0.name != self.me {
+                self.serving.set(p, false);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if let Some(dir) = file.parent() {
-                    std::fs::create_dir_all(dir).map_err(io)?;
-                }
-                let json = serde_json::to_vec_pretty(&now)
-                    .map_err(|e| ServiceError::config("cluster", e.to_string()))?;
-                std::fs::write(&file, json).map_err(io)
+        }
+        tracing::info!(
+            replicas = ?names(next.replicas()),
+            moves = moves.len(),
+            leaving = moves.iter().filter(|m| m.from == self.me).count(),
+            arriving = moves.iter().filter(|m| m.to == self.me).count(),
+            "replica set changed"
+        );
+        *self.map.write() = Arc::new(next);
+        self.refresh_serving();
+        self.save_or_report();
+        self.handoff_wake.notify_one();
+        Ok(true)
+    }
+
+    /// The partitions to hand over now, by new owner: held here, owned
+    /// elsewhere, not already on their way. (partition, new epoch).
+    pub fn outgoing(&self) -> Vec<(String, Vec<(u32, u64)>)> {
+        let map = self.map.read().clone();
+        let mut out: Vec<(String, Vec<(u32, u64)>)> = Vec::new();
+        for p in self.held.members() {
+            let (owner, epoch) = map.owner(p);
+            if owner.name == self.me || self.sending.contains(p) {
+                continue;
             }
-            Err(e) => Err(io(e)),
+            match out.iter_mut().find(|(o, _)| *o == owner.name) {
+                Some((_, parts)) => parts.push((p, epoch)),
+                None => out.push((owner.name.clone(), vec![(p, epoch)])),
+            }
+        }
+        out
+    }
+
+    /// A handoff of `parts` starts.
+    pub fn sending(&self, parts: &[u32]) {
+        for p in parts {
+            self.sending.set(*p, true);
+        }
+    }
+
+    /// The handoff of `parts` ended: `done` when the new owner has their
+    /// history (then this replica no longer holds it).
+    pub fn sent(&self, parts: &[u32], done: bool) {
+        let _guard = self.changes.lock();
+        for p in parts {
+            if done {
+                self.held.set(*p, false);
+            }
+            self.sending.set(*p, false);
+        }
+        if done {
+            self.save_or_report();
+        }
+        self.refresh_serving();
+    }
+
+    /// Whether `partition` is this replica's under the current set.
+    pub fn owns(&self, partition: u32) -> bool {
+        let map = self.map.read().clone();
+        partition < map.partitions() && map.owner(partition).0.name == self.me
+    }
+
+    /// Whether this replica already holds `partition`'s history.
+    pub fn holds(&self, partition: u32) -> bool {
+        self.held.contains(partition)
+    }
+
+    /// This replica has the history of `parts` (partition, epoch) now,
+    /// durably: it holds and serves them at those epochs.
+    pub fn received(&self, parts: &[(u32, u64)]) {
+        let _guard = self.changes.lock();
+        let mut map = (**self.map.read()).clone();
+        for (p, epoch) in parts {
+            map = map.with_epoch(*p, *epoch);
+            self.held.set(*p, true);
+        }
+        *self.map.write() = Arc::new(map);
+        self.save_or_report();
+        self.refresh_serving();
+    }
+
+    /// What a peer said of itself: it owns `partition` at `epoch`. Taken
+    /// up when the map names the same owner at an older epoch (a replica
+    /// that missed a change of the set learns the epochs from the owners).
+    pub fn learn_epoch(&self, partition: u32, owner: &str, epoch: u64) {
+        let current = self.map.read().clone();
+        if partition >= current.partitions() {
+            return;
+        }
+        let (known, known_epoch) = current.owner(partition);
+        if known.name == owner && epoch > known_epoch {
+            let _guard = self.changes.lock();
+            let next = self.map.read().with_epoch(partition, epoch);
+            *self.map.write() = Arc::new(next);
+            tracing::info!(partition, owner, epoch, "epoch learned from its owner");
         }
     }
 
@@ -190,19 +505,49 @@ impl ClusterView {
         use std::sync::atomic::Ordering::Relaxed;
         let map = self.map.read().clone();
         let me = replica_index(&map, &self.me);
-        let owned = wire_ranges(&map)
-            .into_iter()
-            .filter(|r| r.owner == me)
-            .collect();
+        let ranges = |keep: &dyn Fn(u32, &str) -> bool, own: bool| {
+            let mut out: Vec<pb::PartitionRange> = Vec::new();
+            for p in 0..map.partitions() {
+                let (owner, epoch) = map.owner(p);
+                if !keep(p, &owner.name) {
+                    continue;
+                }
+                let owner = if own {
+                    me
+                } else {
+                    replica_index(&map, &owner.name)
+                };
+                match out.last_mut() {
+                    Some(r) if r.last + 1 == p && r.owner == owner && r.epoch == epoch => {
+                        r.last = p;
+                    }
+                    _ => out.push(pb::PartitionRange {
+                        first: p,
+                        last: p,
+                        owner,
+                        epoch,
+                    }),
+                }
+            }
+            out
+        };
+        let owned = ranges(&|p, _| self.serving.contains(p), true);
+        let incoming = ranges(&|p, o| o == self.me && !self.held.contains(p), true);
+        let outgoing = ranges(&|p, o| o != self.me && self.held.contains(p), false);
+        let s = &self.stats;
         pb::ClusterStatus {
             replica: self.me.clone(),
             replicas: map.replicas().iter().map(|r| r.name.clone()).collect(),
             partitions: map.partitions(),
             owned,
-            forwarded_sent: self.stats.sent.load(Relaxed),
-            forwarded_failed: self.stats.failed.load(Relaxed),
-            forwarded_received: self.stats.received.load(Relaxed),
-            forwarded_refused: self.stats.refused.load(Relaxed),
+            forwarded_sent: s.sent.load(Relaxed),
+            forwarded_failed: s.failed.load(Relaxed),
+            forwarded_received: s.received.load(Relaxed),
+            forwarded_refused: s.refused.load(Relaxed),
+            incoming,
+            outgoing,
+            handoffs_sent: s.handoffs_sent.load(Relaxed),
+            handoffs_received: s.handoffs_received.load(Relaxed),
         }
     }
 
@@ -230,13 +575,74 @@ impl ClusterView {
     }
 }
 
-/// Replica `name`'s index in the map's replica set.
+/// Replica `name`'s index in the map's replica set (the set's length for
+/// a replica not in it: one being removed).
 fn replica_index(map: &PartitionMap, name: &str) -> u32 {
-    map.replicas()
+    let i = map
+        .replicas()
         .iter()
         .position(|r| r.name == name)
-        .and_then(|i| u32::try_from(i).ok())
-        .unwrap_or(0)
+        .unwrap_or(map.replicas().len());
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+impl SavedMap {
+    /// The saved map (its replicas by name; addresses come from the set).
+    fn map(&self) -> Result<PartitionMap, String> {
+        let replicas = self
+            .replicas
+            .iter()
+            .map(|name| Replica {
+                name: name.clone(),
+                addr: String::new(),
+            })
+            .collect();
+        let mut epochs = vec![1; self.partitions as usize];
+        for (first, last, epoch) in &self.epochs {
+            for p in *first..=*last {
+                if let Some(e) = epochs.get_mut(p as usize) {
+                    *e = *epoch;
+                }
+            }
+        }
+        PartitionMap::restore(replicas, &epochs).map_err(|e| e.to_string())
+    }
+}
+
+/// A map as a peer serves it, checked against our own rendezvous.
+fn from_wire(served: &pb::PartitionMap) -> Result<PartitionMap, String> {
+    let replicas: Vec<Replica> = served
+        .replicas
+        .iter()
+        .map(|r| Replica {
+            name: r.name.clone(),
+            addr: String::new(),
+        })
+        .collect();
+    let mut epochs = vec![0u64; served.partitions as usize];
+    let mut owners = vec![u32::MAX; served.partitions as usize];
+    for r in &served.ranges {
+        for p in r.first..=r.last.min(served.partitions.saturating_sub(1)) {
+            epochs[p as usize] = r.epoch;
+            owners[p as usize] = r.owner;
+        }
+    }
+    if epochs.contains(&0) {
+        return Err("its ranges do not cover every partition".to_owned());
+    }
+    let map = PartitionMap::restore(replicas, &epochs).map_err(|e| e.to_string())?;
+    let agrees = (0..map.partitions())
+        .all(|p| replica_index(&map, &map.owner(p).0.name) == owners[p as usize]);
+    if !agrees {
+        return Err("its owners are not the ones this version computes".to_owned());
+    }
+    Ok(map)
+}
+
+/// The replica set in a members file.
+pub(crate) fn read_members(path: &std::path::Path) -> Result<Vec<Replica>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    ClusterConfig::parse_members(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The map's ranges as the wire has them (owner by index).

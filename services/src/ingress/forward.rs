@@ -260,6 +260,7 @@ async fn forward(
                     let Some(parts) = in_flight.remove(&response.request_id) else {
                         continue;
                     };
+                    learn_epochs(ctx, owner, &parts, &response.results);
                     let mut results = response.results.into_iter();
                     for part in parts {
                         let n = part.len();
@@ -291,6 +292,29 @@ async fn forward(
     ctx.fail(in_flight.into_values().flatten(), &sent);
     ctx.fail(carry, &unsent);
     ended
+}
+
+/// The owner refused items as stamped with an epoch not its own, naming
+/// itself at a newer one: this replica missed a change of the set, and
+/// takes the owner's epochs up (the owner is the authority on its own).
+fn learn_epochs(
+    ctx: &LinkContext,
+    owner: &str,
+    parts: &[RemotePart],
+    results: &[txmesh_proto::v1::TxnResult],
+) {
+    use txmesh_proto::v1::{txn_result::Outcome, TxnErrorCode};
+    let items = parts.iter().flat_map(|p| p.items.iter());
+    for (item, result) in items.zip(results) {
+        if let Some(Outcome::Error(e)) = &result.outcome {
+            if e.code() == TxnErrorCode::WrongOwner
+                && e.owner == owner
+                && e.owner_epoch > item.epoch
+            {
+                ctx.view.learn_epoch(item.partition, owner, e.owner_epoch);
+            }
+        }
+    }
 }
 
 /// `first` and the parts queued behind it, up to `max_batch` transactions

@@ -66,6 +66,48 @@ pub(super) fn register_forwarding(metrics: &Metrics, view: &Arc<super::ClusterVi
             .collect()
         },
     );
+    let v = view.clone();
+    metrics.sampled(
+        "txmesh_handoffs_total",
+        "Partition handoffs between ingress replicas: sent (the new owner has the history), \
+         received (taken over from the old owner), failed (an attempt to send that is tried \
+         again).",
+        MetricType::COUNTER,
+        &["outcome"],
+        move || {
+            let s = &v.stats;
+            [
+                ("sent", &s.handoffs_sent),
+                ("received", &s.handoffs_received),
+                ("failed", &s.handoffs_failed),
+            ]
+            .into_iter()
+            .map(|(o, c)| (vec![o.to_owned()], c.load(Ordering::Relaxed) as f64))
+            .collect()
+        },
+    );
+    let v = view.clone();
+    metrics.sampled(
+        "txmesh_partitions",
+        "Partitions of this replica by state: serving; incoming (owned under the current set, \
+         waiting for its history); outgoing (history still here, owned by another replica).",
+        MetricType::GAUGE,
+        &["state"],
+        move || {
+            let status = v.status();
+            let count = |ranges: &[txmesh_proto::v1::PartitionRange]| {
+                ranges
+                    .iter()
+                    .map(|r| f64::from(r.last - r.first + 1))
+                    .sum::<f64>()
+            };
+            vec![
+                (vec!["serving".to_owned()], count(&status.owned)),
+                (vec!["incoming".to_owned()], count(&status.incoming)),
+                (vec!["outgoing".to_owned()], count(&status.outgoing)),
+            ]
+        },
+    );
 }
 
 /// The ingress's transactions, screening pipeline and publisher.

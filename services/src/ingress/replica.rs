@@ -5,6 +5,9 @@
 //! `ShardRouter::screen_forwarded`); nothing is forwarded a second time.
 //! Requests are handed to the router in the order read, so the order a
 //! peer sent an account's transactions in is the order they are screened.
+//! The same service takes handoffs of partitions from their old owners
+//! (see [`super::handoff`]) and serves this replica's map to peers that
+//! start without one.
 
 use std::{
     pin::Pin,
@@ -20,7 +23,8 @@ use tonic::{Request, Response, Status, Streaming};
 use txmesh_actors::{ActorError, ShardRouter};
 use txmesh_certs::{AuthzPolicy, Service};
 use txmesh_proto::v1::{
-    replica_server, txn_result::Outcome, ForwardRequest, ForwardResponse, TxnErrorCode, TxnResult,
+    replica_server, txn_result::Outcome, ForwardRequest, ForwardResponse, HandoffAck, HandoffChunk,
+    PartitionMap, PartitionMapRequest, TxnErrorCode, TxnResult,
 };
 
 use super::cluster::ClusterView;
@@ -114,6 +118,30 @@ impl ReplicaService {
 #[tonic::async_trait]
 impl replica_server::Replica for ReplicaService {
     type ForwardStream = Answers;
+
+    async fn handoff(
+        &self,
+        request: Request<Streaming<HandoffChunk>>,
+    ) -> Result<Response<HandoffAck>, Status> {
+        let peer = authorize(&request, &self.policy, &self.metrics, Service::Forward)?;
+        let Some(router) = self.router.get() else {
+            return Err(Status::unavailable(
+                "this replica is recovering its journal: try the handoff again shortly",
+            ));
+        };
+        tracing::info!(%peer, "Handoff opened");
+        super::handoff::receive(&self.view, router, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_partition_map(
+        &self,
+        request: Request<PartitionMapRequest>,
+    ) -> Result<Response<PartitionMap>, Status> {
+        authorize(&request, &self.policy, &self.metrics, Service::Forward)?;
+        Ok(Response::new(self.view.served()))
+    }
 
     async fn forward(
         &self,

@@ -6,7 +6,7 @@
 //! until it is back with its history, and forwarded work with a stale
 //! epoch refused.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use txmesh::config::TxmeshConfig;
 use txmesh_actors::partition::{PartitionMap, Replica};
@@ -23,6 +23,7 @@ const NAMES: [&str; 3] = ["ingress-0", "ingress-1", "ingress-2"];
 /// The replicas' processes and gRPC addresses, index = ordinal.
 struct Replicas {
     sets: Vec<(&'static str, String)>,
+    names: Vec<String>,
     children: Vec<Option<std::process::Child>>,
     addrs: Vec<SocketAddr>,
     metrics: Vec<SocketAddr>,
@@ -32,7 +33,16 @@ impl Replicas {
     /// Starts the three replicas publishing to `dashboard`, and waits until
     /// each is SERVING.
     async fn start(config: &TxmeshConfig, dashboard: SocketAddr) -> Self {
-        let sets = vec![
+        Self::start_with(config, dashboard, &[]).await
+    }
+
+    /// [`Self::start`] with more settings for every replica.
+    async fn start_with(
+        config: &TxmeshConfig,
+        dashboard: SocketAddr,
+        more: &[(&'static str, String)],
+    ) -> Self {
+        let mut sets = vec![
             ("state_dir", config.state_dir.display().to_string()),
             ("ingress.dashboard_addr", dashboard.to_string()),
             ("actors.shards.count", "2".to_owned()),
@@ -43,17 +53,19 @@ impl Replicas {
                 config.ingress.handshake_timeout_ms.to_string(),
             ),
         ];
+        for (k, v) in more {
+            sets.retain(|(key, _)| key != k);
+            sets.push((k, v.clone()));
+        }
         let mut replicas = Self {
             sets,
+            names: NAMES.iter().map(|n| (*n).to_owned()).collect(),
             children: Vec::new(),
             addrs: Vec::new(),
             metrics: Vec::new(),
         };
         for i in 0..NAMES.len() {
-            let (child, addr, metrics) = replicas.spawn(i);
-            replicas.children.push(Some(child));
-            replicas.addrs.push(addr);
-            replicas.metrics.push(metrics);
+            replicas.add_started(i);
         }
         for addr in &replicas.addrs {
             wait_serving(config, *addr, "ingress").await;
@@ -61,10 +73,33 @@ impl Replicas {
         replicas
     }
 
+    fn add_started(&mut self, i: usize) {
+        let (child, addr, metrics) = self.spawn(i);
+        self.children.push(Some(child));
+        self.addrs.push(addr);
+        self.metrics.push(metrics);
+    }
+
     fn spawn(&self, i: usize) -> (std::process::Child, SocketAddr, SocketAddr) {
         let mut sets = self.sets.clone();
-        sets.push(("cluster.name", NAMES[i].to_owned()));
+        sets.push(("cluster.name", self.names[i].clone()));
         spawn_ingress_listening(&sets, "127.0.0.1:0".parse().expect("addr"))
+    }
+
+    /// Handoffs replica `i` counted with `outcome`.
+    async fn handoffs(&self, config: &TxmeshConfig, i: usize, outcome: &str) -> f64 {
+        let (_, body) = scrape(config, "operator", "ingress", self.metrics[i]).await;
+        value(
+            &body,
+            &format!("txmesh_handoffs_total{{outcome=\"{outcome}\"}}"),
+        )
+    }
+
+    /// Partitions replica `i` reports in `state` (serving, incoming,
+    /// outgoing).
+    async fn partitions(&self, config: &TxmeshConfig, i: usize, state: &str) -> f64 {
+        let (_, body) = scrape(config, "operator", "ingress", self.metrics[i]).await;
+        value(&body, &format!("txmesh_partitions{{state=\"{state}\"}}"))
     }
 
     /// Transactions replica `i` has forwarded with `outcome`.
@@ -433,8 +468,9 @@ async fn forwarded_work_stamped_with_an_old_epoch_is_refused() {
     assert!(report.passed >= 20, "{}", report.table());
     replicas.stop().await;
 
-    // A replica started under another replica set than its journal was
-    // written under refuses to start, naming the key.
+    // A replica started with another partition count than its map was
+    // saved with refuses to start, naming the key: the count is fixed for
+    // the life of a cluster (a changed replica set is a handoff instead).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_txmesh"))
         .arg("ingress")
         .args([
@@ -442,14 +478,15 @@ async fn forwarded_work_stamped_with_an_old_epoch_is_refused() {
             &format!("state_dir={}", config.state_dir.display()),
         ])
         .args(["--set", "cluster.name=ingress-0"])
-        .args(["--set", "cluster.replicas=ingress-0,ingress-1"])
+        .args(["--set", &format!("cluster.replicas={}", NAMES.join(","))])
+        .args(["--set", "cluster.partitions=512"])
         .args(["--set", "ingress.listen=127.0.0.1:0"])
         .args(["--set", "ingress.metrics_listen=127.0.0.1:0"])
         .output()
         .expect("txmesh ingress");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("cluster.replicas"), "{stderr}");
+    assert!(stderr.contains("cluster.partitions"), "{stderr}");
     dash.stop().await;
 }
 
@@ -494,4 +531,254 @@ async fn up_with_three_replicas_answers_everything_once() {
         let journal = dir.0.join("state/replicas").join(name).join("journal");
         assert!(journal.is_dir(), "{}", journal.display());
     }
+}
+
+const FOUR: [&str; 4] = ["ingress-0", "ingress-1", "ingress-2", "ingress-3"];
+
+/// Writes the members file the replicas watch (renamed into place, so a
+/// replica never reads half of it).
+fn write_members(state_dir: &std::path::Path, names: &[&str]) {
+    let file = state_dir.join("cluster/members");
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("cluster dir");
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, format!("# the replica set\n{}\n", names.join("\n"))).expect("write");
+    std::fs::rename(&tmp, &file).expect("rename");
+}
+
+/// Waits until no live replica has a partition on the move and replica
+/// `busiest` serves some: every handoff of the last change is done.
+async fn settled(replicas: &Replicas, config: &TxmeshConfig, live: &[usize], serves: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut moving = 0.0;
+        for &i in live {
+            moving += replicas.partitions(config, i, "incoming").await;
+            moving += replicas.partitions(config, i, "outgoing").await;
+        }
+        let serving = replicas.partitions(config, serves, "serving").await;
+        if moving == 0.0 && serving > 0.0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "handoffs not done: {moving} partitions moving, {} serves {serving}",
+            replicas.names[serves]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The partitions replica `name` saved as holding.
+fn held(state_dir: &std::path::Path, name: &str) -> Vec<u32> {
+    let file = state_dir
+        .join("replicas")
+        .join(name)
+        .join("partition-map.json");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("saved map")).expect("json");
+    saved["held"]
+        .as_array()
+        .expect("held")
+        .iter()
+        .flat_map(|run| {
+            let first = run[0].as_u64().expect("first");
+            let last = run[1].as_u64().expect("last");
+            (first..=last).map(|p| u32::try_from(p).expect("partition"))
+        })
+        .collect()
+}
+
+/// Scale 3 -> 4 -> 3 under load through one replica: every transaction
+/// answered exactly once, every pattern detected, the dashboard = the
+/// answers; an account's history moves with it (VELOCITY across both
+/// moves); at the end every partition is held by exactly one replica and
+/// every account's window, read from the journals, is in the order txgen
+/// sent its transactions.
+#[actix_rt::test]
+async fn scaling_three_to_four_to_three_under_load_moves_history_in_order() {
+    let dir = TempDir::new("replica-scale");
+    let mut config = test_config(&dir.0);
+    let _machine = machine_shared().await;
+    let dash = txmesh::dashboard::start(&config).await.expect("dashboard");
+    write_members(&config.state_dir, &NAMES);
+    let more = [
+        ("cluster.members_file", "cluster/members".to_owned()),
+        ("cluster.members_poll_ms", "200".to_owned()),
+        // The set each replica may be part of (the file says which it is).
+        ("cluster.replicas", FOUR.join(",")),
+    ];
+    let mut replicas = Replicas::start_with(&config, dash.grpc_addr, &more).await;
+
+    // An account that moves to ingress-3 and back, with ten transactions
+    // before the first move.
+    let four = PartitionMap::new(
+        1024,
+        FOUR.iter()
+            .map(|n| Replica {
+                name: (*n).to_owned(),
+                addr: String::new(),
+            })
+            .collect(),
+    )
+    .expect("map");
+    let moving = (0..)
+        .map(|i| format!("mover-{i}"))
+        .find(|a| four.locate(a).1.name == "ingress-3")
+        .expect("an account of ingress-3");
+    let base = txmesh_actors::clock::system_unix_ms() - 30_000;
+    let at = |i: i64| {
+        let mut t = txn(&format!("{moving}-{i}"), &moving, 1_000);
+        t.timestamp_unix_ms = base + i * 1_000;
+        t
+    };
+    for i in 0..10 {
+        verdict(&screen_via(&config, replicas.addrs[0], at(i)).await);
+    }
+
+    config.txgen.target = replicas.addrs[0].into();
+    config.txgen.rate = 1_500;
+    config.txgen.duration_secs = 30;
+    config.txgen.accounts = 1_500;
+    let (load, progress) = spawn_txgen_watched(&config);
+    answered_at_least(&progress, 3_000).await;
+
+    // 3 -> 4: the new replica starts without a map, takes the epochs from
+    // a peer, and serves what it wins once the old owners handed it over.
+    write_members(&config.state_dir, &FOUR);
+    replicas.names.push(FOUR[3].to_owned());
+    replicas.add_started(3);
+    settled(&replicas, &config, &[0, 1, 2, 3], 3).await;
+    for i in 0..3 {
+        assert!(replicas.handoffs(&config, i, "sent").await >= 1.0);
+    }
+    assert!(replicas.handoffs(&config, 3, "received").await >= 3.0);
+    let r = screen_via(&config, replicas.addrs[1], at(10)).await;
+    assert!(
+        verdict(&r).reasons.contains(&(Reason::Velocity as i32)),
+        "the history moved to ingress-3: {r:?}"
+    );
+    let during = progress.answered.load(std::sync::atomic::Ordering::Relaxed);
+    answered_at_least(&progress, during + 3_000).await;
+
+    // 4 -> 3: ingress-3 hands everything back, then stops.
+    write_members(&config.state_dir, &NAMES);
+    settled(&replicas, &config, &[0, 1, 2, 3], 0).await;
+    assert_eq!(replicas.partitions(&config, 3, "serving").await, 0.0);
+    assert!(replicas.handoffs(&config, 3, "sent").await >= 3.0);
+    let child = replicas.children[3].take().expect("running");
+    assert!(signal(child, "-TERM").await.success());
+    let r = screen_via(&config, replicas.addrs[2], at(11)).await;
+    assert!(
+        verdict(&r).reasons.contains(&(Reason::Velocity as i32)),
+        "the history came back: {r:?}"
+    );
+
+    let report = tokio::time::timeout(Duration::from_secs(120), load)
+        .await
+        .expect("txgen finished its run")
+        .expect("txgen task")
+        .expect("txgen runs");
+    println!("{}", report.summary());
+    assert_eq!(report.unanswered, 0, "{}", report.summary());
+    assert_eq!(report.answered, report.sent, "{}", report.summary());
+    assert_eq!(report.errors, 0, "{:?}", report.by_error);
+    assert_eq!(report.screened_twice, 0, "{}", report.summary());
+    for (pattern, count) in &report.injected {
+        assert_eq!(count.detected, count.sent, "{pattern} detected every time");
+    }
+    assert_eq!(report.clean.flagged, 0, "no clean transaction flagged");
+    let answered = report.answered + report.recovered_by_replay + 12;
+    assert_eq!(dashboard_counts(&dash, answered).await, answered);
+    replicas.stop().await;
+    dash.stop().await;
+
+    // Every partition held by exactly one replica; ingress-3 holds none.
+    let mut holder = HashMap::new();
+    for name in FOUR {
+        for p in held(&config.state_dir, name) {
+            assert_eq!(holder.insert(p, name), None, "partition {p} held twice");
+        }
+    }
+    assert_eq!(holder.len(), 1024);
+    assert!(held(&config.state_dir, "ingress-3").is_empty());
+    // Each account's window at its holder, as its journal recovers it:
+    // txgen's transactions of each stream in the order it numbered them.
+    let mut accounts = 0;
+    for name in NAMES {
+        let journal = config.state_dir.join("replicas").join(name).join("journal");
+        let (journals, recovered) = txmesh_actors::journal::Journals::open(
+            Some(&journal),
+            &config.actors.journal,
+            &config.actors.window,
+            2,
+            &txmesh_actors::journal::JournalHistograms::default(),
+        )
+        .expect("journal opens");
+        for (account, window) in recovered.windows.iter().flatten() {
+            let p = txmesh_actors::partition::partition_of(account, 1024);
+            if holder[&p] != name {
+                continue;
+            }
+            accounts += 1;
+            let mut last: HashMap<&str, u64> = HashMap::new();
+            for e in window.entries() {
+                let id = &*e.transaction_id;
+                let Some((stream, n)) = id.rsplit_once('-') else {
+                    continue;
+                };
+                let n: u64 = n.parse().expect("a numbered id");
+                if let Some(before) = last.insert(stream, n) {
+                    assert!(
+                        before < n,
+                        "{account} (partition {p}, owner {} of four) at {name}: {before} before \
+                         {n}: {:?}\nscreened, per replica in journal order:\n{}",
+                        four.owner(p).0.name,
+                        window
+                            .entries()
+                            .map(|e| &*e.transaction_id)
+                            .collect::<Vec<_>>(),
+                        screened_at(&config.state_dir, account)
+                    );
+                }
+            }
+        }
+        journals.close();
+    }
+    assert!(accounts >= 1_000, "{accounts} accounts checked");
+}
+
+/// What each replica's journal recorded for `account`, in journal order
+/// (what a failed order check shows).
+fn screened_at(state_dir: &std::path::Path, account: &str) -> String {
+    use txmesh_actors::journal::format::{scan, VerdictRecord, HEADER_LEN};
+    let mut out = String::new();
+    for name in FOUR {
+        let journal = state_dir.join("replicas").join(name).join("journal");
+        for shard in 0..2 {
+            let dir = journal.join(format!("shard-{shard}"));
+            let mut segments: Vec<_> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .collect();
+            segments.sort();
+            for seg in segments {
+                let bytes = std::fs::read(&seg).unwrap_or_default();
+                let body = bytes.get(HEADER_LEN..).unwrap_or_default();
+                scan(body, |found| {
+                    if let Some(r) = VerdictRecord::decode(found.payload) {
+                        if &*r.account_id == account {
+                            out.push_str(&format!(
+                                "{name} lsn {} {} learned={} replayed={}\n",
+                                found.lsn, r.entry.transaction_id, r.learned, r.replayed
+                            ));
+                        }
+                    }
+                });
+            }
+        }
+    }
+    out
 }

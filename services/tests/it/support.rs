@@ -364,8 +364,13 @@ fn spawn_listening(
     // the child never blocks on a full pipe.
     let stdout = child.stdout.take().expect("stdout");
     let (found, addr) = std::sync::mpsc::channel();
+    // TXMESH_IT_ECHO=1: the services' logs on the test's stderr.
+    let echo = std::env::var_os("TXMESH_IT_ECHO").is_some();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("{line}");
+            }
             let event: Option<serde_json::Value> = serde_json::from_str(&line).ok();
             let addrs = event.and_then(|e| {
                 let grpc: SocketAddr = e["fields"]["grpc_addr"].as_str()?.parse().ok()?;
