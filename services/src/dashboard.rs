@@ -24,7 +24,7 @@ use txmesh_proto::v1::dashboard_server::DashboardServer;
 pub use aggregator::{
     live::{Golden, HistoryColumns, IngressGolden, LinkGolden},
     mesh::{CountBy, MeshPeerView, MeshView},
-    partitions::{ClaimView, PartitionMapView, CONFLICT, UNCLAIMED},
+    partitions::{ClaimView, HandoffView, PartitionMapView, CONFLICT, MOVING, UNCLAIMED},
     Aggregator, Alert, GetSnapshot, IngestCounters, PublisherRecord, PublisherView, Snapshot,
     Totals,
 };

@@ -13,6 +13,9 @@ use txmesh_proto::v1::ClusterStatus;
 pub const UNCLAIMED: i32 = -1;
 /// `owners[p]` when two or more replicas claim partition `p`.
 pub const CONFLICT: i32 = -2;
+/// `owners[p]` when no replica serves partition `p` because it is being
+/// handed over (its old owner still has it, or its new owner waits for it).
+pub const MOVING: i32 = -3;
 
 /// The map, and each replica's part in it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -22,11 +25,15 @@ pub struct PartitionMapView {
     /// common one when they differ).
     pub replicas: Vec<String>,
     /// Per partition: the index in `claims` of the replica that claims it,
-    /// or [`UNCLAIMED`], or [`CONFLICT`].
+    /// or [`UNCLAIMED`], [`CONFLICT`] or [`MOVING`].
     pub owners: Vec<i32>,
     pub claims: Vec<ClaimView>,
     pub unclaimed: u32,
     pub conflicts: u32,
+    /// Partitions being handed over (served by nobody meanwhile).
+    pub moving: u32,
+    /// Handoffs in progress, from the old owners' side.
+    pub handoffs: Vec<HandoffView>,
     /// Replicas publishing route by different replica sets.
     pub sets_differ: bool,
 }
@@ -44,9 +51,36 @@ pub struct ClaimView {
     pub forwarded_failed: u64,
     pub forwarded_received: u64,
     pub forwarded_refused: u64,
+    /// Partitions on their way here, and from here to their new owners.
+    pub incoming: u32,
+    pub outgoing: u32,
+    /// Handoffs completed since it started.
+    pub handoffs_sent: u64,
+    pub handoffs_received: u64,
     /// Not heard from lately: its claim is old news, and its partitions
     /// are answered UNAVAILABLE until it is back.
     pub gone: bool,
+}
+
+/// Partitions one replica is handing to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HandoffView {
+    pub from: String,
+    pub to: String,
+    pub partitions: u32,
+}
+
+/// Partitions in `ranges`, cut at `partitions`.
+fn count(ranges: &[txmesh_proto::v1::PartitionRange], partitions: u32) -> u32 {
+    ranges
+        .iter()
+        .map(|r| {
+            r.last
+                .min(partitions.saturating_sub(1))
+                .saturating_sub(r.first)
+                + 1
+        })
+        .sum()
 }
 
 /// The map from each publisher's last `ClusterStatus` (publisher id, the
@@ -96,8 +130,45 @@ pub(crate) fn assemble<'a>(
             forwarded_failed: s.forwarded_failed,
             forwarded_received: s.forwarded_received,
             forwarded_refused: s.forwarded_refused,
+            incoming: count(&s.incoming, partitions),
+            outgoing: count(&s.outgoing, partitions),
+            handoffs_sent: s.handoffs_sent,
+            handoffs_received: s.handoffs_received,
             gone: *gone,
         });
+    }
+    let mut handoffs: Vec<HandoffView> = Vec::new();
+    for (_, s, gone) in &statuses {
+        if *gone {
+            continue;
+        }
+        for r in s.incoming.iter().chain(&s.outgoing) {
+            for p in r.first..=r.last.min(partitions.saturating_sub(1)) {
+                let slot = &mut owners[p as usize];
+                if *slot == UNCLAIMED {
+                    *slot = MOVING;
+                }
+            }
+        }
+        for r in &s.outgoing {
+            let to = s
+                .replicas
+                .get(r.owner as usize)
+                .cloned()
+                .unwrap_or_default();
+            let n = count(std::slice::from_ref(r), partitions);
+            match handoffs
+                .iter_mut()
+                .find(|h| h.from == s.replica && h.to == to)
+            {
+                Some(h) => h.partitions += n,
+                None => handoffs.push(HandoffView {
+                    from: s.replica.clone(),
+                    to,
+                    partitions: n,
+                }),
+            }
+        }
     }
     let count = |v: i32| {
         let n = owners.iter().filter(|o| **o == v).count();
@@ -108,6 +179,8 @@ pub(crate) fn assemble<'a>(
         replicas: replicas.to_vec(),
         unclaimed: count(UNCLAIMED),
         conflicts: count(CONFLICT),
+        moving: count(MOVING),
+        handoffs,
         owners,
         claims,
         sets_differ,
@@ -160,5 +233,37 @@ mod tests {
         assert_eq!(map.claims.len(), 2);
         assert_eq!(map.claims[0].publisher, "/ingress/a-2");
         assert!(assemble([]).is_none());
+    }
+
+    #[test]
+    fn a_handoff_in_progress_is_moving_not_unclaimed() {
+        // a hands 4..5 to b: a still has them, b waits for them.
+        let mut a = status("a", &[(0, 3)]);
+        a.outgoing = vec![PartitionRange {
+            first: 4,
+            last: 5,
+            owner: 1,
+            epoch: 2,
+        }];
+        let mut b = status("b", &[(6, 7)]);
+        b.incoming = vec![PartitionRange {
+            first: 4,
+            last: 5,
+            owner: 1,
+            epoch: 2,
+        }];
+        let map =
+            assemble([("/ingress/a-1", &a, false), ("/ingress/b-1", &b, false)]).expect("a map");
+        assert_eq!(map.owners, [0, 0, 0, 0, MOVING, MOVING, 1, 1]);
+        assert_eq!((map.moving, map.unclaimed), (2, 0));
+        assert_eq!(
+            map.handoffs,
+            vec![HandoffView {
+                from: "a".into(),
+                to: "b".into(),
+                partitions: 2
+            }]
+        );
+        assert_eq!((map.claims[0].outgoing, map.claims[1].incoming), (2, 2));
     }
 }

@@ -293,10 +293,11 @@ function renderShards(now) {
 // One colour per replica (by its index in the claims); gone, unclaimed and
 // claimed twice have their own.
 const OWNER_COLOURS = ["#7aa7ff", "#4fd1a5", "#c792ea", "#f6c453", "#5fd4e8", "#f0a06b", "#9ccc65", "#e57fb3"];
-const GONE_COLOUR = "#3a4654", UNCLAIMED_COLOUR = "#1b2633", CONFLICT_COLOUR = "#f2686b";
-const claimRows = keyedRows($("partition-claims").tBodies[0], ["", "", "n", "n", "n", "n", "n", "n", ""]);
+const GONE_COLOUR = "#3a4654", UNCLAIMED_COLOUR = "#1b2633", CONFLICT_COLOUR = "#f2686b", MOVING_COLOUR = "#ffffff";
+const claimRows = keyedRows($("partition-claims").tBodies[0], ["", "", "n", "n", "n", "n", "n", "n", "n", "n", ""]);
 
 function ownerColour(map, owner) {
+  if (owner === -3) return MOVING_COLOUR;
   if (owner === -2) return CONFLICT_COLOUR;
   if (owner < 0) return UNCLAIMED_COLOUR;
   return map.claims[owner].gone ? GONE_COLOUR : OWNER_COLOURS[owner % OWNER_COLOURS.length];
@@ -312,6 +313,13 @@ function renderPartitions() {
   setText($("pm-unclaimed"), int(map.unclaimed));
   setText($("pm-conflicts"), int(map.conflicts));
   $("pm-conflicts").className = "num" + (map.conflicts > 0 ? " bad" : "");
+  setText($("pm-moving"), int(map.moving));
+  $("pm-moving").className = "num" + (map.moving > 0 ? " warn" : "");
+  $("pm-handoffs").replaceChildren(...map.handoffs.map((h) => {
+    const li = document.createElement("li");
+    li.textContent = `${h.from} → ${h.to}: ${int(h.partitions)} partitions handing over`;
+    return li;
+  }));
   $("pm-sets").hidden = !map.sets_differ;
   if (S.drawnMap !== map) {
     S.drawnMap = map;
@@ -332,7 +340,9 @@ function renderPartitions() {
     keys.add(c.publisher);
     const epoch = c.epoch_min === c.epoch_max ? String(c.epoch_max) : `${c.epoch_min}–${c.epoch_max}`;
     const r = claimRows.set(c.publisher, [null, c.publisher, int(c.owned), epoch, int(c.forwarded_sent),
-      int(c.forwarded_failed), int(c.forwarded_received), int(c.forwarded_refused), c.gone ? "GONE" : "publishing"],
+      int(c.forwarded_failed), int(c.forwarded_received), int(c.forwarded_refused),
+      `${int(c.incoming)} / ${int(c.outgoing)}`, `${int(c.handoffs_sent)} / ${int(c.handoffs_received)}`,
+      c.gone ? "GONE" : (c.incoming || c.outgoing) ? "handing over" : "publishing"],
       c.gone ? "gone" : "");
     const swatch = document.createElement("span");
     swatch.className = "swatch";
