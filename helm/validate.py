@@ -78,6 +78,8 @@ def value_sets():
             {"certificates": {"trustBundle": {"configMap": "txmesh-trust"}}},
         ),
         "replicas": {"ingress": {"replicas": 3}},
+        # Shrinking, first step: four pods, three in the set.
+        "replicas-leaving": {"ingress": {"replicas": 4, "members": [0, 1, "txmesh-ingress-2"]}},
         "everything-off": {
             "networkPolicy": {"enabled": False},
             "podDisruptionBudget": {"enabled": False},
@@ -98,6 +100,7 @@ BAD_VALUES = [
     ("an unknown nested key", {"ingress": {"replica": 2}}),
     ("more ingress replicas than the chart supports", {"ingress": {"replicas": 33}}),
     ("zero ingress replicas", {"ingress": {"replicas": 0}}),
+    ("a replica set member that is not a name", {"ingress": {"replicas": 3, "members": ["Ingress 0"]}}),
     ("an unknown certificate mode", {"certificates": {"mode": "helmGenerated"}}),
     ("a journal sync policy that does not exist", {"ingress": {"journalSync": "sometimes"}}),
     ("a trust domain with a scheme", {"trustDomain": "spiffe://txmesh.local"}),
@@ -162,6 +165,16 @@ def check_replicas(name, docs, values):
     pods = [f"{sts['metadata']['name']}-{i}" for i in range(n)]
     if env.get("TXMESH__CLUSTER__REPLICAS", {}).get("value") != ",".join(pods):
         fail(f"{where}: cluster.replicas is not the StatefulSet's pods {pods}")
+    if env.get("TXMESH__CLUSTER__MEMBERS_FILE", {}).get("value") != "/etc/txmesh/members":
+        fail(f"{where}: the replicas do not read the set from the mounted members file")
+    given = values.get("ingress", {}).get("members") or list(range(n))
+    expected = [m if isinstance(m, str) else f"{sts['metadata']['name']}-{m}" for m in given]
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and "txmesh.toml" in d.get("data", {}))
+    members = config["data"].get("members", "").split()
+    if members != expected:
+        fail(f"{where}: members file {members}, not {expected}")
+    if not set(members) <= set(pods):
+        fail(f"{where}: members {members} are not all pods {pods}")
     headless = sts["spec"]["serviceName"]
     if f"{{name}}.{headless}." not in env.get("TXMESH__CLUSTER__PEER_ADDR", {}).get("value", ""):
         fail(f"{where}: peers are not reached through {headless}")

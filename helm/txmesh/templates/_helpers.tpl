@@ -133,6 +133,28 @@ topologySpreadConstraints:
 The ingress replica set: the StatefulSet's pod names, comma-separated, in
 ordinal order (cluster.replicas).
 */}}
+{{/* The replica set the replicas route by: ingress.members (pod names or
+ordinals), or every pod; each must be a pod of the StatefulSet. */}}
+{{- define "txmesh.ingressMembers" -}}
+{{- $full := include "txmesh.fullname" . -}}
+{{- $pods := splitList "," (include "txmesh.ingressReplicas" .) -}}
+{{- $names := list -}}
+{{- range $m := (.Values.ingress.members | default list) -}}
+{{- $name := toString $m -}}
+{{- if regexMatch "^[0-9]+$" $name -}}
+{{- $name = printf "%s-ingress-%s" $full $name -}}
+{{- end -}}
+{{- if not (has $name $pods) -}}
+{{- fail (printf "ingress.members: %s is not a pod of the ingress StatefulSet (%s)" $name (join ", " $pods)) -}}
+{{- end -}}
+{{- $names = append $names $name -}}
+{{- end -}}
+{{- if not $names -}}
+{{- $names = $pods -}}
+{{- end -}}
+{{- join "\n" $names -}}
+{{- end -}}
+
 {{- define "txmesh.ingressReplicas" -}}
 {{- $full := include "txmesh.fullname" . -}}
 {{- $names := list -}}
