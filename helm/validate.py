@@ -202,6 +202,7 @@ def check_replicas(name, docs, values):
         lines = [f"TXMESH__CLUSTER__NAME={pods[-1]}"] + [
             f"{k}={e['value']}" for k, e in sorted(env.items()) if k.startswith("TXMESH__CLUSTER__") and "value" in e]
         pathlib.Path(out, f"{name}.env").write_text("\n".join(lines) + "\n")
+        pathlib.Path(out, f"{name}.members").write_text(config["data"]["members"])
 
 
 def save_config(name, docs):

@@ -32,7 +32,7 @@ use txmesh_actors::{
 use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::{ingress_server::IngressServer, replica_server::ReplicaServer};
 
-pub use cluster::{ClusterView, ForwardStats};
+pub use cluster::{read_members, ClusterView, ForwardStats};
 pub use service::{IngressCounters, IngressService, InputFault, ScreenLimits, CODES};
 
 use crate::{
@@ -62,6 +62,7 @@ pub struct IngressHandle {
     publisher: Arc<PublisherStats>,
     publisher_addr: actix::Addr<DashboardPublisher>,
     recovery: txmesh_actors::journal::RecoveryReport,
+    view: Arc<ClusterView>,
 }
 
 /// Starts the ingress described by `config`. Must run inside an actix
@@ -241,6 +242,7 @@ pub async fn start_with(
         publisher: publisher_stats,
         publisher_addr,
         recovery,
+        view,
     })
 }
 
@@ -412,6 +414,12 @@ impl IngressHandle {
     /// Per-shard supervision, passivation and overload counters.
     pub fn screening(&self) -> &ScreeningStats {
         self.router.stats()
+    }
+
+    /// This replica's place among the replicas (what the dashboard is told),
+    /// when it is one of several.
+    pub fn cluster_status(&self) -> Option<txmesh_proto::v1::ClusterStatus> {
+        self.view.is_clustered().then(|| self.view.status())
     }
 
     /// What the journal's recovery read and cut away at start.

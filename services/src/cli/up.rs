@@ -142,17 +142,31 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     // The dashboard's totals persist across runs in the state directory:
     // this run's share is the increase from here.
     let dashboard_before = dashboard.snapshot().await?.totals.verdicts;
+    let clustered = options.replicas > 1;
+    let members = config.state_dir.join(MEMBERS_FILE);
+    if clustered {
+        let names: Vec<String> = (0..options.replicas)
+            .map(|i| ingress_name(i, options.replicas))
+            .collect();
+        write_members(&members, &names)?;
+    }
     let mut ingresses = Vec::with_capacity(options.replicas);
-    for replica in replica_configs(&config, options.replicas) {
-        ingresses.push(ingress::start(&replica).await?);
+    for (i, replica) in replica_configs(&config, options.replicas)
+        .into_iter()
+        .enumerate()
+    {
+        let replica = with_members_file(replica, clustered);
+        ingresses.push((
+            ingress_name(i, options.replicas),
+            ingress::start(&replica).await?,
+        ));
     }
     let mut config = config;
-    config.txgen.target = ingresses[0].local_addr.into();
+    config.txgen.target = ingresses[0].1.local_addr.into();
     let layout = StateLayout::new(&config.state_dir);
-    let listeners = write_listeners(&config, &ingresses, &dashboard)?;
+    let mut listeners = write_listeners(&config, &ingresses, &dashboard)?;
     say("txmesh is up (all listeners mTLS on 127.0.0.1):".to_string());
-    for (i, ingress) in ingresses.iter().enumerate() {
-        let name = ingress_name(i, ingresses.len());
+    for (name, ingress) in &ingresses {
         say(format!("  {name:<15} gRPC {}", ingress.local_addr));
         say(format!(
             "  {:<15} https://localhost:{}/metrics",
@@ -160,7 +174,7 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
             ingress.metrics_addr.port()
         ));
     }
-    if options.replicas > 1 {
+    if clustered {
         say(format!(
             "  txgen sends to ingress-0{}",
             if config.txgen.partition_aware {
@@ -168,6 +182,10 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
             } else {
                 ", which forwards to each account's owner"
             }
+        ));
+        say(format!(
+            "  the replica set is {}: add ingress-N or remove one to scale (partitions move with a handoff)",
+            members.display()
         ));
     }
     say(format!("  dashboard gRPC  {}", dashboard.grpc_addr));
@@ -203,6 +221,8 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
     };
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
+    let mut membership = tokio::time::interval(Duration::from_millis(500));
+    let mut scaling = Scaling::new();
     let mut last_answered = 0u64;
     let report = loop {
         tokio::select! {
@@ -212,15 +232,20 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
                 trigger.cancel();
                 break (&mut txgen_task).await;
             }
+            _ = membership.tick(), if clustered => {
+                if scaling.follow(&config, &members, &mut ingresses, &say).await? {
+                    listeners = write_listeners(&config, &ingresses, &dashboard)?;
+                }
+            }
             _ = ticker.tick() => {
                 let answered = progress.answered.load(Ordering::Relaxed);
                 let rate = (answered - last_answered) as f64 / every.as_secs_f64();
                 last_answered = answered;
                 let sum = |f: fn(&ingress::IngressCounters) -> &std::sync::atomic::AtomicU64| {
-                    ingresses.iter().map(|i| f(&i.counters).load(Ordering::Relaxed)).sum::<u64>()
+                    ingresses.iter().map(|(_, i)| f(&i.counters).load(Ordering::Relaxed)).sum::<u64>()
                 };
-                let publisher = ingresses[0].publisher();
-                let outbox: u64 = ingresses.iter().map(|i| i.publisher().outbox_depth).sum();
+                let publisher = ingresses[0].1.publisher();
+                let outbox: u64 = ingresses.iter().map(|(_, i)| i.publisher().outbox_depth).sum();
                 say(format!(
                     "{rate:>9.0} tx/s | approved {} flagged {} rejected {} errors {} | breaker {:?} outbox {}",
                     sum(|c| &c.approved),
@@ -245,15 +270,20 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
             ))
         }
     };
-    let mut publisher_drained = true;
-    for ingress in &ingresses {
+    let mut publisher_drained = scaling.drained;
+    for (_, ingress) in &ingresses {
         publisher_drained &= ingress.wait_drained(Duration::from_secs(10)).await;
     }
     let totals = dashboard.snapshot().await?.totals;
     // Verdicts answered to callers (a forwarded one is counted by the
-    // replica that answered its caller, not again by its owner).
-    let ingress_verdicts = ingresses.iter().map(|i| i.counters.verdicts()).sum();
-    for ingress in ingresses {
+    // replica that answered its caller, not again by its owner), by the
+    // replicas running and those that left.
+    let ingress_verdicts = scaling.verdicts
+        + ingresses
+            .iter()
+            .map(|(_, i)| i.counters.verdicts())
+            .sum::<u64>();
+    for (_, ingress) in ingresses {
         ingress.stop(Duration::from_secs(5)).await;
     }
     dashboard.stop().await;
@@ -264,6 +294,122 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
         ingress_verdicts,
         publisher_drained,
     })
+}
+
+/// The replica set of `up --replicas N`, relative to the state directory.
+const MEMBERS_FILE: &str = "cluster/members";
+
+/// `config` reading the replica set from the members file (when clustered).
+fn with_members_file(mut config: TxmeshConfig, clustered: bool) -> TxmeshConfig {
+    if clustered {
+        config.cluster.members_file = MEMBERS_FILE.to_owned();
+    }
+    config
+}
+
+/// Writes the members file (to a temporary name, then renamed: a replica
+/// never reads half of it).
+fn write_members(file: &std::path::Path, names: &[String]) -> Result<(), ServiceError> {
+    let io = |e: std::io::Error| {
+        ServiceError::config("cluster.members_file", format!("{}: {e}", file.display()))
+    };
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = file.with_extension("tmp");
+    let text = format!(
+        "# The replica set of `txmesh up`: add ingress-N or remove one; partitions move\n\
+         # with a handoff. A replica that leaves stops once it holds nothing.\n{}\n",
+        names.join("\n")
+    );
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, file).map_err(io)
+}
+
+/// Replicas joining and leaving as the members file says, the way a
+/// StatefulSet controller would start and stop pods.
+struct Scaling {
+    /// The set last read (to act only on changes).
+    seen: Vec<String>,
+    /// Verdicts answered by replicas that left.
+    verdicts: u64,
+    /// Whether every replica that left had drained its publisher.
+    drained: bool,
+}
+
+impl Scaling {
+    fn new() -> Self {
+        Self {
+            seen: Vec::new(),
+            verdicts: 0,
+            drained: true,
+        }
+    }
+
+    /// Starts the replicas the members file adds, and stops those it
+    /// removed once they hold nothing (ingress-0, txgen's target, stays).
+    /// Returns whether the running set changed.
+    async fn follow(
+        &mut self,
+        config: &TxmeshConfig,
+        members: &std::path::Path,
+        ingresses: &mut Vec<(String, ingress::IngressHandle)>,
+        say: &impl Fn(String),
+    ) -> Result<bool, ServiceError> {
+        let Ok(set) = crate::ingress::read_members(members) else {
+            // The replicas report a bad file themselves, and keep their set.
+            return Ok(false);
+        };
+        let names: Vec<String> = set.into_iter().map(|r| r.name).collect();
+        if names != self.seen {
+            say(format!("replica set: {}", names.join(", ")));
+            self.seen = names.clone();
+        }
+        let mut changed = false;
+        for name in &names {
+            if ingresses.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            let Some(i) = name
+                .strip_prefix("ingress-")
+                .and_then(|i| i.parse::<usize>().ok())
+            else {
+                say(format!("{name}: up starts replicas named ingress-N only"));
+                continue;
+            };
+            let mut all: Vec<String> = ingresses.iter().map(|(n, _)| n.clone()).collect();
+            all.extend(
+                names
+                    .iter()
+                    .filter(|n| !all.contains(n))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            let replica = with_members_file(replica_config(config, i, all), true);
+            let handle = ingress::start(&replica).await?;
+            say(format!("{name} joined: gRPC {}", handle.local_addr));
+            ingresses.push((name.clone(), handle));
+            changed = true;
+        }
+        let mut i = 1;
+        while i < ingresses.len() {
+            let (name, handle) = &ingresses[i];
+            let idle = handle
+                .cluster_status()
+                .is_some_and(|s| s.owned.is_empty() && s.outgoing.is_empty());
+            if names.contains(name) || !idle {
+                i += 1;
+                continue;
+            }
+            let (name, handle) = ingresses.remove(i);
+            self.drained &= handle.wait_drained(Duration::from_secs(10)).await;
+            self.verdicts += handle.counters.verdicts();
+            handle.stop(Duration::from_secs(5)).await;
+            say(format!("{name} left: its partitions were handed over"));
+            changed = true;
+        }
+        Ok(changed)
+    }
 }
 
 /// Ingress `i` of `n`: `ingress` alone, else its replica name `ingress-i`.
@@ -284,40 +430,46 @@ pub fn replica_configs(config: &TxmeshConfig, replicas: usize) -> Vec<TxmeshConf
     }
     let names: Vec<String> = (0..replicas).map(|i| ingress_name(i, replicas)).collect();
     (0..replicas)
-        .map(|i| {
-            let mut c = config.clone();
-            c.cluster.name = names[i].clone();
-            c.cluster.replicas = names.clone();
-            c.cluster.address_dir = "cluster".to_owned();
-            let step = u16::try_from(10 * i).unwrap_or(u16::MAX);
-            for addr in [&mut c.ingress.listen, &mut c.ingress.metrics_listen] {
-                // Port 0 stays 0: the OS chooses.
-                if addr.port() != 0 {
-                    addr.set_port(addr.port().saturating_add(step));
-                }
-            }
-            c
-        })
+        .map(|i| replica_config(config, i, names.clone()))
         .collect()
+}
+
+/// Replica `ingress-i` of the set `names`, on the ingress ports plus
+/// `10 * i`, publishing its address in the state directory.
+fn replica_config(config: &TxmeshConfig, i: usize, names: Vec<String>) -> TxmeshConfig {
+    let mut c = config.clone();
+    c.cluster.name = format!("ingress-{i}");
+    c.cluster.replicas = names;
+    c.cluster.address_dir = "cluster".to_owned();
+    let step = u16::try_from(10 * i).unwrap_or(u16::MAX);
+    for addr in [&mut c.ingress.listen, &mut c.ingress.metrics_listen] {
+        // Port 0 stays 0: the OS chooses.
+        if addr.port() != 0 {
+            addr.set_port(addr.port().saturating_add(step));
+        }
+    }
+    c
 }
 
 /// Records the listeners and this process's id in the state directory, for
 /// `txmesh audit`; returns the file (removed when `up` stops).
 fn write_listeners(
     config: &TxmeshConfig,
-    ingresses: &[ingress::IngressHandle],
+    ingresses: &[(String, ingress::IngressHandle)],
     dashboard: &dashboard::DashboardHandle,
 ) -> Result<std::path::PathBuf, ServiceError> {
     use crate::cli::audit::{AuditTarget, ListenerFile, ListenerKind};
     let mut listeners = Vec::new();
-    for (i, ingress) in ingresses.iter().enumerate() {
-        let name = ingress_name(i, ingresses.len());
+    let clustered = ingresses
+        .first()
+        .is_some_and(|(_, i)| i.cluster_status().is_some());
+    for (name, ingress) in ingresses {
         listeners.push(AuditTarget {
             name: name.clone(),
             addr: ingress.local_addr,
             kind: ListenerKind::IngressGrpc,
         });
-        if ingresses.len() > 1 {
+        if clustered {
             listeners.push(AuditTarget {
                 name: format!("{name}-forward"),
                 addr: ingress.local_addr,

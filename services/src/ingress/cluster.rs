@@ -640,7 +640,11 @@ fn from_wire(served: &pb::PartitionMap) -> Result<PartitionMap, String> {
 }
 
 /// The replica set in a members file.
-pub(crate) fn read_members(path: &std::path::Path) -> Result<Vec<Replica>, String> {
+///
+/// # Errors
+/// The file cannot be read or does not hold a valid set (the message names
+/// the file).
+pub fn read_members(path: &std::path::Path) -> Result<Vec<Replica>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     ClusterConfig::parse_members(&text).map_err(|e| format!("{}: {e}", path.display()))
 }

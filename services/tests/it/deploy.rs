@@ -134,7 +134,7 @@ fn chart_renders_and_validates_offline() {
     let mut replicas = 0;
     for entry in std::fs::read_dir(&rendered.0).expect("rendered configs") {
         let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "env") {
+        if path.extension().is_some_and(|e| e != "toml") {
             continue;
         }
         let sources = txmesh::config::ConfigSources {
@@ -164,7 +164,20 @@ fn chart_renders_and_validates_offline() {
         let config = txmesh::config::TxmeshConfig::load(&sources)
             .unwrap_or_else(|e| panic!("{}: a replica refuses it: {e}", path.display()));
         let map = config.cluster.partition_map().expect("a partition map");
-        assert_eq!(map.replicas().len(), 3, "{}", path.display());
+        // The set it routes by is the rendered members file: pods of the
+        // StatefulSet (all of them, or fewer while shrinking).
+        assert_eq!(config.cluster.members_file, "/etc/txmesh/members");
+        let members = std::fs::read_to_string(path.with_extension("members")).expect("members");
+        let members = txmesh::config::ClusterConfig::parse_members(&members)
+            .unwrap_or_else(|e| panic!("{}: members: {e}", path.display()));
+        assert!(members.len() >= 3, "{}: {members:?}", path.display());
+        assert!(
+            members
+                .iter()
+                .all(|m| map.replicas().iter().any(|r| r.name == m.name)),
+            "{}: {members:?} are pods",
+            path.display()
+        );
         let peer = config
             .cluster
             .resolve(&config.state_dir, &map.replicas()[0])
@@ -173,13 +186,17 @@ fn chart_renders_and_validates_offline() {
             peer.to_string(),
             "txmesh-ingress-0.txmesh-ingress-headless.txmesh.svc.cluster.local:7443"
         );
+        // The last pod's environment (validate.py writes it).
+        let last = map.replicas().last().expect("pods").name.clone();
         assert_eq!(
             txmesh::ingress::journal_dir(&config),
-            std::path::Path::new("/var/lib/txmesh/replicas/txmesh-ingress-2/journal"),
+            std::path::Path::new("/var/lib/txmesh/replicas")
+                .join(&last)
+                .join("journal"),
             "on the volume"
         );
         replicas += 1;
     }
-    assert_eq!(replicas, 1, "the replicas values set");
+    assert_eq!(replicas, 2, "the replicas values sets");
     assert!(loaded >= 8, "only {loaded} rendered configurations");
 }

@@ -782,3 +782,78 @@ fn screened_at(state_dir: &std::path::Path, account: &str) -> String {
     }
     out
 }
+
+/// `txmesh up --replicas 3` scaled by its members file the way the README
+/// says, under load: ingress-3 joins (started by `up`, partitions handed
+/// to it), then leaves (handed back, then stopped); every transaction
+/// answered once, the dashboard applied exactly what the replicas
+/// answered, and ingress-3 ends holding nothing.
+#[actix_rt::test]
+async fn up_scales_by_its_members_file_under_load() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = TempDir::new("up-scale");
+    let _machine = machine_shared().await;
+    let state = dir.0.join("state");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_txmesh"))
+        .current_dir(&dir.0)
+        .args([
+            "up",
+            "--replicas",
+            "3",
+            "--rate",
+            "800",
+            "--duration",
+            "16s",
+        ])
+        .args(["--port-offset", "25000", "--report", "json", "--state-dir"])
+        .arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("txmesh up starts");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut said = Vec::new();
+    let mut wait_for = async |what: &str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no {what:?} in:\n{}", said.join("\n")))
+                .expect("stderr readable")
+                .unwrap_or_else(|| panic!("up ended before {what:?}:\n{}", said.join("\n")));
+            let found = line.contains(what);
+            said.push(line);
+            if found {
+                return;
+            }
+        }
+    };
+    wait_for("Ctrl-C stops everything").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    write_members(&state, &FOUR);
+    wait_for("ingress-3 joined").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    write_members(&state, &NAMES);
+    wait_for("ingress-3 left").await;
+    let out = child.wait_with_output().await.expect("up runs");
+    assert!(out.status.success(), "{}", out.status);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let sent = report["sent"].as_u64().expect("sent");
+    assert!(sent >= 8_000, "{report}");
+    assert_eq!(report["answered"].as_u64(), Some(sent), "{report}");
+    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["screened_twice"].as_u64(), Some(0), "{report}");
+    for (pattern, p) in report["injected"].as_object().expect("injected") {
+        assert_eq!(p["detected"], p["sent"], "{pattern}: {report}");
+    }
+    assert_eq!(
+        report["ingress_verdicts"], report["dashboard_this_run"],
+        "{report}"
+    );
+    assert_eq!(report["publisher_drained"], true, "{report}");
+    assert!(held(&state, "ingress-3").is_empty());
+    let held_by_three: usize = NAMES.iter().map(|n| held(&state, n).len()).sum();
+    assert_eq!(held_by_three, 1024);
+}
