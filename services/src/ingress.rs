@@ -32,7 +32,7 @@ use txmesh_actors::{
 use txmesh_certs::{CertStore, SpiffeId};
 use txmesh_proto::v1::{ingress_server::IngressServer, replica_server::ReplicaServer};
 
-pub use cluster::{read_members, ClusterView, ForwardStats};
+pub use cluster::{holds_history, read_members, ClusterView, ForwardStats};
 pub use service::{IngressCounters, IngressService, InputFault, ScreenLimits, CODES};
 
 use crate::{

@@ -161,6 +161,22 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
             ingress::start(&replica).await?,
         ));
     }
+    // A replica of an earlier run that still holds history (the run
+    // stopped while it was in the set) starts too, hands it back, and
+    // leaves: nothing it screened is stranded on its journal.
+    if clustered {
+        let names: Vec<String> = ingresses.iter().map(|(n, _)| n.clone()).collect();
+        for i in options.replicas..MAX_UP_REPLICAS {
+            let name = format!("ingress-{i}");
+            if !ingress::holds_history(&config.state_dir, &name) {
+                continue;
+            }
+            let mut all = names.clone();
+            all.push(name.clone());
+            let replica = with_members_file(replica_config(&config, i, all), true);
+            ingresses.push((name, ingress::start(&replica).await?));
+        }
+    }
     let mut config = config;
     config.txgen.target = ingresses[0].1.local_addr.into();
     let layout = StateLayout::new(&config.state_dir);
@@ -295,6 +311,9 @@ pub async fn run(config: TxmeshConfig, options: UpOptions) -> Result<UpReport, S
         publisher_drained,
     })
 }
+
+/// The most replicas `up` runs (as `--replicas` allows).
+const MAX_UP_REPLICAS: usize = 32;
 
 /// The replica set of `up --replicas N`, relative to the state directory.
 const MEMBERS_FILE: &str = "cluster/members";

@@ -639,6 +639,20 @@ fn from_wire(served: &pb::PartitionMap) -> Result<PartitionMap, String> {
     Ok(map)
 }
 
+/// Whether replica `name`'s saved map (under `state_dir`) says its journal
+/// holds the history of some partitions: a replica that must run to hand
+/// them over, even if the set no longer names it.
+pub fn holds_history(state_dir: &std::path::Path, name: &str) -> bool {
+    let file = state_dir
+        .join("replicas")
+        .join(name)
+        .join("partition-map.json");
+    std::fs::read(file)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<SavedMap>(&bytes).ok())
+        .is_some_and(|saved| saved.held.is_some_and(|runs| !runs.is_empty()))
+}
+
 /// The replica set in a members file.
 ///
 /// # Errors
