@@ -286,28 +286,31 @@ impl ShardRouter {
     pub fn locate(&self, account_id: &str) -> Location {
         let map = self.cluster.as_ref().map(|(c, _)| c.map.read().clone());
         let me = map.as_deref().and_then(|m| self.my_index(m));
-        self.locate_in(map.as_deref(), me, account_id)
+        self.locate_in(map.as_deref(), me, account_id).0
     }
 
     /// [`Self::locate`] against one snapshot of the map (`me`: this
-    /// replica's index in it, if it is in the set).
+    /// replica's index in it, if it is in the set), with the account's
+    /// partition when there is a map.
     fn locate_in(
         &self,
         map: Option<&PartitionMap>,
         me: Option<usize>,
         account_id: &str,
-    ) -> Location {
+    ) -> (Location, Option<u32>) {
         if let Some(map) = map {
             let (partition, owner, epoch) = map.locate_index(account_id);
             if Some(owner) != me {
-                return Location::Remote {
+                let remote = Location::Remote {
                     partition,
                     owner,
                     epoch,
                 };
+                return (remote, Some(partition));
             }
+            return (Location::Local(self.shard_of(account_id)), Some(partition));
         }
-        Location::Local(self.shard_of(account_id))
+        (Location::Local(self.shard_of(account_id)), None)
     }
 
     /// The local shard of an account this replica owns.
@@ -424,10 +427,12 @@ impl ShardRouter {
         let mut remote: Vec<(usize, Vec<remote::Outbound>)> = Vec::new();
         for (i, txn) in txns.into_iter().enumerate() {
             let slot = batch.slot(i, &txn.transaction_id);
-            match self.locate_in(map.as_deref(), me, &txn.account_id) {
+            let (location, partition) = self.locate_in(map.as_deref(), me, &txn.account_id);
+            match location {
                 Location::Local(shard) => {
-                    if let (Some(map), Some((cluster, _))) = (map.as_deref(), &self.cluster) {
-                        let p = map.partition_of(&txn.account_id);
+                    if let (Some(map), Some(p), Some((cluster, _))) =
+                        (map.as_deref(), partition, &self.cluster)
+                    {
                         if !cluster.serving.contains(p) {
                             self.refuse_moving(shard, &txn, slot, p);
                             continue;

@@ -138,6 +138,18 @@ impl RemoteHolds {
     }
 }
 
+impl RemoteHolds {
+    /// Holds `item`'s account for it, refused in the part stamped `stamp`.
+    fn hold(&self, item: &RemoteItem, stamp: u64, now_ms: u64) {
+        self.shards[item.shard].hold(
+            &item.txn.account_id,
+            &item.txn.transaction_id,
+            stamp,
+            now_ms + self.hold_ms,
+        );
+    }
+}
+
 impl RemotePart {
     /// Answers the items with the owner's results, in item order; an item
     /// without a result gets a retryable error. An item the owner refused
@@ -155,12 +167,7 @@ impl RemotePart {
                     ..
                 }) => {
                     if matches!(&outcome, Outcome::Error(e) if e.retryable) {
-                        h.shards[item.shard].hold(
-                            &item.txn.account_id,
-                            &item.txn.transaction_id,
-                            self.stamp,
-                            now + h.hold_ms,
-                        );
+                        h.hold(&item, self.stamp, now);
                     }
                     item.slot.answer(outcome);
                 }
@@ -176,12 +183,7 @@ impl RemotePart {
         let now = h.clock.now_ms();
         for item in self.items {
             if error.is_retryable() {
-                h.shards[item.shard].hold(
-                    &item.txn.account_id,
-                    &item.txn.transaction_id,
-                    self.stamp,
-                    now + h.hold_ms,
-                );
+                h.hold(&item, self.stamp, now);
             }
             item.slot.error(error);
         }

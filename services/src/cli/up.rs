@@ -396,14 +396,13 @@ impl Scaling {
                 say(format!("{name}: up starts replicas named ingress-N only"));
                 continue;
             };
+            // Every name it may be routed by: those running and those named.
             let mut all: Vec<String> = ingresses.iter().map(|(n, _)| n.clone()).collect();
-            all.extend(
-                names
-                    .iter()
-                    .filter(|n| !all.contains(n))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            );
+            for n in &names {
+                if !all.contains(n) {
+                    all.push(n.clone());
+                }
+            }
             let replica = with_members_file(replica_config(config, i, all), true);
             let handle = ingress::start(&replica).await?;
             say(format!("{name} joined: gRPC {}", handle.local_addr));

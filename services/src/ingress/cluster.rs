@@ -4,6 +4,7 @@
 //! the service peers call in [`super::replica`].
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     path::PathBuf,
     sync::{atomic::AtomicU64, Arc, OnceLock},
@@ -86,13 +87,13 @@ pub struct ForwardStats {
     pub handoffs_failed: AtomicU64,
 }
 
-/// Consecutive numbers as runs `[first, last]`.
-fn runs(items: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
-    let mut out: Vec<(u32, u32)> = Vec::new();
-    for p in items {
+/// Consecutive partitions with the same value as runs `(first, last, value)`.
+fn runs<T: PartialEq + Copy>(items: impl IntoIterator<Item = (u32, T)>) -> Vec<(u32, u32, T)> {
+    let mut out: Vec<(u32, u32, T)> = Vec::new();
+    for (p, value) in items {
         match out.last_mut() {
-            Some(last) if last.1 + 1 == p => last.1 = p,
-            _ => out.push((p, p)),
+            Some(last) if last.1 + 1 == p && last.2 == value => last.1 = p,
+            _ => out.push((p, p, value)),
         }
     }
     out
@@ -198,16 +199,17 @@ impl ClusterView {
         };
         let file = self.saved_file();
         let bad = |e: String| ServiceError::config("cluster", format!("{}: {e}", file.display()));
-        let (base, held) = match std::fs::read(&file) {
+        // `None`: no saved map (a new replica).
+        let (base, held): (PartitionMap, Option<HashSet<u32>>) = match std::fs::read(&file) {
             Ok(bytes) => {
                 let saved: SavedMap =
                     serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
                 let base = saved.map().map_err(bad)?;
                 let held = match &saved.held {
                     Some(runs) => runs.iter().flat_map(|(a, b)| *a..=*b).collect(),
-                    None => base.owned_by(&self.me),
+                    None => base.owned_by(&self.me).into_iter().collect(),
                 };
-                (base, held)
+                (base, Some(held))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let base = match self.peer_map(&set, store, ingress).await {
@@ -215,8 +217,7 @@ impl ClusterView {
                     None => PartitionMap::new(self.config.partitions, set.clone())
                         .map_err(|e| bad(e.to_string()))?,
                 };
-                let held = Vec::new();
-                (base, held)
+                (base, None)
             }
             Err(e) => return Err(bad(e.to_string())),
         };
@@ -234,14 +235,12 @@ impl ClusterView {
         let (map, moves) = base
             .with_replicas(set)
             .map_err(|e| ServiceError::config("cluster.replicas", e.to_string()))?;
-        let fresh = held.is_empty() && !file.exists();
         let _guard = self.changes.lock();
         for p in 0..map.partitions() {
             let (owner, epoch) = map.owner(p);
-            let holds = if fresh {
-                owner.name == self.me && epoch == 1
-            } else {
-                held.contains(&p)
+            let holds = match &held {
+                Some(held) => held.contains(&p),
+                None => owner.name == self.me && epoch == 1,
             };
             self.held.set(p, holds);
         }
@@ -298,17 +297,13 @@ impl ClusterView {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
-            epochs: map.epochs().into_iter().zip(0u32..).fold(
-                Vec::new(),
-                |mut out: Vec<(u32, u32, u64)>, (e, p)| {
-                    match out.last_mut() {
-                        Some(last) if last.2 == e => last.1 = p,
-                        _ => out.push((p, p, e)),
-                    }
-                    out
-                },
+            epochs: runs((0u32..).zip(map.epochs())),
+            held: Some(
+                runs(self.held.members().into_iter().map(|p| (p, ())))
+                    .into_iter()
+                    .map(|(first, last, ())| (first, last))
+                    .collect(),
             ),
-            held: Some(runs(self.held.members())),
         };
         let io =
             |e: std::io::Error| ServiceError::config("cluster", format!("{}: {e}", file.display()));
@@ -505,31 +500,29 @@ impl ClusterView {
         use std::sync::atomic::Ordering::Relaxed;
         let map = self.map.read().clone();
         let me = replica_index(&map, &self.me);
+        // Runs of the partitions `keep` picks, each with its owner (this
+        // replica, when `own`) and epoch.
         let ranges = |keep: &dyn Fn(u32, &str) -> bool, own: bool| {
-            let mut out: Vec<pb::PartitionRange> = Vec::new();
-            for p in 0..map.partitions() {
+            let picked = (0..map.partitions()).filter_map(|p| {
                 let (owner, epoch) = map.owner(p);
-                if !keep(p, &owner.name) {
-                    continue;
-                }
-                let owner = if own {
-                    me
-                } else {
-                    replica_index(&map, &owner.name)
-                };
-                match out.last_mut() {
-                    Some(r) if r.last + 1 == p && r.owner == owner && r.epoch == epoch => {
-                        r.last = p;
-                    }
-                    _ => out.push(pb::PartitionRange {
-                        first: p,
-                        last: p,
-                        owner,
-                        epoch,
-                    }),
-                }
-            }
-            out
+                keep(p, &owner.name).then(|| {
+                    let owner = if own {
+                        me
+                    } else {
+                        replica_index(&map, &owner.name)
+                    };
+                    (p, (owner, epoch))
+                })
+            });
+            runs(picked)
+                .into_iter()
+                .map(|(first, last, (owner, epoch))| pb::PartitionRange {
+                    first,
+                    last,
+                    owner,
+                    epoch,
+                })
+                .collect::<Vec<_>>()
         };
         let owned = ranges(&|p, _| self.serving.contains(p), true);
         let incoming = ranges(&|p, o| o == self.me && !self.held.contains(p), true);

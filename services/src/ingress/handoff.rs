@@ -243,10 +243,8 @@ pub(crate) async fn receive(
         return Ok(HandoffAck::default());
     }
     let count = view.map.read().partitions();
-    windows.retain(|(account, _)| {
-        let p = partition_of(account, count);
-        new.iter().any(|(n, _)| *n == p)
-    });
+    let taken: std::collections::HashSet<u32> = new.iter().map(|(p, _)| *p).collect();
+    windows.retain(|(account, _)| taken.contains(&partition_of(account, count)));
     let accounts = windows.len() as u64;
     let entries = windows.iter().map(|(_, e)| e.len() as u64).sum();
     router

@@ -3,7 +3,10 @@
 //! shards' supervision counters and the publisher's state. Sampled at scrape
 //! time from the counters the components keep.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use prometheus::{proto::MetricType, Histogram, HistogramOpts};
 use txmesh_actors::{
@@ -43,47 +46,38 @@ pub(super) fn screening_latency(metrics: &Metrics) -> Histogram {
     h
 }
 
-/// Work forwarded to and from the other replicas, per transaction.
+/// Work forwarded to and from the other replicas, per transaction, the
+/// handoffs between them, and this replica's partitions by state.
 pub(super) fn register_forwarding(metrics: &Metrics, view: &Arc<super::ClusterView>) {
-    let v = view.clone();
-    metrics.sampled(
+    outcome_counters(
+        metrics,
+        view,
         "txmesh_forwarded_transactions_total",
         "Transactions forwarded between ingress replicas: sent to their owner, failed (answered \
          with a retryable error without the owner's answer), received from a peer, refused \
          (received but not owned at the stamped epoch).",
-        MetricType::COUNTER,
-        &["outcome"],
-        move || {
-            let s = &v.stats;
-            [
+        |s| {
+            vec![
                 ("sent", &s.sent),
                 ("failed", &s.failed),
                 ("received", &s.received),
                 ("refused", &s.refused),
             ]
-            .into_iter()
-            .map(|(o, c)| (vec![o.to_owned()], c.load(Ordering::Relaxed) as f64))
-            .collect()
         },
     );
-    let v = view.clone();
-    metrics.sampled(
+    outcome_counters(
+        metrics,
+        view,
         "txmesh_handoffs_total",
         "Partition handoffs between ingress replicas: sent (the new owner has the history), \
          received (taken over from the old owner), failed (an attempt to send that is tried \
          again).",
-        MetricType::COUNTER,
-        &["outcome"],
-        move || {
-            let s = &v.stats;
-            [
+        |s| {
+            vec![
                 ("sent", &s.handoffs_sent),
                 ("received", &s.handoffs_received),
                 ("failed", &s.handoffs_failed),
             ]
-            .into_iter()
-            .map(|(o, c)| (vec![o.to_owned()], c.load(Ordering::Relaxed) as f64))
-            .collect()
         },
     );
     let v = view.clone();
@@ -108,6 +102,23 @@ pub(super) fn register_forwarding(metrics: &Metrics, view: &Arc<super::ClusterVi
             ]
         },
     );
+}
+
+/// A counter family of `view`'s forwarding stats, one series per outcome.
+fn outcome_counters(
+    metrics: &Metrics,
+    view: &Arc<super::ClusterView>,
+    name: &str,
+    help: &str,
+    pick: fn(&super::ForwardStats) -> Vec<(&'static str, &AtomicU64)>,
+) {
+    let v = view.clone();
+    metrics.sampled(name, help, MetricType::COUNTER, &["outcome"], move || {
+        pick(&v.stats)
+            .into_iter()
+            .map(|(o, c)| (vec![o.to_owned()], c.load(Ordering::Relaxed) as f64))
+            .collect()
+    });
 }
 
 /// The ingress's transactions, screening pipeline and publisher.

@@ -490,6 +490,27 @@ async fn forwarded_work_stamped_with_an_old_epoch_is_refused() {
     dash.stop().await;
 }
 
+/// The `up --report json` object in `stdout`, and what it sent (at least
+/// `min_sent`): every transaction answered once, no error, every pattern
+/// detected, the dashboard applied exactly what the ingresses answered.
+fn up_report(stdout: &[u8], min_sent: u64) -> (serde_json::Value, u64) {
+    let report: serde_json::Value = serde_json::from_slice(stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(stdout)));
+    let sent = report["sent"].as_u64().expect("sent");
+    assert!(sent >= min_sent, "{report}");
+    assert_eq!(report["answered"].as_u64(), Some(sent), "{report}");
+    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
+    assert_eq!(report["screened_twice"].as_u64(), Some(0), "{report}");
+    for (pattern, p) in report["injected"].as_object().expect("injected") {
+        assert_eq!(p["detected"], p["sent"], "{pattern}: {report}");
+    }
+    assert_eq!(
+        report["ingress_verdicts"], report["dashboard_this_run"],
+        "{report}"
+    );
+    (report, sent)
+}
+
 /// `txmesh up --replicas 3` as the README has a newcomer run it (the real
 /// binary, its own state directory and certificates, the shipped
 /// defaults): every transaction answered once through ingress-0, every
@@ -510,20 +531,7 @@ async fn up_with_three_replicas_answers_everything_once() {
         .expect("txmesh up runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}: {stderr}", out.status);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-    let sent = report["sent"].as_u64().expect("sent");
-    assert!(sent >= 1_000, "{report}");
-    assert_eq!(report["answered"].as_u64(), Some(sent), "{report}");
-    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
-    assert_eq!(report["screened_twice"].as_u64(), Some(0), "{report}");
-    for (pattern, p) in report["injected"].as_object().expect("injected") {
-        assert_eq!(p["detected"], p["sent"], "{pattern}: {report}");
-    }
-    assert_eq!(
-        report["ingress_verdicts"], report["dashboard_this_run"],
-        "{report}"
-    );
+    let (report, sent) = up_report(&out.stdout, 1_000);
     assert_eq!(report["ingress_verdicts"].as_u64(), Some(sent), "{report}");
     assert_eq!(report["publisher_drained"], true, "{report}");
     // Each replica kept its own journal.
@@ -838,20 +846,7 @@ async fn up_scales_by_its_members_file_under_load() {
     wait_for("ingress-3 left").await;
     let out = child.wait_with_output().await.expect("up runs");
     assert!(out.status.success(), "{}", out.status);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-    let sent = report["sent"].as_u64().expect("sent");
-    assert!(sent >= 8_000, "{report}");
-    assert_eq!(report["answered"].as_u64(), Some(sent), "{report}");
-    assert_eq!(report["errors"].as_u64(), Some(0), "{report}");
-    assert_eq!(report["screened_twice"].as_u64(), Some(0), "{report}");
-    for (pattern, p) in report["injected"].as_object().expect("injected") {
-        assert_eq!(p["detected"], p["sent"], "{pattern}: {report}");
-    }
-    assert_eq!(
-        report["ingress_verdicts"], report["dashboard_this_run"],
-        "{report}"
-    );
+    let (report, _) = up_report(&out.stdout, 8_000);
     assert_eq!(report["publisher_drained"], true, "{report}");
     assert!(held(&state, "ingress-3").is_empty());
     let held_by_three: usize = NAMES.iter().map(|n| held(&state, n).len()).sum();
