@@ -65,9 +65,14 @@ impl ShardJournal {
                 let _entered = span.enter();
                 done(journal.finish_snapshot(lsn, &windows));
             });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "snapshot thread not started");
-            self.snapshot_abandoned();
+        match spawned {
+            // One snapshot at a time (`wants_snapshot`): the previous
+            // thread, if any, has finished.
+            Ok(handle) => *self.shared.snapshot_thread.lock() = Some(handle),
+            Err(e) => {
+                tracing::error!(error = %e, "snapshot thread not started");
+                self.snapshot_abandoned();
+            }
         }
     }
 

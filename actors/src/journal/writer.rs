@@ -58,6 +58,9 @@ pub(super) struct Shared {
     health: Arc<tokio::sync::watch::Sender<u64>>,
     /// A snapshot is being taken.
     pub(super) snapshotting: AtomicBool,
+    /// The thread writing the latest snapshot, joined at close (the journal
+    /// lets its directory go only once no snapshot is being written in it).
+    pub(super) snapshot_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The writer thread, joined at close.
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -111,6 +114,7 @@ impl ShardJournal {
             dir,
             health,
             snapshotting: AtomicBool::new(false),
+            snapshot_thread: Mutex::new(None),
             thread: Mutex::new(None),
         });
         let thread = shared.clone();
@@ -213,8 +217,11 @@ impl ShardJournal {
     pub fn close(&self) {
         self.shared.pending.lock().stop = true;
         self.shared.wake.notify_one();
-        let thread = self.shared.thread.lock().take();
-        if let Some(thread) = thread {
+        let threads = [
+            self.shared.thread.lock().take(),
+            self.shared.snapshot_thread.lock().take(),
+        ];
+        for thread in threads.into_iter().flatten() {
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }

@@ -44,16 +44,27 @@ async fn overload_is_answered_retried_in_order_and_loses_nothing() {
 }
 
 /// The shipped defaults with only the shard mailbox shrunk, as an operator
-/// would try it, at maximum rate, three times: nothing given up, nothing
+/// would try it, at maximum rate, run after run: nothing given up, nothing
 /// unanswered, nothing screened twice, the dashboard equal to the answers.
 /// (Refusals that only keep an account's order are HELD, which costs txgen
 /// no retry budget; before, they drained it and transactions were given up.)
+///
+/// Whether a run's mailbox overflows depends on where the machine is slow
+/// at that moment (a slow disk holds answers back after the shards, and
+/// txgen's window then never fills a mailbox), so a run that did not
+/// overflow still checks every guarantee, and runs go on (up to
+/// `MAX_RUNS`) until at least `OVERFLOWED_RUNS` of them did.
 #[actix_rt::test]
 async fn a_tiny_shard_mailbox_at_maximum_rate_gives_nothing_up_run_after_run() {
+    const RUNS: u64 = 3;
+    const MAX_RUNS: u64 = 8;
+    const OVERFLOWED_RUNS: u64 = 2;
     // Maximum rate means the whole machine: nothing else runs beside it,
     // or the mailbox may never fill.
     let _alone = machine_alone().await;
-    for run in 0..3 {
+    let mut overflowed = 0;
+    let mut run = 0;
+    while run < RUNS || (overflowed < OVERFLOWED_RUNS && run < MAX_RUNS) {
         let dir = TempDir::new("overload-max");
         let mut config = test_config(&dir.0);
         config.actors.shards.shard_mailbox = 4;
@@ -65,11 +76,7 @@ async fn a_tiny_shard_mailbox_at_maximum_rate_gives_nothing_up_run_after_run() {
         let (dash, ing) = launch(&mut config, txmesh_actors::RouterOptions::default()).await;
         let report = run_txgen(&config).await;
         println!("run {run}: {}", report.summary());
-        assert!(
-            report.retries > 0,
-            "the mailbox overflowed: {}",
-            report.summary()
-        );
+        overflowed += u64::from(report.retries > 0);
         assert_eq!(report.unanswered, 0, "{}", report.summary());
         assert_eq!(report.errors, 0, "nothing given up: {}", report.summary());
         assert_eq!(report.screened_twice, 0, "{}", report.summary());
@@ -78,5 +85,10 @@ async fn a_tiny_shard_mailbox_at_maximum_rate_gives_nothing_up_run_after_run() {
         assert_eq!(totals.verdicts, report.answered);
         ing.stop(Duration::from_secs(5)).await;
         dash.stop().await;
+        run += 1;
     }
+    assert!(
+        overflowed >= OVERFLOWED_RUNS,
+        "the mailbox overflowed in {overflowed} of {run} runs; at least {OVERFLOWED_RUNS} must"
+    );
 }
