@@ -356,14 +356,16 @@ impl ShardRouter {
     /// [`Self::screen`] for a traced request: `trace` (a W3C
     /// `traceparent`) travels in the actor messages onto every verdict.
     /// Transactions of accounts another replica owns are forwarded to it.
+    /// Returns how many of them another replica owns (what tells a client
+    /// routing by the partition map that its map is stale).
     pub fn screen_traced(
         &self,
         txns: Vec<Transaction>,
         received: Instant,
         trace: Option<Arc<str>>,
         on_done: impl FnOnce(Vec<TxnResult>) + Send + 'static,
-    ) {
-        self.route(txns, None, received, trace, on_done);
+    ) -> usize {
+        self.route(txns, None, received, trace, on_done)
     }
 
     /// Screens transactions another replica forwarded, each stamped with the
@@ -384,6 +386,7 @@ impl ShardRouter {
 
     /// Splits a batch by where its accounts live and hands each part on;
     /// `stamped`: the epochs of forwarded work (fenced, never forwarded).
+    /// Returns how many transactions another replica owns.
     fn route(
         &self,
         txns: Vec<Transaction>,
@@ -391,7 +394,7 @@ impl ShardRouter {
         received: Instant,
         trace: Option<Arc<str>>,
         on_done: impl FnOnce(Vec<TxnResult>) + Send + 'static,
-    ) {
+    ) -> usize {
         // A caller's own work is kept in order across a change of owner;
         // forwarded work goes nowhere else (see [`inflight`]).
         let track = match (&self.inflight, &stamped) {
@@ -408,7 +411,7 @@ impl ShardRouter {
         let batch = BatchReply::new(txns.len(), on_done);
         if txns.is_empty() {
             batch.finish_if_empty();
-            return;
+            return 0;
         }
         if txns.len() > self.config.max_batch {
             let err = ActorError::BatchTooLarge {
@@ -418,13 +421,14 @@ impl ShardRouter {
             for (i, txn) in txns.iter().enumerate() {
                 batch.slot(i, &txn.transaction_id).error(&err);
             }
-            return;
+            return 0;
         }
         let map = self.partition_map();
         let me = map.as_deref().and_then(|m| self.my_index(m));
         let mut parts: Vec<Vec<(Transaction, ReplySlot)>> =
             (0..self.shards.len()).map(|_| Vec::new()).collect();
         let mut remote: Vec<(usize, Vec<remote::Outbound>)> = Vec::new();
+        let mut not_owned = 0;
         for (i, txn) in txns.into_iter().enumerate() {
             let slot = batch.slot(i, &txn.transaction_id);
             let (location, partition) = self.locate_in(map.as_deref(), me, &txn.account_id);
@@ -463,6 +467,7 @@ impl ShardRouter {
                     owner,
                     epoch,
                 } => {
+                    not_owned += 1;
                     if let (Some(map), Some(stamped)) = (map.as_deref(), &stamped) {
                         // One hop only: say who owns it instead.
                         slot.error(&ActorError::WrongOwner {
@@ -501,6 +506,8 @@ impl ShardRouter {
                 }
             }
         }
+
+        not_owned
     }
 
     /// Refuses a transaction of a partition on its way to or from this

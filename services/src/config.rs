@@ -183,8 +183,9 @@ pub struct TxgenConfig {
     /// How retryable per-transaction errors are retried.
     pub retry: RetryConfig,
     /// Fetch the partition map from `target` and send each account's
-    /// transactions straight to the replica that owns it (`streams`
-    /// streams per replica), instead of through `target`.
+    /// transactions straight to the replica that owns it (each stream
+    /// with a connection per replica), instead of through `target`; the
+    /// map is fetched again when a replica says it went stale.
     pub partition_aware: bool,
 }
 

@@ -327,12 +327,13 @@ impl IngressService {
     }
 
     /// Screens one batch; `deliver` gets the results once all are decided.
+    /// Returns how many of them another replica owns.
     fn dispatch(
         &self,
         txns: Vec<Transaction>,
         traceparent: &str,
         deliver: impl FnOnce(Vec<TxnResult>) + Send + 'static,
-    ) {
+    ) -> usize {
         self.counters
             .received
             .fetch_add(txns.len() as u64, Ordering::Relaxed);
@@ -358,14 +359,23 @@ impl IngressService {
                 .collect::<Vec<_>>();
             counters.count(&results);
             deliver(results);
-            return;
+            return 0;
         };
         router.screen_traced(txns, Instant::now(), trace, move |results| {
             let _span = span;
             counters.count(&results);
             deliver(results);
-        });
+        })
     }
+}
+
+/// A Screen response being assembled: its results and how many of its
+/// transactions another replica owns, which may be known in either order.
+#[derive(Default)]
+struct Joined {
+    results: Option<Vec<TxnResult>>,
+    not_owned: Option<u32>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 #[tonic::async_trait]
@@ -443,14 +453,38 @@ impl Ingress for IngressService {
                         read += 1;
                         let tx = tx.clone();
                         let request_id = req.request_id;
-                        this.dispatch(req.transactions, &req.traceparent, move |results| {
-                            let response = ScreenResponse {
-                                results,
-                                request_id,
-                                draining: false,
-                            };
-                            let _ = tx.try_send(Ok((response, Some(permit))));
-                        });
+                        // The results may be complete before `dispatch`
+                        // returns the count: the response goes once both
+                        // are known.
+                        let joined = Arc::new(parking_lot::Mutex::new(Joined::default()));
+                        let respond = move |joined: &mut Joined| {
+                            if let (true, Some(not_owned)) =
+                                (joined.results.is_some(), joined.not_owned)
+                            {
+                                let results = joined.results.take().unwrap_or_default();
+                                let response = ScreenResponse {
+                                    results,
+                                    request_id,
+                                    draining: false,
+                                    not_owned,
+                                };
+                                let _ = tx.try_send(Ok((response, joined.permit.take())));
+                            }
+                        };
+                        joined.lock().permit = Some(permit);
+                        let on_results = {
+                            let joined = joined.clone();
+                            let respond = respond.clone();
+                            move |results| {
+                                let mut j = joined.lock();
+                                j.results = Some(results);
+                                respond(&mut j);
+                            }
+                        };
+                        let routed = this.dispatch(req.transactions, &req.traceparent, on_results);
+                        let mut j = joined.lock();
+                        j.not_owned = Some(u32::try_from(routed).unwrap_or(u32::MAX));
+                        respond(&mut j);
                     }
                     Ok(None) => break,
                     Err(Ended::Idle) => {

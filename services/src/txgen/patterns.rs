@@ -182,21 +182,6 @@ impl Generator {
         }
     }
 
-    /// Keeps only the accounts whose id `keep` accepts (partition-aware
-    /// runs: those one replica owns).
-    pub fn keep_accounts(&mut self, keep: impl Fn(&str) -> bool) {
-        let run = self.run;
-        let (accounts, sims) = self
-            .accounts
-            .iter()
-            .zip(std::mem::take(&mut self.sims))
-            .filter(|(a, _)| keep(&account_id(run, **a)))
-            .map(|(a, sim)| (*a, sim))
-            .unzip();
-        self.accounts = accounts;
-        self.sims = sims;
-    }
-
     /// The next transaction to send.
     pub fn next(&mut self, now_ms: i64) -> Planned {
         if let Some(p) = self.queue.pop_front() {

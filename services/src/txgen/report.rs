@@ -32,6 +32,8 @@ pub struct Tally {
     pub recovered_by_replay: u64,
     /// Why a stream stopped before the run's duration or count, if one did.
     pub ended_early: Option<String>,
+    /// Transactions sent (resends included) to each replica, by name.
+    pub sent_to: BTreeMap<String, u64>,
 }
 
 /// Sent and detected cases of one pattern.
@@ -91,6 +93,12 @@ pub struct TxgenReport {
     /// be opened again within the retry deadline, say); `None` when it ran
     /// its course. A run that ended early exits non-zero.
     pub ended_early: Option<String>,
+    /// Transactions sent (resends included) to each replica, by name (the
+    /// target's address when not partition-aware).
+    pub sent_to: BTreeMap<String, u64>,
+    /// Partition-aware: how many times a replica's answer (or a stream
+    /// ending) led to a partition map that had changed.
+    pub map_refreshes: u64,
 }
 
 impl Default for Tally {
@@ -119,6 +127,7 @@ impl Tally {
             reconnects: 0,
             recovered_by_replay: 0,
             ended_early: None,
+            sent_to: BTreeMap::new(),
             // 1 us .. 1 h at 3 significant digits; bounds are constants.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits is valid")),
@@ -157,6 +166,16 @@ impl Tally {
     /// The stream stopped before the run was over, for `why`.
     pub fn ended_early(&mut self, why: String) {
         self.ended_early.get_or_insert(why);
+    }
+
+    /// `n` transactions went to `replica`.
+    pub fn routed(&mut self, replica: &str, n: usize) {
+        match self.sent_to.get_mut(replica) {
+            Some(count) => *count += n as u64,
+            None => {
+                self.sent_to.insert(replica.to_owned(), n as u64);
+            }
+        }
     }
 
     pub fn reconnected(&mut self) {
@@ -241,6 +260,9 @@ impl Tally {
         if let Some(why) = other.ended_early {
             self.ended_early(why);
         }
+        for (k, v) in other.sent_to {
+            *self.sent_to.entry(k).or_default() += v;
+        }
         for (k, v) in other.gave_up {
             *self.gave_up.entry(k).or_default() += v;
         }
@@ -276,6 +298,8 @@ impl Tally {
             reconnects: self.reconnects,
             recovered_by_replay: self.recovered_by_replay,
             ended_early: self.ended_early,
+            sent_to: self.sent_to,
+            map_refreshes: 0,
         }
     }
 }
@@ -325,6 +349,12 @@ impl TxgenReport {
             out += &format!(
                 "streams reopened {} (resent after a lost answer and answered by replay: {})\n",
                 self.reconnects, self.recovered_by_replay
+            );
+        }
+        if self.sent_to.len() > 1 || self.map_refreshes > 0 {
+            out += &format!(
+                "sent to {:?}, partition map refreshed {} times\n",
+                self.sent_to, self.map_refreshes
             );
         }
         out += "injected patterns (detected / sent):\n";

@@ -1,7 +1,15 @@
 //! One txgen stream: an explicit state machine (sending, then finishing)
 //! that waits on events (an answer, a window permit, a retry falling due,
-//! the draining notice, stop), reconnects with the one backoff when the
-//! ingress drains or the stream breaks, and tallies what came back.
+//! the draining notice, a connection opened, a new partition map, stop),
+//! reconnects with the one backoff when an ingress drains or a stream
+//! breaks, and tallies what came back.
+//!
+//! A stream has one route per replica it sends to: one (the target), or,
+//! partition-aware, one per replica of the map, each transaction on the
+//! route of its account's owner. A partition changes route (after a new
+//! map, or while its owner's route is down) only when none of its
+//! transactions is unanswered, so an account's transactions are never in
+//! flight on two connections at once and keep their order.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -20,16 +28,17 @@ use txmesh_proto::v1::{
 };
 
 use super::{
+    routes::{Directory, Replica, RouteMap},
     Decision, Generator, GiveUp, InFlight, Label, Planned, RetryBudget, RetryQueues, Tally,
     TxgenProgress,
 };
-use crate::{config::RetryConfig, error::ServiceError};
+use crate::{config::RetryConfig, error::ServiceError, net::HostPort};
 
-/// Why a stream could not be (re)opened.
+/// Why a route's stream could not be (re)opened.
 #[derive(Debug, thiserror::Error)]
 enum Unconnected {
-    #[error("the ingress could not be reached before the retry deadline: {0}")]
-    Unreachable(tonic::Status),
+    #[error("{0} could not be reached before the retry deadline: {1}")]
+    Unreachable(String, tonic::Status),
     #[error("stopped while reconnecting")]
     Stopped,
     #[error("reconnect backoff: {0}")]
@@ -39,19 +48,71 @@ enum Unconnected {
 /// How long to wait for the answers still outstanding once sending stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What a stream's sender and receiver share.
+/// A transaction whose partition is still unanswered on a route that can
+/// take nothing more (its ingress is draining) waits this long to be sent.
+const PLACEMENT_WAIT: Duration = Duration::from_millis(5);
+
+/// One request sent and not yet answered.
+struct Sent {
+    route: usize,
+    items: Vec<InFlight>,
+}
+
+/// What a stream's sender and receivers share.
 struct StreamShared {
-    /// Sent and not yet answered, by request id, in request order (results
-    /// come back in the same order).
-    pending: HashMap<u64, Vec<InFlight>>,
+    /// Sent and not yet answered, by request id.
+    pending: HashMap<u64, Sent>,
     retries: RetryQueues,
     budget: RetryBudget,
     rng: SmallRng,
     /// Clean transactions the ingress screened, not yet handed to the
     /// generator as replay candidates.
     screened: VecDeque<Transaction>,
-    /// The ingress is shutting down: send nothing more on this stream.
-    draining: bool,
+    /// Per route: its ingress is shutting down, send nothing more on it.
+    draining: Vec<bool>,
+    placement: Placement,
+}
+
+/// The route each partition's unanswered transactions are on.
+struct Placement {
+    partitions: u32,
+    at: Vec<usize>,
+    unanswered: Vec<u32>,
+}
+
+impl Placement {
+    fn new(partitions: u32) -> Self {
+        Self {
+            partitions,
+            at: vec![0; partitions as usize],
+            unanswered: vec![0; partitions as usize],
+        }
+    }
+
+    fn partition(&self, account: &str) -> u32 {
+        super::routes::partition(account, self.partitions)
+    }
+
+    /// The route for one more transaction of `account`: `wanted`, unless
+    /// some of its partition are unanswered on another.
+    fn place(&mut self, account: &str, wanted: usize) -> usize {
+        let p = self.partition(account) as usize;
+        if self.unanswered[p] == 0 {
+            self.at[p] = wanted;
+        }
+        self.at[p]
+    }
+
+    fn sent(&mut self, account: &str) {
+        let p = self.partition(account) as usize;
+        self.unanswered[p] += 1;
+    }
+
+    /// A transaction of `account` was answered (or its stream lost).
+    fn answered(&mut self, account: &str) {
+        let p = self.partition(account) as usize;
+        self.unanswered[p] = self.unanswered[p].saturating_sub(1);
+    }
 }
 
 /// Screened transactions held for the generator between batches.
@@ -71,8 +132,6 @@ fn lock(shared: &Shared) -> parking_lot::MutexGuard<'_, StreamShared> {
 }
 
 pub(super) struct StreamPlan {
-    /// The ingress, for errors.
-    pub(super) target: crate::net::HostPort,
     /// Transactions per second for this stream; `None` = as fast as possible.
     pub(super) rate: Option<f64>,
     pub(super) count: Option<u64>,
@@ -84,14 +143,16 @@ pub(super) struct StreamPlan {
     pub(super) seed: u64,
 }
 
-/// What every connection of a stream shares.
-struct StreamContext {
-    client: IngressClient<tonic::transport::Channel>,
+/// What it takes to open a Screen stream on a route, shared by the stream
+/// and the tasks that reconnect its routes.
+#[derive(Clone)]
+struct Opener {
     shared: Shared,
     window: Arc<Window>,
     retry: RetryConfig,
     progress: Arc<TxgenProgress>,
-    /// Signalled by the receiver on every answer and on the draining
+    directory: Arc<Directory>,
+    /// Signalled by the receivers on every answer and on the draining
     /// notice, so the sender waits on events instead of polling.
     events: Arc<Notify>,
     channel_capacity: usize,
@@ -105,6 +166,15 @@ struct Connection {
     receiver: tokio::task::JoinHandle<(Tally, bool)>,
 }
 
+/// One replica a stream sends to.
+struct Route {
+    replica: Replica,
+    client: IngressClient<tonic::transport::Channel>,
+    connection: Option<Connection>,
+    /// A task is opening its stream.
+    connecting: bool,
+}
+
 /// Where a stream's run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -115,25 +185,27 @@ enum Phase {
     Finishing { until: Instant },
 }
 
-impl StreamContext {
-    /// Opens a Screen stream and starts reading its answers.
-    async fn open(&mut self) -> Result<Connection, tonic::Status> {
+/// What the stream waited for.
+enum Event {
+    /// A route's stream ended (its receiver is joined).
+    Ended(usize, Box<Result<(Tally, bool), tokio::task::JoinError>>),
+    /// A route's stream was opened, or could not be before the deadline.
+    Connected(usize, Result<Connection, Unconnected>),
+}
+
+impl Opener {
+    /// Opens a Screen stream on `route` and starts reading its answers.
+    async fn open(
+        &self,
+        client: &mut IngressClient<tonic::transport::Channel>,
+        route: usize,
+        addr: &HostPort,
+    ) -> Result<Connection, tonic::Status> {
         let (tx, rx) = tokio::sync::mpsc::channel::<ScreenRequest>(self.channel_capacity);
-        let responses = self
-            .client
-            .screen(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let responses = client.screen(ReceiverStream::new(rx)).await?.into_inner();
         let receiver = tokio::spawn(tracing::Instrument::instrument(
-            receive(
-                responses,
-                self.shared.clone(),
-                self.window.clone(),
-                self.retry.clone(),
-                self.progress.clone(),
-                self.events.clone(),
-            ),
-            tracing::info_span!("txgen.receive"),
+            receive(responses, route, addr.clone(), self.clone()),
+            tracing::info_span!("txgen.receive", %addr),
         ));
         Ok(Connection {
             tx: Some(tx),
@@ -141,59 +213,242 @@ impl StreamContext {
         })
     }
 
-    /// Opens a stream, with backoff, until `give_up_at` or `stop`.
+    /// Opens a stream on `route`, with backoff, until `give_up_at` or `stop`.
     async fn connect(
-        &mut self,
+        &self,
+        mut client: IngressClient<tonic::transport::Channel>,
+        route: usize,
+        addr: HostPort,
         give_up_at: Instant,
-        stop: &CancellationToken,
-        rng: &mut SmallRng,
+        stop: CancellationToken,
+        mut rng: SmallRng,
     ) -> Result<Connection, Unconnected> {
         let mut backoff = txmesh_actors::backoff::Backoff::new(RECONNECT_BACKOFF)?;
         loop {
-            let status = match self.open().await {
+            let status = match self.open(&mut client, route, &addr).await {
                 Ok(connection) => return Ok(connection),
                 Err(status) => status,
             };
-            let delay = backoff.next_delay(rng);
+            let delay = backoff.next_delay(&mut rng);
             if Instant::now() + delay >= give_up_at {
-                return Err(Unconnected::Unreachable(status));
+                return Err(Unconnected::Unreachable(addr.to_string(), status));
             }
-            tracing::warn!(%status, ?delay, "Screen stream could not be opened; retrying");
+            tracing::warn!(%status, %addr, ?delay, "Screen stream could not be opened; retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => return Err(Unconnected::Stopped),
             }
         }
     }
+}
 
-    /// After a stream ended: everything it left unanswered is queued to be
-    /// resent at once, in order, marked as possibly screened (the ingress
-    /// answers such a resend with its original verdict).
-    fn requeue_unanswered(&self, tally: &mut Tally) {
+/// A stream's routes and the map they follow.
+struct Routes {
+    opener: Opener,
+    list: Vec<Route>,
+    map: Arc<RouteMap>,
+    updates: tokio::sync::watch::Receiver<Arc<RouteMap>>,
+    /// Per replica of `map`, its route.
+    of_replica: Vec<usize>,
+    connected_tx: tokio::sync::mpsc::UnboundedSender<(usize, Result<Connection, Unconnected>)>,
+    connected_rx: tokio::sync::mpsc::UnboundedReceiver<(usize, Result<Connection, Unconnected>)>,
+    stop: CancellationToken,
+    seed: u64,
+}
+
+impl Routes {
+    /// Per route, whether it can take a request now (it takes the
+    /// shared lock: never call it holding that).
+    fn usable(&self) -> Vec<bool> {
+        let s = lock(&self.opener.shared);
+        self.list
+            .iter()
+            .zip(&s.draining)
+            .map(|(r, draining)| !draining && r.connection.as_ref().is_some_and(|c| c.tx.is_some()))
+            .collect()
+    }
+
+    fn any_usable(&self) -> bool {
+        self.usable().contains(&true)
+    }
+
+    /// Some route is up or being opened.
+    fn any_alive(&self) -> bool {
+        self.list
+            .iter()
+            .any(|r| r.connection.is_some() || r.connecting)
+    }
+
+    /// Whether `route`'s replica is in the current map.
+    fn wanted(&self, route: usize) -> bool {
+        self.of_replica.contains(&route)
+    }
+
+    /// The route for partition `p`'s owner, or (while it is down) any
+    /// route that is up (that replica forwards); `usable` by route.
+    fn for_partition(&self, p: u32, usable: &[bool]) -> Option<usize> {
+        let owner = self.map.owner(p);
+        let route = self
+            .map
+            .replicas
+            .iter()
+            .position(|r| r == owner)
+            .map(|i| self.of_replica[i]);
+        route
+            .filter(|r| usable[*r])
+            .or_else(|| usable.iter().position(|u| *u))
+    }
+
+    /// Follows a new map: a route for each replica not yet routed to, its
+    /// stream opened in the background.
+    fn follow(&mut self, give_up_at: Instant) {
+        if !self.updates.has_changed().unwrap_or(false) {
+            return;
+        }
+        let map = self.updates.borrow_and_update().clone();
+        self.adopt(map, give_up_at);
+    }
+
+    fn adopt(&mut self, map: Arc<RouteMap>, give_up_at: Instant) {
+        let mut of_replica = Vec::with_capacity(map.replicas.len());
+        for replica in &map.replicas {
+            let route = match self.list.iter().position(|r| r.replica == *replica) {
+                Some(route) => route,
+                None => {
+                    let Ok(channel) = self.opener.directory.channel(&replica.addr) else {
+                        tracing::warn!(replica = %replica.name, "no channel to a replica of the map");
+                        continue;
+                    };
+                    self.list.push(Route {
+                        replica: replica.clone(),
+                        client: client(channel),
+                        connection: None,
+                        connecting: false,
+                    });
+                    lock(&self.opener.shared).draining.push(false);
+                    self.list.len() - 1
+                }
+            };
+            of_replica.push(route);
+        }
+        if of_replica.len() != map.replicas.len() {
+            return;
+        }
+        self.of_replica = of_replica;
+        self.map = map;
+        for route in self.of_replica.clone() {
+            let r = &self.list[route];
+            if r.connection.is_none() && !r.connecting {
+                self.connect_later(route, give_up_at);
+            }
+        }
+    }
+
+    /// Opens `route`'s stream in the background; the result comes back as
+    /// an [`Event::Connected`].
+    fn connect_later(&mut self, route: usize, give_up_at: Instant) {
+        let r = &mut self.list[route];
+        r.connecting = true;
+        let opener = self.opener.clone();
+        let client = r.client.clone();
+        let addr = r.replica.addr.clone();
+        let stop = self.stop.clone();
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let rng = SmallRng::seed_from_u64(self.seed);
+        let done = self.connected_tx.clone();
+        tokio::spawn(async move {
+            let result = opener
+                .connect(client, route, addr, give_up_at, stop, rng)
+                .await;
+            let _ = done.send((route, result));
+        });
+    }
+
+    /// Waits for a route's stream to end or to be opened.
+    async fn event(&mut self) -> Event {
+        let Self {
+            list, connected_rx, ..
+        } = self;
+        let ended = async {
+            let live: Vec<_> = list
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    r.connection
+                        .as_mut()
+                        .map(|c| Box::pin(async move { (i, (&mut c.receiver).await) }))
+                })
+                .collect();
+            if live.is_empty() {
+                return std::future::pending().await;
+            }
+            futures_util::future::select_all(live).await.0
+        };
+        tokio::select! {
+            (route, ended) = ended => Event::Ended(route, Box::new(ended)),
+            Some((route, result)) = connected_rx.recv() => Event::Connected(route, result),
+        }
+    }
+
+    /// After `route`'s stream ended: everything it left unanswered is
+    /// queued to be resent at once, in order, marked as possibly screened
+    /// (the ingress answers such a resend with its original verdict).
+    fn requeue_unanswered(&self, route: usize, tally: &mut Tally) {
         let now = Instant::now();
         let batches = {
-            let mut guard = lock(&self.shared);
+            let mut guard = lock(&self.opener.shared);
             let StreamShared {
                 pending,
                 retries,
                 draining,
+                placement,
                 ..
             } = &mut *guard;
-            *draining = false;
-            let batches = pending.len();
-            for (_, items) in pending.drain() {
-                for mut item in items {
+            draining[route] = false;
+            let lost: Vec<u64> = pending
+                .iter()
+                .filter(|(_, s)| s.route == route)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &lost {
+                let Some(sent) = pending.remove(id) else {
+                    continue;
+                };
+                for mut item in sent.items {
+                    placement.answered(&item.txn.account_id);
                     item.lost = true;
                     retries.push(now, item);
                 }
             }
-            batches
+            lost.len()
         };
         for _ in 0..batches {
-            self.window.give_back();
+            self.opener.window.give_back();
         }
         tally.reconnected();
     }
+
+    /// Closes our side of every route whose ingress is draining: it ends
+    /// the stream once it has answered everything it read (a new one is
+    /// opened then), and the map may have changed.
+    fn close_draining(&mut self) {
+        let draining = lock(&self.opener.shared).draining.clone();
+        for (route, r) in self.list.iter_mut().enumerate() {
+            if let Some(c) = r.connection.as_mut() {
+                if draining[route] && c.tx.is_some() {
+                    c.tx = None;
+                    tracing::info!(addr = %r.replica.addr, "ingress is draining: no more sends on this stream");
+                    self.opener.directory.stale(&r.replica.addr);
+                }
+            }
+        }
+    }
+}
+
+fn client(channel: tonic::transport::Channel) -> IngressClient<tonic::transport::Channel> {
+    IngressClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
 }
 
 /// Reconnects after a lost or drained stream: from 50 ms, doubling to 2 s,
@@ -210,12 +465,13 @@ const RECONNECT_BACKOFF: txmesh_actors::backoff::BackoffConfig =
 /// One stream's send loop, a small state machine: in [`Phase::Sending`] it
 /// sends due retries first, then the new transactions the schedule says are
 /// due; in [`Phase::Finishing`] only retries. Between sends it waits on
-/// events (an answer or notice from the receiver, the next due time, `stop`,
-/// the stream ending), never on a polling sleep. A stream that fails, or
-/// that a draining ingress ends, is opened again (with backoff) while the
-/// run has work left: a rolling restart is not the end of a load run.
+/// events (an answer or notice from a receiver, the next due time, `stop`,
+/// a stream ending or opening, a new map), never on a polling sleep. A
+/// stream that fails, or that a draining ingress ends, is opened again
+/// (with backoff) while the run has work left and its replica is in the
+/// map: a rolling restart is not the end of a load run.
 pub(super) async fn run_stream(
-    client: IngressClient<tonic::transport::Channel>,
+    directory: Arc<Directory>,
     mut generator: Generator,
     plan: StreamPlan,
     stop: CancellationToken,
@@ -230,35 +486,57 @@ pub(super) async fn run_stream(
     };
     let channel_capacity = window;
     let window = Arc::new(Window::new(window, plan.rate.is_none()));
+    let mut updates = directory.subscribe();
+    let map = updates.borrow_and_update().clone();
     let shared: Shared = Arc::new(Mutex::new(StreamShared {
         pending: HashMap::new(),
         retries: RetryQueues::default(),
         budget: RetryBudget::new(&plan.retry),
         rng: SmallRng::seed_from_u64(plan.seed),
         screened: VecDeque::new(),
-        draining: false,
+        draining: Vec::new(),
+        placement: Placement::new(map.partitions),
     }));
-    let mut context = StreamContext {
-        client,
-        shared: shared.clone(),
-        window: window.clone(),
-        retry: plan.retry.clone(),
-        progress: progress.clone(),
-        events: Arc::new(Notify::new()),
-        channel_capacity,
+    let (connected_tx, connected_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut routes = Routes {
+        opener: Opener {
+            shared: shared.clone(),
+            window: window.clone(),
+            retry: plan.retry.clone(),
+            progress: progress.clone(),
+            directory: directory.clone(),
+            events: Arc::new(Notify::new()),
+            channel_capacity,
+        },
+        list: Vec::new(),
+        map: map.clone(),
+        updates,
+        of_replica: Vec::new(),
+        connected_tx,
+        connected_rx,
+        stop: stop.clone(),
+        seed: plan.seed.rotate_left(17),
     };
-    let mut rng = SmallRng::seed_from_u64(plan.seed.rotate_left(17));
+    let events = routes.opener.events.clone();
     let mut tally = Tally::new();
-    let give_up_at = Instant::now() + plan.retry.deadline();
-    let mut connection = match context.connect(give_up_at, &stop, &mut rng).await {
-        Ok(connection) => connection,
-        Err(why) => {
-            return Err(ServiceError::Connect {
-                target: plan.target.to_string(),
-                reason: why.to_string(),
-            })
+    // The first map's routes are opened before the run starts: a replica
+    // that cannot be reached at all is an error, not a run.
+    routes.adopt(map, Instant::now() + plan.retry.deadline());
+    while routes.list.iter().any(|r| r.connecting) {
+        let Some((route, result)) = routes.connected_rx.recv().await else {
+            break;
+        };
+        routes.list[route].connecting = false;
+        match result {
+            Ok(connection) => routes.list[route].connection = Some(connection),
+            Err(why) => {
+                return Err(ServiceError::Connect {
+                    target: routes.list[route].replica.addr.to_string(),
+                    reason: why.to_string(),
+                })
+            }
         }
-    };
+    }
     let mut sender = Sender {
         plan: &plan,
         start: Instant::now(),
@@ -279,78 +557,89 @@ pub(super) async fn run_stream(
                 break;
             }
         }
-        if connection.tx.is_some() && lock(&shared).draining {
-            // Closing our side lets the ingress end the stream once it has
-            // answered everything it read; then a new stream is opened.
-            connection.tx = None;
-            tracing::info!("ingress is draining: no more sends on this stream");
-        }
-        let step = match &connection.tx {
-            Some(tx) if sender.has_work(now, phase, &shared) => {
-                sender
-                    .send_next(
-                        tx,
-                        &shared,
-                        &window,
-                        &mut generator,
-                        &mut tally,
-                        &progress,
-                        &stop,
-                        &mut connection.receiver,
-                        phase,
-                    )
-                    .await
-            }
-            _ => {
-                let wake = sender.next_wake(
+        routes.follow(now + plan.retry.deadline());
+        routes.close_draining();
+        let can_send = routes.any_usable();
+        let event = if can_send && sender.has_work(now, phase, &shared) {
+            sender
+                .send_next(
+                    &mut routes,
+                    &mut generator,
+                    &mut tally,
+                    &progress,
+                    &stop,
                     phase,
-                    connection.tx.is_some(),
-                    &shared,
-                    plan.retry.deadline(),
-                );
-                tokio::select! {
-                    ended = &mut connection.receiver => Some(ended),
-                    () = context.events.notified() => None,
-                    () = stop.cancelled(), if phase == Phase::Sending => None,
-                    () = sleep_until_opt(wake) => None,
+                )
+                .await
+        } else {
+            let wake = sender.next_wake(phase, can_send, &shared, plan.retry.deadline());
+            let mut updates = routes.updates.clone();
+            tokio::select! {
+                event = routes.event() => Some(event),
+                () = events.notified() => None,
+                () = stop.cancelled(), if phase == Phase::Sending => None,
+                () = sleep_until_opt(wake) => None,
+                _ = updates.changed() => None,
+            }
+        };
+        match event {
+            None => {}
+            Some(Event::Connected(route, result)) => {
+                routes.list[route].connecting = false;
+                match result {
+                    Ok(connection) => routes.list[route].connection = Some(connection),
+                    Err(why) => {
+                        tracing::warn!(%why, "a route's stream could not be opened again");
+                        if !routes.any_alive() {
+                            tally.ended_early(why.to_string());
+                            break;
+                        }
+                    }
                 }
             }
-        };
-        let Some(ended) = step else {
+            Some(Event::Ended(route, ended)) => {
+                routes.list[route].connection = None;
+                let (answered, failed) = (*ended).unwrap_or_else(|_| (Tally::new(), true));
+                tally.merge(answered);
+                // It ends the run when the run was finishing and nothing is
+                // outstanding; otherwise (it failed, or a draining ingress
+                // ended it with work left) a new one is opened.
+                if matches!(phase, Phase::Finishing { .. }) && idle(&shared) {
+                    break;
+                }
+                let addr = routes.list[route].replica.addr.clone();
+                if failed {
+                    tracing::warn!(%addr, "Screen stream lost; reconnecting");
+                } else {
+                    tracing::info!(%addr, "Screen stream ended by the ingress; reconnecting");
+                }
+                routes.requeue_unanswered(route, &mut tally);
+                directory.stale(&addr);
+                if routes.wanted(route) {
+                    routes.connect_later(route, Instant::now() + plan.retry.deadline());
+                } else if !routes.any_alive() {
+                    tally.ended_early(format!(
+                        "{addr} left and no replica of the map is reachable"
+                    ));
+                    break;
+                }
+            }
+        }
+    }
+    // Every ingress ends its stream once our side is closed and it has
+    // answered what it read.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for route in &mut routes.list {
+        let Some(Connection { tx, receiver }) = route.connection.take() else {
             continue;
         };
-        // The stream ended (its receiver is joined).
-        let (answered, failed) = ended.unwrap_or_else(|_| (Tally::new(), true));
-        tally.merge(answered);
-        // It ends the run when the run was finishing and nothing is
-        // outstanding; otherwise (it failed, or a draining ingress ended it
-        // with work left) a new one is opened.
-        if matches!(phase, Phase::Finishing { .. }) && idle(&shared) {
-            return Ok(tally);
-        }
-        if failed {
-            tracing::warn!("Screen stream lost; reconnecting");
-        } else {
-            tracing::info!("Screen stream ended by the ingress; reconnecting");
-        }
-        context.requeue_unanswered(&mut tally);
-        let give_up_at = Instant::now() + plan.retry.deadline();
-        connection = match context.connect(give_up_at, &stop, &mut rng).await {
-            Ok(connection) => connection,
-            Err(why) => {
-                tracing::warn!(%why, "txgen stream ends early");
-                tally.ended_early(why.to_string());
-                return Ok(tally);
+        drop(tx);
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok((answered, _))) => tally.merge(answered),
+            _ => {
+                tracing::warn!(addr = %route.replica.addr, "the last answers of a stream did not arrive in time")
             }
-        };
-    }
-    let Connection { tx, receiver } = connection;
-    drop(tx);
-    // The ingress ends the stream once our side is closed and it has
-    // answered what it read.
-    match tokio::time::timeout(Duration::from_secs(5), receiver).await {
-        Ok(Ok((answered, _))) => tally.merge(answered),
-        _ => tracing::warn!("the last answers of a stream did not arrive in time"),
+        }
     }
     Ok(tally)
 }
@@ -451,47 +740,57 @@ impl Sender<'_> {
             .min()
     }
 
-    /// Waits for room in the window (or the stream ending, or `stop`), then
-    /// sends due retries, else the new transactions due. `Some` when the
-    /// stream ended meanwhile.
-    #[allow(clippy::too_many_arguments)]
+    /// Waits for room in the window (or a route's stream ending or
+    /// opening, or `stop`), then sends due retries, else the new
+    /// transactions due, each on its partition's route. `Some` when a
+    /// route's stream ended or opened meanwhile.
     async fn send_next(
         &mut self,
-        tx: &tokio::sync::mpsc::Sender<ScreenRequest>,
-        shared: &Shared,
-        window: &Window,
+        routes: &mut Routes,
         generator: &mut Generator,
         tally: &mut Tally,
         progress: &TxgenProgress,
         stop: &CancellationToken,
-        receiver: &mut tokio::task::JoinHandle<(Tally, bool)>,
         phase: Phase,
-    ) -> Option<Result<(Tally, bool), tokio::task::JoinError>> {
+    ) -> Option<Event> {
+        let window = routes.opener.window.clone();
+        let shared = routes.opener.shared.clone();
         tokio::select! {
             () = window.acquire() => {}
-            ended = &mut *receiver => return Some(ended),
+            event = routes.event() => return Some(event),
             () = stop.cancelled(), if phase == Phase::Sending => return None,
         }
         let now = Instant::now();
         // Retries first: they are older than anything not yet generated.
         let due = {
-            let mut guard = lock(shared);
+            let mut guard = lock(&shared);
             let StreamShared {
                 retries, budget, ..
             } = &mut *guard;
             retries.take_due(now, self.plan.batch_size, budget)
         };
         let batch = if due.is_empty() && phase == Phase::Sending {
-            self.generate(now, shared, generator, tally, progress)
+            self.generate(now, &shared, generator, tally, progress)
         } else {
             due
         };
-        if batch.is_empty() {
+        let parts = place(routes, batch, now);
+        if parts.is_empty() {
             window.give_back();
             return None;
         }
-        self.request_id += 1;
-        send(tx, shared, self.request_id, batch).await;
+        for (i, (route, items)) in parts.into_iter().enumerate() {
+            if i > 0 {
+                window.take_one_more();
+            }
+            self.request_id += 1;
+            tally.routed(&routes.list[route].replica.name, items.len());
+            let tx = routes.list[route]
+                .connection
+                .as_ref()
+                .and_then(|c| c.tx.clone());
+            send(tx, &shared, self.request_id, route, items).await;
+        }
         None
     }
 
@@ -550,39 +849,85 @@ impl Sender<'_> {
     }
 }
 
-/// Registers `items` as pending under `request_id` and sends them.
+/// Splits `batch` by route: each transaction on its partition's route (see
+/// [`Placement`]). One whose partition is unanswered on a route that can
+/// take nothing more waits (in order) to be sent a little later.
+fn place(routes: &Routes, batch: Vec<InFlight>, now: Instant) -> Vec<(usize, Vec<InFlight>)> {
+    let mut parts: Vec<(usize, Vec<InFlight>)> = Vec::new();
+    if batch.is_empty() {
+        return parts;
+    }
+    let usable = routes.usable();
+    let mut guard = lock(&routes.opener.shared);
+    let StreamShared {
+        placement, retries, ..
+    } = &mut *guard;
+    for item in batch {
+        let account = &item.txn.account_id;
+        let wanted = routes.for_partition(placement.partition(account), &usable);
+        let route = wanted.map(|w| placement.place(account, w));
+        match route.filter(|r| usable[*r]) {
+            Some(route) => {
+                placement.sent(account);
+                match parts.iter_mut().find(|(r, _)| *r == route) {
+                    Some((_, items)) => items.push(item),
+                    None => parts.push((route, vec![item])),
+                }
+            }
+            None => retries.push(now + PLACEMENT_WAIT, item),
+        }
+    }
+    parts
+}
+
+/// Registers `items` as pending under `request_id` on `route` and sends
+/// them.
 async fn send(
-    tx: &tokio::sync::mpsc::Sender<ScreenRequest>,
+    tx: Option<tokio::sync::mpsc::Sender<ScreenRequest>>,
     shared: &Shared,
     request_id: u64,
+    route: usize,
     items: Vec<InFlight>,
 ) {
     let transactions = items.iter().map(|i| i.txn.clone()).collect();
     // The root of the request's trace, when this request is sampled.
     let span = tracing::info_span!("txgen.screen_request", request_id, size = items.len());
     let traceparent = crate::telemetry::traceparent(&span);
-    lock(shared).pending.insert(request_id, items);
+    lock(shared)
+        .pending
+        .insert(request_id, Sent { route, items });
     // A send that finds the stream gone leaves its batch pending: the
     // receiver's end is noticed next and the batch is resent.
-    let _ = tx
-        .send(ScreenRequest {
-            transactions,
-            request_id,
-            traceparent,
-        })
-        .await;
+    if let Some(tx) = tx {
+        let _ = tx
+            .send(ScreenRequest {
+                transactions,
+                request_id,
+                traceparent,
+            })
+            .await;
+    }
 }
 
-/// Reads the answers of one stream: verdicts and final errors are tallied,
-/// retryable errors are queued for a resend (or given up, and tallied).
+/// Reads the answers of one route's stream: verdicts and final errors are
+/// tallied, retryable errors are queued for a resend (or given up, and
+/// tallied). An answer that says its replica owns some of the request no
+/// longer asks for a new map.
 async fn receive(
     mut responses: tonic::Streaming<txmesh_proto::v1::ScreenResponse>,
-    shared: Shared,
-    window: Arc<Window>,
-    retry: RetryConfig,
-    progress: Arc<TxgenProgress>,
-    events: Arc<Notify>,
+    route: usize,
+    addr: HostPort,
+    opener: Opener,
 ) -> (Tally, bool) {
+    let Opener {
+        shared,
+        window,
+        retry,
+        progress,
+        directory,
+        events,
+        ..
+    } = opener;
     let mut tally = Tally::new();
     while let Some(item) = responses.next().await {
         let response = match item {
@@ -593,9 +938,12 @@ async fn receive(
             }
         };
         if response.draining {
-            lock(&shared).draining = true;
+            lock(&shared).draining[route] = true;
             events.notify_one();
             continue;
+        }
+        if response.not_owned > 0 {
+            directory.stale(&addr);
         }
         let now = Instant::now();
         let mut finals = 0u64;
@@ -610,10 +958,15 @@ async fn receive(
                 retries,
                 rng,
                 screened,
+                placement,
                 ..
             } = &mut *guard;
-            let sent = pending.remove(&response.request_id).unwrap_or_default();
+            let sent = pending
+                .remove(&response.request_id)
+                .map(|s| s.items)
+                .unwrap_or_default();
             for (result, mut f) in response.results.iter().zip(sent) {
+                placement.answered(&f.txn.account_id);
                 if let Some(Outcome::Error(e)) = &result.outcome {
                     let since_first = now.saturating_duration_since(f.first_sent);
                     match retry.decide(e, f.attempt, since_first, rng) {
@@ -722,6 +1075,12 @@ impl Window {
         }
     }
 
+    /// Takes one more slot at once, for a batch split between routes (the
+    /// window is counted in requests).
+    fn take_one_more(&self) {
+        self.state.lock().in_flight += 1;
+    }
+
     /// Returns a slot taken for a batch that was never answered (its stream
     /// ended) or never sent, without counting it as an answer.
     fn give_back(&self) {
@@ -754,5 +1113,32 @@ impl Window {
             }
         }
         self.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Placement;
+
+    #[test]
+    fn a_partition_changes_route_only_once_nothing_of_it_is_unanswered() {
+        let mut placement = Placement::new(16);
+        let account = "acct-1";
+        assert_eq!(placement.place(account, 0), 0);
+        placement.sent(account);
+        placement.sent(account);
+        // The map moved it to route 1: it stays on 0 while answers are due.
+        assert_eq!(placement.place(account, 1), 0);
+        placement.answered(account);
+        assert_eq!(placement.place(account, 1), 0);
+        placement.answered(account);
+        assert_eq!(placement.place(account, 1), 1);
+        // Another partition is not held back by this one.
+        let other = (0..)
+            .map(|i| format!("acct-{i}"))
+            .find(|a| placement.partition(a) != placement.partition(account))
+            .expect("another partition");
+        placement.sent(account);
+        assert_eq!(placement.place(&other, 2), 2);
     }
 }

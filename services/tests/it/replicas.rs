@@ -791,11 +791,13 @@ fn screened_at(state_dir: &std::path::Path, account: &str) -> String {
     out
 }
 
-/// `txmesh up --replicas 3` scaled by its members file the way the README
-/// says, under load: ingress-3 joins (started by `up`, partitions handed
-/// to it), then leaves (handed back, then stopped); every transaction
-/// answered once, the dashboard applied exactly what the replicas
-/// answered, and ingress-3 ends holding nothing.
+/// `txmesh up --replicas 3 --partition-aware` scaled by its members file
+/// the way the README says, under load: ingress-3 joins (started by `up`,
+/// partitions handed to it), then leaves (handed back, then stopped);
+/// every transaction answered once, the dashboard applied exactly what the
+/// replicas answered, and ingress-3 ends holding nothing. txgen, told by
+/// the replicas that its map went stale, refreshed it and sent ingress-3's
+/// accounts straight to ingress-3 while it was in the set.
 #[actix_rt::test]
 async fn up_scales_by_its_members_file_under_load() {
     use tokio::io::AsyncBufReadExt;
@@ -812,6 +814,7 @@ async fn up_scales_by_its_members_file_under_load() {
             "800",
             "--duration",
             "16s",
+            "--partition-aware",
         ])
         .args(["--port-offset", "25000", "--report", "json", "--state-dir"])
         .arg(&state)
@@ -846,8 +849,16 @@ async fn up_scales_by_its_members_file_under_load() {
     wait_for("ingress-3 left").await;
     let out = child.wait_with_output().await.expect("up runs");
     assert!(out.status.success(), "{}", out.status);
-    let (report, _) = up_report(&out.stdout, 8_000);
+    let (report, sent) = up_report(&out.stdout, 8_000);
     assert_eq!(report["publisher_drained"], true, "{report}");
+    assert!(report["map_refreshes"].as_u64() >= Some(2), "{report}");
+    // ingress-3 owned about a quarter of the accounts for about a quarter
+    // of the run.
+    let direct = report["sent_to"]["ingress-3"].as_u64().unwrap_or(0);
+    assert!(
+        direct > sent / 40,
+        "{direct} of {sent} straight to ingress-3: {report}"
+    );
     assert!(held(&state, "ingress-3").is_empty());
     let held_by_three: usize = NAMES.iter().map(|n| held(&state, n).len()).sum();
     assert_eq!(held_by_three, 1024);
