@@ -542,6 +542,7 @@ pub(super) async fn run_stream(
         start: Instant::now(),
         generated: 0,
         request_id: 0,
+        fanout: 1,
     };
     let mut phase = Phase::Sending;
     loop {
@@ -672,6 +673,9 @@ struct Sender<'a> {
     start: Instant,
     generated: u64,
     request_id: u64,
+    /// Replicas in the map: a send takes up to a batch per replica, so
+    /// each request is about a batch whether or not it is split.
+    fanout: usize,
 }
 
 impl Sender<'_> {
@@ -682,7 +686,12 @@ impl Sender<'_> {
             || self.plan.count.is_some_and(|c| self.generated >= c)
     }
 
-    /// New transactions due now (at most a batch).
+    /// The most one send takes: a batch per replica.
+    fn send_max(&self) -> usize {
+        self.plan.batch_size * self.fanout
+    }
+
+    /// New transactions due now (at most [`Self::send_max`]).
     fn new_due(&self, now: Instant) -> u64 {
         let remaining = self
             .plan
@@ -694,9 +703,9 @@ impl Sender<'_> {
                     (now.saturating_duration_since(self.start).as_secs_f64() * rate) as u64;
                 should.saturating_sub(self.generated)
             }
-            None => self.plan.batch_size as u64,
+            None => self.send_max() as u64,
         };
-        due.min(remaining).min(self.plan.batch_size as u64)
+        due.min(remaining).min(self.send_max() as u64)
     }
 
     fn has_work(&self, now: Instant, phase: Phase, shared: &Shared) -> bool {
@@ -755,6 +764,7 @@ impl Sender<'_> {
     ) -> Option<Event> {
         let window = routes.opener.window.clone();
         let shared = routes.opener.shared.clone();
+        self.fanout = routes.map.replicas.len().max(1);
         tokio::select! {
             () = window.acquire() => {}
             event = routes.event() => return Some(event),
@@ -767,7 +777,7 @@ impl Sender<'_> {
             let StreamShared {
                 retries, budget, ..
             } = &mut *guard;
-            retries.take_due(now, self.plan.batch_size, budget)
+            retries.take_due(now, self.send_max(), budget)
         };
         let batch = if due.is_empty() && phase == Phase::Sending {
             self.generate(now, &shared, generator, tally, progress)
