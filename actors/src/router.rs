@@ -506,7 +506,6 @@ impl ShardRouter {
                 }
             }
         }
-
         not_owned
     }
 

@@ -65,9 +65,9 @@ pub async fn run(
     // Where the streams send: the target, or (partition-aware) each
     // account's owner by the map the target serves, kept current.
     let directory = if t.partition_aware {
-        Directory::discover(config, store.clone(), ingress_id.clone(), channel).await?
+        Directory::discover(config, store, ingress_id, channel).await?
     } else {
-        Directory::single(config, store.clone(), ingress_id.clone(), channel)
+        Directory::single(config, store, ingress_id, channel)
     };
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(t.streams);

@@ -370,12 +370,43 @@ impl IngressService {
 }
 
 /// A Screen response being assembled: its results and how many of its
-/// transactions another replica owns, which may be known in either order.
-#[derive(Default)]
+/// transactions another replica owns, which may be known in either order;
+/// it is sent once both are.
 struct Joined {
     results: Option<Vec<TxnResult>>,
     not_owned: Option<u32>,
     permit: Option<OwnedSemaphorePermit>,
+    request_id: u64,
+    tx: tokio::sync::mpsc::Sender<Outgoing>,
+}
+
+impl Joined {
+    fn results(&mut self, results: Vec<TxnResult>) {
+        self.results = Some(results);
+        self.send_when_complete();
+    }
+
+    fn not_owned(&mut self, routed: usize) {
+        self.not_owned = Some(u32::try_from(routed).unwrap_or(u32::MAX));
+        self.send_when_complete();
+    }
+
+    fn send_when_complete(&mut self) {
+        let Some(not_owned) = self.not_owned else {
+            return;
+        };
+        let Some(results) = self.results.take() else {
+            return;
+        };
+        let response = ScreenResponse {
+            results,
+            request_id: self.request_id,
+            draining: false,
+            not_owned,
+        };
+        // Room is reserved: see the channel's capacity in `screen`.
+        let _ = self.tx.try_send(Ok((response, self.permit.take())));
+    }
 }
 
 #[tonic::async_trait]
@@ -451,40 +482,22 @@ impl Ingress for IngressService {
                     }
                     Ok(Some(req)) => {
                         read += 1;
-                        let tx = tx.clone();
-                        let request_id = req.request_id;
                         // The results may be complete before `dispatch`
                         // returns the count: the response goes once both
                         // are known.
-                        let joined = Arc::new(parking_lot::Mutex::new(Joined::default()));
-                        let respond = move |joined: &mut Joined| {
-                            if let (true, Some(not_owned)) =
-                                (joined.results.is_some(), joined.not_owned)
-                            {
-                                let results = joined.results.take().unwrap_or_default();
-                                let response = ScreenResponse {
-                                    results,
-                                    request_id,
-                                    draining: false,
-                                    not_owned,
-                                };
-                                let _ = tx.try_send(Ok((response, joined.permit.take())));
-                            }
-                        };
-                        joined.lock().permit = Some(permit);
+                        let joined = Arc::new(parking_lot::Mutex::new(Joined {
+                            results: None,
+                            not_owned: None,
+                            permit: Some(permit),
+                            request_id: req.request_id,
+                            tx: tx.clone(),
+                        }));
                         let on_results = {
                             let joined = joined.clone();
-                            let respond = respond.clone();
-                            move |results| {
-                                let mut j = joined.lock();
-                                j.results = Some(results);
-                                respond(&mut j);
-                            }
+                            move |results| joined.lock().results(results)
                         };
                         let routed = this.dispatch(req.transactions, &req.traceparent, on_results);
-                        let mut j = joined.lock();
-                        j.not_owned = Some(u32::try_from(routed).unwrap_or(u32::MAX));
-                        respond(&mut j);
+                        joined.lock().not_owned(routed);
                     }
                     Ok(None) => break,
                     Err(Ended::Idle) => {

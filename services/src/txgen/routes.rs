@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -41,23 +41,29 @@ pub(super) fn partition(account: &str, partitions: u32) -> u32 {
 /// Which replica each partition's transactions go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct RouteMap {
-    /// 1 when not partition-aware (everything in partition 0).
-    pub(super) partitions: u32,
     pub(super) replicas: Vec<Replica>,
-    /// Per partition, an index into `replicas`.
+    /// Per partition (one when not partition-aware), an index into
+    /// `replicas`.
     owner: Vec<u16>,
 }
 
 impl RouteMap {
-    /// The replica that owns `partition`.
-    pub(super) fn owner(&self, partition: u32) -> &Replica {
-        &self.replicas[usize::from(self.owner[partition as usize])]
+    /// How many partitions accounts are spread over.
+    pub(super) fn partitions(&self) -> u32 {
+        u32::try_from(self.owner.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The index in `replicas` of the replica that owns `partition`.
+    pub(super) fn owner_index(&self, partition: u32) -> usize {
+        usize::from(self.owner[partition as usize])
     }
 
     /// Whether both give every partition to the same replica name.
     fn same_owners(&self, other: &Self) -> bool {
-        self.partitions == other.partitions
-            && (0..self.partitions).all(|p| self.owner(p).name == other.owner(p).name)
+        self.owner.len() == other.owner.len()
+            && (0..self.partitions()).all(|p| {
+                self.replicas[self.owner_index(p)].name == other.replicas[other.owner_index(p)].name
+            })
     }
 
     /// The map `served` (by `asked`), checked against the hash this txgen
@@ -103,11 +109,7 @@ impl RouteMap {
                 "{asked}: the partition map leaves partitions unowned"
             ));
         }
-        Ok(Self {
-            partitions: served.partitions,
-            replicas,
-            owner,
-        })
+        Ok(Self { replicas, owner })
     }
 }
 
@@ -119,9 +121,15 @@ pub(super) struct Directory {
     aware: bool,
     map: tokio::sync::watch::Sender<Arc<RouteMap>>,
     channels: Mutex<HashMap<HostPort, tonic::transport::Channel>>,
-    refreshing: AtomicBool,
-    last_refresh: Mutex<Option<Instant>>,
+    refresh: Mutex<Refresh>,
     refreshes: AtomicU64,
+}
+
+/// Whether a refresh is running, and when the last one started.
+#[derive(Default)]
+struct Refresh {
+    running: bool,
+    last: Option<Instant>,
 }
 
 /// Asked at most this often for a new map (many answers say the same).
@@ -137,21 +145,30 @@ impl Directory {
     ) -> Arc<Self> {
         let target = config.txgen.target.clone();
         let map = RouteMap {
-            partitions: 1,
             replicas: vec![Replica {
                 name: target.to_string(),
                 addr: target.clone(),
             }],
             owner: vec![0],
         };
+        Self::new(store, ingress_id, false, map, target, channel)
+    }
+
+    fn new(
+        store: CertStore,
+        ingress_id: SpiffeId,
+        aware: bool,
+        map: RouteMap,
+        target: HostPort,
+        channel: tonic::transport::Channel,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             ingress_id,
-            aware: false,
+            aware,
             map: tokio::sync::watch::Sender::new(Arc::new(map)),
             channels: Mutex::new(HashMap::from([(target, channel)])),
-            refreshing: AtomicBool::new(false),
-            last_refresh: Mutex::new(None),
+            refresh: Mutex::new(Refresh::default()),
             refreshes: AtomicU64::new(0),
         })
     }
@@ -171,16 +188,14 @@ impl Directory {
             reason,
         };
         let map = fetch(&channel, &target).await.map_err(unreachable)?;
-        let directory = Arc::new(Self {
+        let directory = Self::new(
             store,
             ingress_id,
-            aware: true,
-            map: tokio::sync::watch::Sender::new(Arc::new(map.clone())),
-            channels: Mutex::new(HashMap::from([(target.clone(), channel)])),
-            refreshing: AtomicBool::new(false),
-            last_refresh: Mutex::new(None),
-            refreshes: AtomicU64::new(0),
-        });
+            true,
+            map.clone(),
+            target.clone(),
+            channel,
+        );
         for replica in &map.replicas {
             let channel = directory.channel(&replica.addr)?;
             let theirs = fetch(&channel, &replica.addr)
@@ -230,23 +245,24 @@ impl Directory {
             return;
         }
         {
-            let mut last = self.last_refresh.lock();
-            if last.is_some_and(|at| at.elapsed() < REFRESH_EVERY)
-                || self.refreshing.swap(true, Ordering::AcqRel)
-            {
+            let mut refresh = self.refresh.lock();
+            if refresh.running || refresh.last.is_some_and(|at| at.elapsed() < REFRESH_EVERY) {
                 return;
             }
-            *last = Some(Instant::now());
+            *refresh = Refresh {
+                running: true,
+                last: Some(Instant::now()),
+            };
         }
         let directory = self.clone();
         let from = from.clone();
         tokio::spawn(async move {
-            directory.refresh(&from).await;
-            directory.refreshing.store(false, Ordering::Release);
+            directory.fetch_again(&from).await;
+            directory.refresh.lock().running = false;
         });
     }
 
-    async fn refresh(&self, from: &HostPort) {
+    async fn fetch_again(&self, from: &HostPort) {
         let current = self.map.borrow().clone();
         let mut ask = vec![from.clone()];
         ask.extend(
@@ -261,7 +277,7 @@ impl Directory {
                 continue;
             };
             match fetch(&channel, &addr).await {
-                Ok(map) if map.partitions == current.partitions => {
+                Ok(map) if map.partitions() == current.partitions() => {
                     if map != *current {
                         self.refreshes.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(asked = %addr, replicas = map.replicas.len(), "partition map refreshed");

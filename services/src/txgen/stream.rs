@@ -13,7 +13,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -68,8 +71,6 @@ struct StreamShared {
     /// Clean transactions the ingress screened, not yet handed to the
     /// generator as replay candidates.
     screened: VecDeque<Transaction>,
-    /// Per route: its ingress is shutting down, send nothing more on it.
-    draining: Vec<bool>,
     placement: Placement,
 }
 
@@ -93,19 +94,18 @@ impl Placement {
         super::routes::partition(account, self.partitions)
     }
 
-    /// The route for one more transaction of `account`: `wanted`, unless
-    /// some of its partition are unanswered on another.
-    fn place(&mut self, account: &str, wanted: usize) -> usize {
-        let p = self.partition(account) as usize;
+    /// The route for one more transaction of partition `p`: `wanted`,
+    /// unless some of the partition are unanswered on another.
+    fn place(&mut self, p: u32, wanted: usize) -> usize {
+        let p = p as usize;
         if self.unanswered[p] == 0 {
             self.at[p] = wanted;
         }
         self.at[p]
     }
 
-    fn sent(&mut self, account: &str) {
-        let p = self.partition(account) as usize;
-        self.unanswered[p] += 1;
+    fn sent(&mut self, p: u32) {
+        self.unanswered[p as usize] += 1;
     }
 
     /// A transaction of `account` was answered (or its stream lost).
@@ -159,11 +159,20 @@ struct Opener {
 }
 
 /// One open Screen stream: where requests go (`None` once our side is
-/// closed because the ingress is draining), and the task reading its
-/// answers (it ends with the tally and whether the stream failed).
+/// closed because the ingress is draining), whether its ingress said it is
+/// draining (set by the receiver), and the task reading its answers (it
+/// ends with the tally and whether the stream failed).
 struct Connection {
     tx: Option<tokio::sync::mpsc::Sender<ScreenRequest>>,
+    draining: Arc<AtomicBool>,
     receiver: tokio::task::JoinHandle<(Tally, bool)>,
+}
+
+impl Connection {
+    /// It can take a request now.
+    fn usable(&self) -> bool {
+        self.tx.is_some() && !self.draining.load(Ordering::Acquire)
+    }
 }
 
 /// One replica a stream sends to.
@@ -198,17 +207,18 @@ impl Opener {
     async fn open(
         &self,
         client: &mut IngressClient<tonic::transport::Channel>,
-        route: usize,
         addr: &HostPort,
     ) -> Result<Connection, tonic::Status> {
         let (tx, rx) = tokio::sync::mpsc::channel::<ScreenRequest>(self.channel_capacity);
         let responses = client.screen(ReceiverStream::new(rx)).await?.into_inner();
+        let draining = Arc::new(AtomicBool::new(false));
         let receiver = tokio::spawn(tracing::Instrument::instrument(
-            receive(responses, route, addr.clone(), self.clone()),
+            receive(responses, addr.clone(), draining.clone(), self.clone()),
             tracing::info_span!("txgen.receive", %addr),
         ));
         Ok(Connection {
             tx: Some(tx),
+            draining,
             receiver,
         })
     }
@@ -217,7 +227,6 @@ impl Opener {
     async fn connect(
         &self,
         mut client: IngressClient<tonic::transport::Channel>,
-        route: usize,
         addr: HostPort,
         give_up_at: Instant,
         stop: CancellationToken,
@@ -225,7 +234,7 @@ impl Opener {
     ) -> Result<Connection, Unconnected> {
         let mut backoff = txmesh_actors::backoff::Backoff::new(RECONNECT_BACKOFF)?;
         loop {
-            let status = match self.open(&mut client, route, &addr).await {
+            let status = match self.open(&mut client, &addr).await {
                 Ok(connection) => return Ok(connection),
                 Err(status) => status,
             };
@@ -257,19 +266,18 @@ struct Routes {
 }
 
 impl Routes {
-    /// Per route, whether it can take a request now (it takes the
-    /// shared lock: never call it holding that).
+    /// Per route, whether it can take a request now.
     fn usable(&self) -> Vec<bool> {
-        let s = lock(&self.opener.shared);
         self.list
             .iter()
-            .zip(&s.draining)
-            .map(|(r, draining)| !draining && r.connection.as_ref().is_some_and(|c| c.tx.is_some()))
+            .map(|r| r.connection.as_ref().is_some_and(Connection::usable))
             .collect()
     }
 
     fn any_usable(&self) -> bool {
-        self.usable().contains(&true)
+        self.list
+            .iter()
+            .any(|r| r.connection.as_ref().is_some_and(Connection::usable))
     }
 
     /// Some route is up or being opened.
@@ -287,14 +295,7 @@ impl Routes {
     /// The route for partition `p`'s owner, or (while it is down) any
     /// route that is up (that replica forwards); `usable` by route.
     fn for_partition(&self, p: u32, usable: &[bool]) -> Option<usize> {
-        let owner = self.map.owner(p);
-        let route = self
-            .map
-            .replicas
-            .iter()
-            .position(|r| r == owner)
-            .map(|i| self.of_replica[i]);
-        route
+        Some(self.of_replica[self.map.owner_index(p)])
             .filter(|r| usable[*r])
             .or_else(|| usable.iter().position(|u| *u))
     }
@@ -325,7 +326,6 @@ impl Routes {
                         connection: None,
                         connecting: false,
                     });
-                    lock(&self.opener.shared).draining.push(false);
                     self.list.len() - 1
                 }
             };
@@ -357,9 +357,7 @@ impl Routes {
         let rng = SmallRng::seed_from_u64(self.seed);
         let done = self.connected_tx.clone();
         tokio::spawn(async move {
-            let result = opener
-                .connect(client, route, addr, give_up_at, stop, rng)
-                .await;
+            let result = opener.connect(client, addr, give_up_at, stop, rng).await;
             let _ = done.send((route, result));
         });
     }
@@ -400,11 +398,9 @@ impl Routes {
             let StreamShared {
                 pending,
                 retries,
-                draining,
                 placement,
                 ..
             } = &mut *guard;
-            draining[route] = false;
             let lost: Vec<u64> = pending
                 .iter()
                 .filter(|(_, s)| s.route == route)
@@ -432,10 +428,9 @@ impl Routes {
     /// the stream once it has answered everything it read (a new one is
     /// opened then), and the map may have changed.
     fn close_draining(&mut self) {
-        let draining = lock(&self.opener.shared).draining.clone();
-        for (route, r) in self.list.iter_mut().enumerate() {
+        for r in &mut self.list {
             if let Some(c) = r.connection.as_mut() {
-                if draining[route] && c.tx.is_some() {
+                if c.tx.is_some() && c.draining.load(Ordering::Acquire) {
                     c.tx = None;
                     tracing::info!(addr = %r.replica.addr, "ingress is draining: no more sends on this stream");
                     self.opener.directory.stale(&r.replica.addr);
@@ -494,8 +489,7 @@ pub(super) async fn run_stream(
         budget: RetryBudget::new(&plan.retry),
         rng: SmallRng::seed_from_u64(plan.seed),
         screened: VecDeque::new(),
-        draining: Vec::new(),
-        placement: Placement::new(map.partitions),
+        placement: Placement::new(map.partitions()),
     }));
     let (connected_tx, connected_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut routes = Routes {
@@ -631,7 +625,7 @@ pub(super) async fn run_stream(
     // answered what it read.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     for route in &mut routes.list {
-        let Some(Connection { tx, receiver }) = route.connection.take() else {
+        let Some(Connection { tx, receiver, .. }) = route.connection.take() else {
             continue;
         };
         drop(tx);
@@ -873,12 +867,13 @@ fn place(routes: &Routes, batch: Vec<InFlight>, now: Instant) -> Vec<(usize, Vec
         placement, retries, ..
     } = &mut *guard;
     for item in batch {
-        let account = &item.txn.account_id;
-        let wanted = routes.for_partition(placement.partition(account), &usable);
-        let route = wanted.map(|w| placement.place(account, w));
+        let p = placement.partition(&item.txn.account_id);
+        let route = routes
+            .for_partition(p, &usable)
+            .map(|wanted| placement.place(p, wanted));
         match route.filter(|r| usable[*r]) {
             Some(route) => {
-                placement.sent(account);
+                placement.sent(p);
                 match parts.iter_mut().find(|(r, _)| *r == route) {
                     Some((_, items)) => items.push(item),
                     None => parts.push((route, vec![item])),
@@ -925,8 +920,8 @@ async fn send(
 /// longer asks for a new map.
 async fn receive(
     mut responses: tonic::Streaming<txmesh_proto::v1::ScreenResponse>,
-    route: usize,
     addr: HostPort,
+    draining: Arc<AtomicBool>,
     opener: Opener,
 ) -> (Tally, bool) {
     let Opener {
@@ -948,7 +943,7 @@ async fn receive(
             }
         };
         if response.draining {
-            lock(&shared).draining[route] = true;
+            draining.store(true, Ordering::Release);
             events.notify_one();
             continue;
         }
@@ -1134,21 +1129,22 @@ mod tests {
     fn a_partition_changes_route_only_once_nothing_of_it_is_unanswered() {
         let mut placement = Placement::new(16);
         let account = "acct-1";
-        assert_eq!(placement.place(account, 0), 0);
-        placement.sent(account);
-        placement.sent(account);
+        let p = placement.partition(account);
+        assert_eq!(placement.place(p, 0), 0);
+        placement.sent(p);
+        placement.sent(p);
         // The map moved it to route 1: it stays on 0 while answers are due.
-        assert_eq!(placement.place(account, 1), 0);
+        assert_eq!(placement.place(p, 1), 0);
         placement.answered(account);
-        assert_eq!(placement.place(account, 1), 0);
+        assert_eq!(placement.place(p, 1), 0);
         placement.answered(account);
-        assert_eq!(placement.place(account, 1), 1);
+        assert_eq!(placement.place(p, 1), 1);
         // Another partition is not held back by this one.
         let other = (0..)
             .map(|i| format!("acct-{i}"))
             .find(|a| placement.partition(a) != placement.partition(account))
             .expect("another partition");
-        placement.sent(account);
-        assert_eq!(placement.place(&other, 2), 2);
+        placement.sent(p);
+        assert_eq!(placement.place(placement.partition(&other), 2), 2);
     }
 }
