@@ -444,12 +444,15 @@ impl ShardRouter {
                         if let Some(stamped) = &stamped {
                             let (owner, epoch) = map.owner(p);
                             if epoch != stamped[i] {
-                                slot.error(&ActorError::WrongOwner {
+                                // The sender learns the epoch and sends it
+                                // again; what it sent after must wait here.
+                                let wrong = ActorError::WrongOwner {
                                     partition: p,
                                     stamped: stamped[i],
                                     owner: owner.name.clone(),
                                     epoch,
-                                });
+                                };
+                                self.refuse_held(shard, &txn, slot, &wrong);
                                 continue;
                             }
                         }
@@ -513,16 +516,23 @@ impl ShardRouter {
     /// replica, and holds its account (a later transaction must not pass
     /// it once the partition is served).
     fn refuse_moving(&self, shard: usize, txn: &Transaction, slot: ReplySlot, partition: u32) {
+        let moving = ActorError::PartitionMoving {
+            partition,
+            retry_after_ms: MOVING_RETRY_AFTER_MS,
+        };
+        self.refuse_held(shard, txn, slot, &moving);
+    }
+
+    /// Refuses `txn` retryably with `error` and holds its account until it
+    /// is sent again.
+    fn refuse_held(&self, shard: usize, txn: &Transaction, slot: ReplySlot, error: &ActorError) {
         let handle = &self.shards[shard];
         let stamp = self.stamps.fetch_add(1, Ordering::Relaxed);
         let until = self.clock.now_ms() + self.config.order_hold_ms;
         handle
             .holds
             .hold(&txn.account_id, &txn.transaction_id, stamp, until);
-        slot.error(&ActorError::PartitionMoving {
-            partition,
-            retry_after_ms: MOVING_RETRY_AFTER_MS,
-        });
+        slot.error(error);
     }
 
     /// Hands one shard its part of a batch, or refuses it (journal down,

@@ -195,10 +195,17 @@ async fn forwarded_work_with_a_stale_epoch_or_for_another_owner_is_refused() {
     let out = answered(|done| b.screen_forwarded(elsewhere, Instant::now(), None, done)).await;
     assert_eq!(error_code(&out[0]), Some(TxnErrorCode::WrongOwner));
     assert_eq!(link.forwarded.load(Ordering::Relaxed), 0);
-    // At the current epoch it is screened.
-    let current = vec![(txn(&local_to_b, "s3", 1_000, now), 1)];
-    let out = answered(|done| b.screen_forwarded(current, Instant::now(), None, done)).await;
-    assert!(error_code(&out[0]).is_none());
+    // The refusal holds the account at its owner: what the sender routed
+    // after it, by the epoch it just learned, waits until the refused one
+    // is sent again at that epoch.
+    let after = vec![(txn(&local_to_b, "s3", 1_000, now + 1), 1)];
+    let out = answered(|done| b.screen_forwarded(after, Instant::now(), None, done)).await;
+    assert_eq!(error_code(&out[0]), Some(TxnErrorCode::Held));
+    for id in ["s1", "s3"] {
+        let current = vec![(txn(&local_to_b, id, 1_000, now + 2), 1)];
+        let out = answered(|done| b.screen_forwarded(current, Instant::now(), None, done)).await;
+        assert!(error_code(&out[0]).is_none(), "{id}: {out:?}");
+    }
     a.stop();
     b.stop();
 }

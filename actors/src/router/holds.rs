@@ -14,6 +14,11 @@
 //! transaction after a newer one (an older part overflowing an account's
 //! mailbox) takes its place in front, and must come back first.
 //!
+//! A refusal that came back and passed may be refused again further on
+//! (its owner turned it away, its account's mailbox was full): it goes back
+//! in at the place it had, in front of those kept since, not at the stamp
+//! of the part it came back in, which is newer than theirs.
+//!
 //! The oldest refusal waits `order_hold_ms` for its retry. A hold nobody
 //! comes back for passes, on expiry, to the next refusal it keeps (which
 //! the client must now send first), and ends when it keeps none.
@@ -33,6 +38,8 @@ use parking_lot::Mutex;
 /// kept (a client has rarely this many transactions of one account in
 /// flight).
 const MAX_KEPT: usize = 256;
+/// Refusals a hold remembers after they came back and passed.
+const MAX_PASSED: usize = 16;
 
 /// The holds of one shard's accounts.
 #[derive(Debug, Default)]
@@ -49,12 +56,19 @@ struct Hold {
     refused: VecDeque<(Box<str>, u64)>,
     /// When the oldest stops being waited for.
     until_ms: u64,
+    /// Refusals that came back and passed while others were still kept,
+    /// with their stamps: their place if they are refused again.
+    passed: VecDeque<(Box<str>, u64)>,
 }
 
 impl Hold {
     /// Keeps `transaction_id` (refused in the part stamped `stamp`) in
     /// stamp order, once; true when it went in front.
     fn keep(&mut self, transaction_id: &str, stamp: u64) -> bool {
+        let stamp = match self.passed.iter().position(|(t, _)| &**t == transaction_id) {
+            Some(i) => self.passed.remove(i).map_or(stamp, |(_, s)| s.min(stamp)),
+            None => stamp,
+        };
         if self.refused.len() >= MAX_KEPT
             || self.refused.iter().any(|(t, _)| &**t == transaction_id)
         {
@@ -84,6 +98,7 @@ impl Holds {
         let hold = map.entry(account.into()).or_insert_with(|| Hold {
             refused: VecDeque::new(),
             until_ms,
+            passed: VecDeque::new(),
         });
         if hold.keep(transaction_id, stamp) {
             hold.until_ms = until_ms;
@@ -124,11 +139,16 @@ impl Holds {
             return true;
         }
         if &**oldest == transaction_id {
-            h.refused.pop_front();
+            let passed = h.refused.pop_front();
             h.until_ms = now_ms + hold_ms;
             if h.refused.is_empty() {
                 map.remove(account);
                 self.len.store(map.len(), Ordering::Release);
+            } else if let Some(passed) = passed {
+                if h.passed.len() >= MAX_PASSED {
+                    h.passed.pop_front();
+                }
+                h.passed.push_back(passed);
             }
             return true;
         }
@@ -209,6 +229,21 @@ mod tests {
         assert!(holds.admit("a", "t3", 8, 10, 100));
         assert!(holds.admit("a", "t4", 9, 10, 100));
         assert!(holds.admit("a", "t5", 10, 10, 100), "nothing held any more");
+    }
+
+    #[test]
+    fn a_refusal_refused_again_after_it_came_back_keeps_its_place() {
+        let holds = Holds::default();
+        holds.hold("a", "t1", 1, 100);
+        holds.hold("a", "t2", 2, 100);
+        // t1 comes back and passes, then is refused again further on (its
+        // owner turned it away): it is still older than t2, kept since.
+        assert!(holds.admit("a", "t1", 10, 10, 100));
+        holds.hold("a", "t1", 10, 100);
+        assert!(!holds.admit("a", "t2", 11, 10, 100), "t1 goes first");
+        assert!(holds.admit("a", "t1", 12, 10, 100));
+        assert!(holds.admit("a", "t2", 13, 10, 100));
+        assert!(holds.admit("a", "t3", 14, 10, 100), "nothing held any more");
     }
 
     #[test]

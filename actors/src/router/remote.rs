@@ -153,9 +153,9 @@ impl RemoteHolds {
 impl RemotePart {
     /// Answers the items with the owner's results, in item order; an item
     /// without a result gets a retryable error. An item the owner refused
-    /// retryably (a partition on the move, a stale epoch, overload) holds
-    /// its account here, so the account's next transaction cannot reach
-    /// the owner before it.
+    /// retryably (a partition on the move, a stale epoch, overload), or
+    /// did not answer, holds its account here, so the account's next
+    /// transaction cannot reach the owner before it.
     pub fn answer(self, results: impl IntoIterator<Item = TxnResult>) {
         let h = &self.holds;
         let now = h.clock.now_ms();
@@ -171,7 +171,10 @@ impl RemotePart {
                     }
                     item.slot.answer(outcome);
                 }
-                _ => item.slot.error(&ActorError::Dropped),
+                _ => {
+                    h.hold(&item, self.stamp, now);
+                    item.slot.error(&ActorError::Dropped);
+                }
             }
         }
     }

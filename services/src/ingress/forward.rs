@@ -260,11 +260,17 @@ async fn forward(
                     let Some(parts) = in_flight.remove(&response.request_id) else {
                         continue;
                     };
-                    learn_epochs(ctx, owner, &parts, &response.results);
+                    // Epochs are learned once the refusals hold their
+                    // accounts: nothing routed by the newer epoch may
+                    // overtake what was refused under the older one.
+                    let learned = stale_epochs(owner, &parts, &response.results);
                     let mut results = response.results.into_iter();
                     for part in parts {
                         let n = part.len();
                         part.answer(results.by_ref().take(n));
+                    }
+                    for (partition, epoch) in learned {
+                        ctx.view.learn_epoch(partition, owner, epoch);
                     }
                 }
                 Ok(None) => break Ended::Failed("the peer ended the stream".into()),
@@ -294,27 +300,29 @@ async fn forward(
     ended
 }
 
-/// The owner refused items as stamped with an epoch not its own, naming
-/// itself at a newer one: this replica missed a change of the set, and
-/// takes the owner's epochs up (the owner is the authority on its own).
-fn learn_epochs(
-    ctx: &LinkContext,
+/// The (partition, epoch) pairs for which the owner refused items as
+/// stamped with an epoch not its own, naming itself at a newer one: this
+/// replica missed a change of the set, and takes the owner's epochs up (the
+/// owner is the authority on its own).
+fn stale_epochs(
     owner: &str,
     parts: &[RemotePart],
     results: &[txmesh_proto::v1::TxnResult],
-) {
+) -> Vec<(u32, u64)> {
     use txmesh_proto::v1::{txn_result::Outcome, TxnErrorCode};
     let items = parts.iter().flat_map(|p| p.items.iter());
+    let mut learned = Vec::new();
     for (item, result) in items.zip(results) {
         if let Some(Outcome::Error(e)) = &result.outcome {
             if e.code() == TxnErrorCode::WrongOwner
                 && e.owner == owner
                 && e.owner_epoch > item.epoch
             {
-                ctx.view.learn_epoch(item.partition, owner, e.owner_epoch);
+                learned.push((item.partition, e.owner_epoch));
             }
         }
     }
+    learned
 }
 
 /// `first` and the parts queued behind it, up to `max_batch` transactions

@@ -402,8 +402,8 @@ async fn forwarded_work_stamped_with_an_old_epoch_is_refused() {
     let replicas = Replicas::start(&config, dash.grpc_addr).await;
     let acct = account_of(2, "fence");
     let partition = map().partition_of(&acct);
-    let forward = |epoch: u64, i: u32| ForwardRequest {
-        request_id: u64::from(i),
+    let forward = |epoch: u64, i: u32, request_id: u64| ForwardRequest {
+        request_id,
         transactions: vec![ForwardedTxn {
             transaction: Some(txn_at(&acct, i, 1_000, 0)),
             partition,
@@ -427,9 +427,19 @@ async fn forwarded_work_stamped_with_an_old_epoch_is_refused() {
             Ok::<_, tonic::Status>(out)
         }
     };
-    let answers = send("ingress", vec![forward(0, 1), forward(1, 2)])
-        .await
-        .expect("answered");
+    // The refusal holds the account at the owner: transaction 2, sent
+    // after 1, waits until 1 comes back at the current epoch.
+    let answers = send(
+        "ingress",
+        vec![
+            forward(0, 1, 1),
+            forward(1, 2, 2),
+            forward(1, 1, 3),
+            forward(1, 2, 4),
+        ],
+    )
+    .await
+    .expect("answered");
     let result = |id: u64| {
         answers
             .iter()
@@ -443,9 +453,14 @@ async fn forwarded_work_stamped_with_an_old_epoch_is_refused() {
     };
     assert_eq!(e.code(), TxnErrorCode::WrongOwner);
     assert_eq!((e.owner.as_str(), e.owner_epoch), ("ingress-2", 1));
-    verdict(&result(2));
+    let Some(Outcome::Error(e)) = result(2).outcome else {
+        panic!("held behind the refused one");
+    };
+    assert_eq!(e.code(), TxnErrorCode::Held);
+    verdict(&result(3));
+    verdict(&result(4));
     // Only replicas may forward.
-    let denied = send("txgen", vec![forward(1, 3)])
+    let denied = send("txgen", vec![forward(1, 3, 5)])
         .await
         .expect_err("denied");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
