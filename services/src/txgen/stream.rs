@@ -648,8 +648,31 @@ fn idle(shared: &Shared) -> bool {
 /// Sleeps until `at`, or forever.
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => sleep_precisely(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// What tokio's timer may be late by: it counts whole milliseconds and
+/// rounds up.
+const TIMER_GRAIN: Duration = Duration::from_millis(2);
+
+/// Sleeps until `at` to within tens of microseconds: tokio's timer for all
+/// but the last [`TIMER_GRAIN`], then the thread sleep of a blocking task
+/// (the kernel's high-resolution timer). An open-loop generator that wakes
+/// late sends late, and its latency (from the intended send time) counts
+/// that lateness.
+async fn sleep_precisely(at: Instant) {
+    if let Some(coarse) = at.checked_sub(TIMER_GRAIN) {
+        if coarse > Instant::now() {
+            tokio::time::sleep_until(coarse.into()).await;
+        }
+    }
+    let rest = at.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        // A task dropped meanwhile (another event came first) leaves the
+        // thread to finish its short sleep.
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
     }
 }
 
@@ -693,8 +716,10 @@ impl Sender<'_> {
             .map_or(u64::MAX, |c| c.saturating_sub(self.generated));
         let due = match self.plan.rate {
             Some(rate) => {
+                // Transaction k is meant to go at start + k / rate: those
+                // meant for now or earlier are due.
                 let should =
-                    (now.saturating_duration_since(self.start).as_secs_f64() * rate) as u64;
+                    (now.saturating_duration_since(self.start).as_secs_f64() * rate) as u64 + 1;
                 should.saturating_sub(self.generated)
             }
             None => self.send_max() as u64,
@@ -733,7 +758,7 @@ impl Sender<'_> {
         };
         let next_new = match (phase, self.plan.rate) {
             (Phase::Sending, Some(rate)) if can_send => {
-                Some(self.start + Duration::from_secs_f64((self.generated + 1) as f64 / rate))
+                Some(self.start + Duration::from_secs_f64(self.generated as f64 / rate))
             }
             _ => None,
         };
@@ -1146,5 +1171,40 @@ mod tests {
             .expect("another partition");
         placement.sent(p);
         assert_eq!(placement.place(placement.partition(&other), 2), 2);
+    }
+}
+
+#[cfg(test)]
+mod pacing_tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Sender, StreamPlan};
+    use crate::config::RetryConfig;
+
+    #[test]
+    fn at_a_fixed_rate_each_transaction_is_due_at_its_own_intended_time() {
+        let plan = StreamPlan {
+            rate: Some(1_000.0),
+            count: None,
+            deadline: None,
+            batch_size: 100,
+            max_in_flight: 1,
+            retry: RetryConfig::default(),
+            seed: 0,
+        };
+        let start = Instant::now();
+        let mut sender = Sender {
+            plan: &plan,
+            start,
+            generated: 0,
+            request_id: 0,
+            fanout: 1,
+        };
+        // The first is meant for the start, not one interval later.
+        assert_eq!(sender.new_due(start), 1);
+        sender.generated = 1;
+        assert_eq!(sender.new_due(start + Duration::from_micros(999)), 0);
+        assert_eq!(sender.new_due(start + Duration::from_millis(1)), 1);
+        assert_eq!(sender.new_due(start + Duration::from_micros(3_500)), 3);
     }
 }
