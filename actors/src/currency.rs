@@ -165,8 +165,15 @@ const CURRENCIES: &[(&str, u8)] = &[
 /// The minor-unit exponent of an ISO 4217 code (2 for EUR, 0 for JPY), or
 /// `None` when the code is not an active payment currency.
 pub fn minor_unit_exponent(code: &str) -> Option<u8> {
+    // Three bytes compared as one number (in the table's order) rather
+    // than as strings: every screening asks.
+    let key = |c: &[u8]| match c {
+        [a, b, c] => Some(u32::from_be_bytes([0, *a, *b, *c])),
+        _ => None,
+    };
+    let wanted = key(code.as_bytes())?;
     CURRENCIES
-        .binary_search_by(|(c, _)| (*c).cmp(code))
+        .binary_search_by_key(&Some(wanted), |(c, _)| key(c.as_bytes()))
         .ok()
         .map(|i| CURRENCIES[i].1)
 }

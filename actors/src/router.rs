@@ -60,6 +60,10 @@ const JOURNAL_RETRY_AFTER_MS: u32 = 1_000;
 /// The retry delay suggested while an account's partition is handed over.
 const MOVING_RETRY_AFTER_MS: u32 = 100;
 
+/// A shard's accounts by id. Hashed with foldhash (seeded per process)
+/// rather than SipHash: every transaction is looked up at least twice.
+type Accounts<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 /// Where an account lives: a shard of this process, or (with several
 /// ingress replicas) another replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,8 +135,8 @@ pub struct Shard {
     shard_count: usize,
     config: Arc<ShardsConfig>,
     holds: Arc<Holds>,
-    active: HashMap<Box<str>, ActiveAccount>,
-    passive: HashMap<Box<str>, AccountState>,
+    active: Accounts<ActiveAccount>,
+    passive: Accounts<AccountState>,
     /// How often the windows are snapshotted (`None`: journal in memory).
     snapshot_every: Option<Duration>,
     /// With several replicas: the partitions served here (work for others
@@ -214,7 +218,7 @@ impl ShardRouter {
                 overload_retry_after_ms: config.shards.overload_retry_after_ms,
                 journal: journals.shards()[index].clone(),
             });
-            let passive: HashMap<Box<str>, AccountState> = recovered
+            let passive: Accounts<AccountState> = recovered
                 .next()
                 .unwrap_or_default()
                 .into_iter()
@@ -232,7 +236,7 @@ impl ShardRouter {
                 shard_count: count,
                 config: shards_config.clone(),
                 holds: holds.clone(),
-                active: HashMap::new(),
+                active: Accounts::default(),
                 passive,
                 snapshot_every: journals
                     .is_durable()

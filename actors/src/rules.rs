@@ -18,7 +18,11 @@
 
 use txmesh_proto::v1::{Reason, Transaction, Verdict, VerdictStatus};
 
-use crate::{config::RulesConfig, currency, window::HistoryWindow};
+use crate::{
+    config::RulesConfig,
+    currency,
+    window::{code, HistoryWindow},
+};
 
 /// Longest accepted transaction or account id.
 const MAX_ID_LEN: usize = 128;
@@ -75,19 +79,22 @@ pub fn evaluate(
     if velocity_exceeded(window, txn, rules) {
         reasons.push(Reason::Velocity);
     }
-    if amount_anomalous(window, txn, rules) {
+    // Valid input (checked above): the codes compare as fixed arrays.
+    let country = code::<2>(&txn.country);
+    let ccy = code::<3>(&txn.currency);
+    if amount_anomalous(window, txn, ccy, rules) {
         reasons.push(Reason::AmountAnomaly);
     }
     if window.len() >= rules.new_country_min_history
-        && !window.entries().any(|e| e.country_str() == txn.country)
+        && !window.entries().any(|e| e.country == country)
     {
         reasons.push(Reason::NewCountry);
     }
-    if structuring(window, txn, rules) {
+    if structuring(window, txn, ccy, rules) {
         reasons.push(Reason::Structuring);
     }
     if window.len() >= rules.currency_switch_min_history
-        && !window.entries().any(|e| e.currency_str() == txn.currency)
+        && !window.entries().any(|e| e.currency == ccy)
     {
         reasons.push(Reason::CurrencySwitch);
     }
@@ -146,10 +153,15 @@ fn velocity_exceeded(window: &HistoryWindow, txn: &Transaction, rules: &RulesCon
     recent + 1 > rules.velocity_max
 }
 
-fn amount_anomalous(window: &HistoryWindow, txn: &Transaction, rules: &RulesConfig) -> bool {
+fn amount_anomalous(
+    window: &HistoryWindow,
+    txn: &Transaction,
+    ccy: [u8; 3],
+    rules: &RulesConfig,
+) -> bool {
     let (count, sum) = window
         .entries()
-        .filter(|e| e.currency_str() == txn.currency)
+        .filter(|e| e.currency == ccy)
         .fold((0i128, 0i128), |(n, s), e| {
             (n + 1, s + i128::from(e.amount_minor))
         });
@@ -168,7 +180,12 @@ fn in_structuring_band(amount: i64, threshold: i64, rules: &RulesConfig) -> bool
             >= i128::from(threshold) * i128::from(rules.structuring_lower_percent)
 }
 
-fn structuring(window: &HistoryWindow, txn: &Transaction, rules: &RulesConfig) -> bool {
+fn structuring(
+    window: &HistoryWindow,
+    txn: &Transaction,
+    ccy: [u8; 3],
+    rules: &RulesConfig,
+) -> bool {
     let threshold = rules.high_amount_threshold(&txn.currency);
     if !in_structuring_band(txn.amount_minor, threshold, rules) {
         return false;
@@ -181,7 +198,7 @@ fn structuring(window: &HistoryWindow, txn: &Transaction, rules: &RulesConfig) -
         .filter(|e| {
             e.timestamp_unix_ms > since
                 && e.timestamp_unix_ms <= txn.timestamp_unix_ms
-                && e.currency_str() == txn.currency
+                && e.currency == ccy
                 && in_structuring_band(e.amount_minor, threshold, rules)
         })
         .count();

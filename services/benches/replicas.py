@@ -17,6 +17,7 @@ processes spent per answered transaction (core-microseconds, from
 
 Usage: services/benches/replicas.py [RATE|max] [SECONDS] [REPLICAS] [ACCOUNTS] [MODES]
   e.g. services/benches/replicas.py max 20 3 100000 single,via-one,aware
+  TXMESH_BENCH_BIN=/path/to/txmesh measures that build instead of building.
 """
 
 import json
@@ -30,7 +31,8 @@ import time
 import http.client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.path.join(ROOT, "target", "release", "txmesh")
+# TXMESH_BENCH_BIN: another build to measure (an A/B against a saved binary).
+BIN = os.environ.get("TXMESH_BENCH_BIN") or os.path.join(ROOT, "target", "release", "txmesh")
 TICKS = os.sysconf("SC_CLK_TCK")
 DASH_GRPC, DASH_HTTPS = 17444, 18443
 
@@ -149,7 +151,8 @@ def main():
     replicas = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     accounts = int(sys.argv[4]) if len(sys.argv) > 4 else 100000
     modes = (sys.argv[5] if len(sys.argv) > 5 else "single,via-one,aware").split(",")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "txmesh"], cwd=ROOT, check=True)
+    if "TXMESH_BENCH_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "txmesh"], cwd=ROOT, check=True)
     rows = [run(mode, rate, secs, replicas, accounts) for mode in modes]
     for row in rows:
         print(json.dumps(row))
