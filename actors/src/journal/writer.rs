@@ -309,9 +309,12 @@ impl Writer {
                 return (group, p.stop);
             }
             if !p.replies.is_empty() || p.stop {
+                // The next group starts with room for one like this (grown
+                // frame by frame, it would reallocate at every doubling).
+                let (bytes, replies) = (p.buf.len(), p.replies.len());
                 let group = (!p.replies.is_empty()).then(|| Group {
-                    buf: std::mem::take(&mut p.buf),
-                    replies: std::mem::take(&mut p.replies),
+                    buf: std::mem::replace(&mut p.buf, Vec::with_capacity(bytes)),
+                    replies: std::mem::replace(&mut p.replies, Vec::with_capacity(replies)),
                     first_lsn: p.first_lsn,
                     next_lsn: p.next_lsn,
                 });
