@@ -41,10 +41,6 @@ use txmesh_proto::v1::{
     Verdict, VerdictStatus,
 };
 
-/// The allocator the txmesh binary uses.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Echo,

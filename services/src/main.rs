@@ -8,13 +8,6 @@ use std::{collections::HashMap, process::ExitCode};
 use clap::Parser;
 use txmesh::cli::Cli;
 
-/// mimalloc rather than glibc's malloc: the ingress allocates and frees a
-/// transaction, its verdict and their messages per request on one thread
-/// and drops many on another, which glibc's arenas serve slowly (a
-/// quarter of the ingress's CPU at maximum rate was malloc and free).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The environment is read here, once, and handed down: the
