@@ -307,20 +307,68 @@ impl Log {
     /// # Errors
     /// The I/O error, with the path.
     pub fn sync(&mut self) -> Result<(), JournalError> {
-        if let (Some(file), Some(segment)) = (&self.active, self.segments.last()) {
-            file.sync_data().map_err(|source| JournalError::Io {
-                path: segment.path.clone(),
-                source,
-            })?;
+        match self.sync_target()? {
+            Some(mut target) => target.sync(),
+            None => Ok(()),
         }
-        if std::mem::take(&mut self.created) {
-            if let Ok(dir) = File::open(&self.dir) {
+    }
+
+    /// What syncing the active segment takes, for another thread: its
+    /// file (a second descriptor of it) and, once after a segment was
+    /// created, the directory. `None` before the first segment.
+    ///
+    /// # Errors
+    /// The descriptor could not be duplicated.
+    pub fn sync_target(&mut self) -> Result<Option<SyncTarget>, JournalError> {
+        let (Some(file), Some(segment)) = (&self.active, self.segments.last()) else {
+            return Ok(None);
+        };
+        let path = segment.path.clone();
+        let file = file.try_clone().map_err(|source| JournalError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let dir = std::mem::take(&mut self.created).then(|| self.dir.clone());
+        Ok(Some(SyncTarget { file, path, dir }))
+    }
+
+    /// The active segment's first position (changes when a segment is
+    /// started).
+    pub fn active_base(&self) -> Option<u64> {
+        self.segments.last().map(|s| s.base_lsn)
+    }
+}
+
+/// The active segment of a [`Log`], to be synced from another thread.
+#[derive(Debug)]
+pub struct SyncTarget {
+    file: File,
+    path: PathBuf,
+    /// The directory, while the segment's entry in it is not yet synced.
+    dir: Option<PathBuf>,
+}
+
+impl SyncTarget {
+    /// Persists what was written to the segment (and its directory entry,
+    /// the first time).
+    ///
+    /// # Errors
+    /// The I/O error, with the path.
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        self.file.sync_data().map_err(|source| JournalError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        if let Some(dir) = self.dir.take() {
+            if let Ok(dir) = File::open(dir) {
                 dir.sync_all().ok();
             }
         }
         Ok(())
     }
+}
 
+impl Log {
     /// Removes whole segments whose records all come before `lsn` (never
     /// the active one). Returns the bytes removed.
     pub fn remove_before(&mut self, lsn: u64) -> u64 {

@@ -298,3 +298,39 @@ fn handed_over_windows_read_back_whole_and_in_order() {
     damaged[20] ^= 1;
     assert!(decode_windows(&damaged, &mut Vec::new()).is_err());
 }
+
+#[test]
+fn with_interval_syncs_a_thread_of_its_own_syncs_what_was_written_and_segments_it_rolls_to() {
+    let d = dir("interval");
+    let cfg = JournalConfig {
+        sync: SyncPolicy::Interval,
+        sync_interval_ms: 5,
+        segment_bytes: 4096,
+        ..JournalConfig::default()
+    };
+    let histograms = JournalHistograms::default();
+    let (journals, _) = Journals::open(Some(&d), &cfg, &WindowConfig::default(), 1, &histograms)
+        .expect("journal opens");
+    // Answered after the write, not after a sync.
+    let first: Vec<_> = (0..5).map(|i| txn("a", i)).collect();
+    assert_eq!(commit(&journals, &first, true).len(), 5);
+    let synced = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while histograms.sync_seconds.get_sample_count() < n {
+            assert!(Instant::now() < deadline, "no sync within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        histograms.sync_seconds.get_sample_count()
+    };
+    let after_first = synced(1);
+    // Enough for several 4 KiB segments: the syncer follows the writer
+    // onto each new one.
+    let more: Vec<_> = (5..200).map(|i| txn("a", i)).collect();
+    assert_eq!(commit(&journals, &more, true).len(), 195);
+    synced(after_first + 1);
+    journals.close();
+    let (_, recovered) = Journals::open(Some(&d), &cfg, &WindowConfig::default(), 1, &histograms)
+        .expect("journal reopens");
+    assert_eq!(recovered.report.records, 200);
+    std::fs::remove_dir_all(&d).ok();
+}

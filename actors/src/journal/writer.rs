@@ -24,7 +24,7 @@ use crate::{config::SyncPolicy, reply::ReplySlot};
 
 use super::{
     format::{self, encode_answer},
-    log::Log,
+    log::{Log, SyncTarget},
     stats::JournalStats,
     tail::Tail,
 };
@@ -249,6 +249,11 @@ struct Writer {
     unsynced: bool,
     /// A group whose write failed, retried before anything newer.
     failed: Option<Group>,
+    /// With `sync = "interval"`: the thread that syncs, so that no write
+    /// waits for a sync (`None`: the writer syncs itself).
+    syncer: Option<Syncer>,
+    /// The segment the syncer was last given.
+    sync_base: Option<u64>,
 }
 
 struct Group {
@@ -260,12 +265,17 @@ struct Group {
 
 impl Writer {
     fn new(shared: Arc<Shared>, setup: WriterSetup) -> Self {
+        let syncer = (setup.sync == SyncPolicy::Interval && setup.log.is_some())
+            .then(|| Syncer::start(shared.clone(), setup.sync_interval))
+            .flatten();
         Self {
             shared,
             setup,
             last_sync: Instant::now(),
             unsynced: false,
             failed: None,
+            syncer,
+            sync_base: None,
         }
     }
 
@@ -276,6 +286,11 @@ impl Writer {
                 self.write(group);
             }
             self.sync_if_due(false);
+            if stop {
+                if let Some(syncer) = self.syncer.take() {
+                    syncer.stop();
+                }
+            }
             if stop && self.failed.is_none() {
                 self.sync_if_due(true);
                 return;
@@ -330,9 +345,11 @@ impl Writer {
         }
     }
 
-    /// How long until an interval sync is due (when one is pending).
+    /// How long until an interval sync is due (when one is pending and
+    /// the writer syncs itself).
     fn sync_due_in(&self) -> Option<Duration> {
-        (self.unsynced && self.setup.sync == SyncPolicy::Interval).then(|| {
+        let mine = self.syncer.is_none() && self.setup.sync == SyncPolicy::Interval;
+        (self.unsynced && mine).then(|| {
             self.setup
                 .sync_interval
                 .saturating_sub(self.last_sync.elapsed())
@@ -357,6 +374,7 @@ impl Writer {
                 // Without a disk there is nothing to sync (and a pending
                 // sync would keep waking the writer).
                 self.unsynced = self.setup.log.is_some() && self.setup.sync != SyncPolicy::Always;
+                self.hand_to_syncer();
                 if !self.shared.healthy.swap(true, Ordering::Relaxed) {
                     tracing::warn!(shard = self.shared.index, "journal writable again");
                     self.shared.health.send_modify(|n| *n += 1);
@@ -385,6 +403,29 @@ impl Writer {
                 self.failed = Some(group);
             }
         }
+    }
+
+    /// Tells the syncer there is something to sync (and, after a new
+    /// segment was started, which file).
+    fn hand_to_syncer(&mut self) {
+        let (Some(syncer), Some(log)) = (&self.syncer, &mut self.setup.log) else {
+            return;
+        };
+        let base = log.active_base();
+        if base != self.sync_base {
+            match log.sync_target() {
+                Ok(Some(target)) => syncer.retarget(target),
+                Ok(None) => {}
+                Err(e) => {
+                    // The writer syncs once more when it stops; until
+                    // then the previous segment's file is synced.
+                    self.shared.stats.write_errors.inc();
+                    tracing::error!(shard = self.shared.index, error = %e, "journal sync target");
+                }
+            }
+            self.sync_base = base;
+        }
+        syncer.written();
     }
 
     fn sync_if_due(&mut self, now: bool) {
@@ -437,5 +478,99 @@ impl Writer {
         self.shared
             .stats
             .set_disk(log.disk_bytes(), log.segments().len(), removed);
+    }
+}
+
+/// Syncs a journal every `sync_interval` on its own thread when something
+/// was written since the last sync (`sync = "interval"`): a sync takes
+/// milliseconds, and a writer that syncs itself answers nothing meanwhile.
+struct Syncer {
+    state: Arc<SyncState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct SyncState {
+    target: Mutex<Option<SyncTarget>>,
+    dirty: AtomicBool,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Syncer {
+    /// `None` when the thread cannot be started (the writer syncs).
+    fn start(shared: Arc<Shared>, every: Duration) -> Option<Self> {
+        let state = Arc::new(SyncState {
+            target: Mutex::new(None),
+            dirty: AtomicBool::new(false),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let mine = state.clone();
+        let index = shared.index;
+        let spawned = std::thread::Builder::new()
+            .name(format!("journal-sync-{index}"))
+            .spawn(move || sync_every(&mine, &shared, every));
+        match spawned {
+            Ok(thread) => Some(Self {
+                state,
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                tracing::warn!(shard = index, error = %e, "journal sync thread not started: the writer syncs");
+                None
+            }
+        }
+    }
+
+    fn retarget(&self, target: SyncTarget) {
+        *self.state.target.lock() = Some(target);
+    }
+
+    fn written(&self) {
+        self.state.dirty.store(true, Ordering::Release);
+    }
+
+    /// Stops the thread once its sync in progress is done.
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        *self.state.stop.lock() = true;
+        self.state.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn sync_every(state: &SyncState, shared: &Shared, every: Duration) {
+    loop {
+        {
+            let mut stop = state.stop.lock();
+            if !*stop {
+                state.wake.wait_for(&mut stop, every);
+            }
+            if *stop {
+                return;
+            }
+        }
+        if !state.dirty.swap(false, Ordering::AcqRel) {
+            continue;
+        }
+        let mut target = state.target.lock();
+        let Some(target) = target.as_mut() else {
+            continue;
+        };
+        let started = Instant::now();
+        match target.sync() {
+            Ok(()) => shared.stats.observe_sync(started.elapsed()),
+            Err(e) => {
+                shared.stats.write_errors.inc();
+                tracing::error!(shard = shared.index, error = %e, "journal sync failed");
+            }
+        }
     }
 }

@@ -535,6 +535,7 @@ pub(super) async fn run_stream(
         plan: &plan,
         start: Instant::now(),
         generated: 0,
+        last_new: None,
         request_id: 0,
         fanout: 1,
     };
@@ -653,6 +654,14 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// At a fixed rate, new transactions go at their intended times, but a
+/// stream sends at most once per this gap: what falls due meanwhile goes in
+/// one request, as a client gathering its traffic would send it. At 1,000
+/// tx/s a stream's transactions are milliseconds apart and each goes alone;
+/// at 50,000 tx/s they go a few per request instead of one request each
+/// (each request costs every process a wakeup).
+const MIN_SEND_GAP: Duration = Duration::from_micros(200);
+
 /// What tokio's timer may be late by: it counts whole milliseconds and
 /// rounds up.
 const TIMER_GRAIN: Duration = Duration::from_millis(2);
@@ -689,6 +698,8 @@ struct Sender<'a> {
     plan: &'a StreamPlan,
     start: Instant,
     generated: u64,
+    /// When new transactions were last sent (see [`MIN_SEND_GAP`]).
+    last_new: Option<Instant>,
     request_id: u64,
     /// Replicas in the map: a send takes up to a batch per replica, so
     /// each request is about a batch whether or not it is split.
@@ -732,7 +743,13 @@ impl Sender<'_> {
             let s = lock(shared);
             s.retries.next_due(&s.budget).is_some_and(|d| d <= now)
         };
-        retry_due || (phase == Phase::Sending && self.new_due(now) > 0)
+        retry_due || (phase == Phase::Sending && self.new_due(now) > 0 && self.gap_over(now))
+    }
+
+    /// Whether new transactions may go now: [`MIN_SEND_GAP`] after the
+    /// last that went.
+    fn gap_over(&self, now: Instant) -> bool {
+        self.plan.rate.is_none() || self.last_new.is_none_or(|at| now >= at + MIN_SEND_GAP)
     }
 
     /// When something next becomes due: the next scheduled transaction, the
@@ -758,7 +775,11 @@ impl Sender<'_> {
         };
         let next_new = match (phase, self.plan.rate) {
             (Phase::Sending, Some(rate)) if can_send => {
-                Some(self.start + Duration::from_secs_f64(self.generated as f64 / rate))
+                let intended = self.start + Duration::from_secs_f64(self.generated as f64 / rate);
+                Some(
+                    self.last_new
+                        .map_or(intended, |at| intended.max(at + MIN_SEND_GAP)),
+                )
             }
             _ => None,
         };
@@ -873,6 +894,9 @@ impl Sender<'_> {
         }
         s.budget.earn(batch.len());
         self.generated += n as u64;
+        if n > 0 {
+            self.last_new = Some(now);
+        }
         progress.sent.fetch_add(n as u64, Ordering::Relaxed);
         batch
     }
@@ -1197,6 +1221,7 @@ mod pacing_tests {
             plan: &plan,
             start,
             generated: 0,
+            last_new: None,
             request_id: 0,
             fanout: 1,
         };
@@ -1206,5 +1231,9 @@ mod pacing_tests {
         assert_eq!(sender.new_due(start + Duration::from_micros(999)), 0);
         assert_eq!(sender.new_due(start + Duration::from_millis(1)), 1);
         assert_eq!(sender.new_due(start + Duration::from_micros(3_500)), 3);
+        // What falls due within the gap after a send waits for the next.
+        sender.last_new = Some(start + Duration::from_micros(3_500));
+        assert!(!sender.gap_over(start + Duration::from_micros(3_600)));
+        assert!(sender.gap_over(start + Duration::from_micros(3_700)));
     }
 }
