@@ -1,4 +1,5 @@
-//! Compiles proto/txmesh/v1/*.proto with protox (pure Rust, no system protoc)
+//! Compiles proto/txmesh/v1/*.proto and the old service's
+//! proto/simetrik/reconciliation.proto with protox (pure Rust, no system protoc)
 //! and generates prost messages plus tonic clients and servers from the
 //! resulting descriptor set, which is also kept for server reflection.
 
@@ -12,6 +13,7 @@ const PROTOS: &[&str] = &[
     "txmesh/v1/admin.proto",
     "txmesh/v1/partition.proto",
     "txmesh/v1/cluster.proto",
+    "simetrik/reconciliation.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

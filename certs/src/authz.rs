@@ -23,6 +23,9 @@ pub enum Service {
     /// `Replica.Forward`: work one ingress replica hands to the owner of
     /// its accounts.
     Forward,
+    /// `simetrik.ReconciliationService`: the old reconciliation service's
+    /// clients.
+    Reconcile,
 }
 
 /// The outcome of an authorization check.
@@ -49,6 +52,7 @@ impl Service {
             Self::ChaosInject => "chaos_inject",
             Self::ChaosList => "chaos_list",
             Self::Forward => "forward",
+            Self::Reconcile => "reconcile",
         }
     }
 }
@@ -62,7 +66,8 @@ impl AuthzPolicy {
     }
 
     /// The txmesh defaults: Screen <- txgen; Publish <- ingress; UI <- operator;
-    /// metrics <- prometheus, operator; forward <- ingress.
+    /// metrics <- prometheus, operator; forward <- ingress; reconcile <-
+    /// legacy-client.
     ///
     /// # Errors
     /// When `trust_domain` is not a valid trust domain.
@@ -75,6 +80,7 @@ impl AuthzPolicy {
         policy.allow(Service::ChaosInject, trust_domain, &["chaos"])?;
         policy.allow(Service::ChaosList, trust_domain, &["chaos", "operator"])?;
         policy.allow(Service::Forward, trust_domain, &["ingress"])?;
+        policy.allow(Service::Reconcile, trust_domain, &["legacy-client"])?;
         Ok(policy)
     }
 

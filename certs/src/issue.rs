@@ -20,7 +20,14 @@ use time::OffsetDateTime;
 use crate::{identity::SpiffeId, CertError};
 
 /// The identities `txmesh certs init` and `txmesh up` create.
-pub const COMPONENT_IDENTITIES: &[&str] = &["txgen", "ingress", "dashboard", "operator", "chaos"];
+pub const COMPONENT_IDENTITIES: &[&str] = &[
+    "txgen",
+    "ingress",
+    "dashboard",
+    "operator",
+    "chaos",
+    "legacy-client",
+];
 
 /// Default leaf lifetime: short-lived, as SVIDs are meant to be.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);

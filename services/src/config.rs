@@ -93,6 +93,44 @@ pub struct IngressConfig {
     /// is closed with UNAVAILABLE (the client opens a new one), ms.
     #[serde(deserialize_with = "txmesh_actors::config::duration::millis")]
     pub stream_idle_timeout_ms: u64,
+    /// How transactions of the old reconciliation service's contract become
+    /// txmesh transactions.
+    pub legacy: LegacyConfig,
+}
+
+/// `ingress.legacy`: the old contract's transactions carry no account,
+/// country or merchant; these say what txmesh screens them as.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LegacyConfig {
+    /// Which account a transaction belongs to, from its caller.
+    pub account: LegacyAccount,
+    /// The country every such transaction is screened with (two upper-case
+    /// letters; `ZZ`, ISO 3166's "unknown", by default).
+    pub country: String,
+    /// The merchant recorded with their alerts.
+    pub merchant_id: String,
+}
+
+/// What a transaction of the old contract is screened under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LegacyAccount {
+    /// One account per client (its SPIFFE ID): history rules see all of a
+    /// client's transactions together.
+    Caller,
+    /// One account per client and currency.
+    CallerCurrency,
+}
+
+impl Default for LegacyConfig {
+    fn default() -> Self {
+        Self {
+            account: LegacyAccount::Caller,
+            country: "ZZ".to_owned(),
+            merchant_id: "legacy-reconciliation".to_owned(),
+        }
+    }
 }
 
 /// What every mTLS listener allows one client, and how it finds dead ones.
@@ -243,6 +281,9 @@ pub struct AuthzConfig {
     pub chaos_list: Vec<String>,
     /// Which replicas may forward work to this one (`Replica.Forward`).
     pub forward: Vec<String>,
+    /// Clients of the old reconciliation service
+    /// (`simetrik.ReconciliationService`).
+    pub reconcile: Vec<String>,
 }
 
 impl Default for TxmeshConfig {
@@ -274,6 +315,7 @@ impl Default for IngressConfig {
             max_message_bytes: 4 << 20,
             handshake_timeout_ms: 5_000,
             stream_idle_timeout_ms: 300_000,
+            legacy: LegacyConfig::default(),
         }
     }
 }
@@ -326,6 +368,7 @@ impl Default for AuthzConfig {
             chaos_inject: names(&["chaos"]),
             chaos_list: names(&["chaos", "operator"]),
             forward: names(&["ingress"]),
+            reconcile: names(&["legacy-client"]),
         }
     }
 }
@@ -485,6 +528,12 @@ impl TxmeshConfig {
             "dashboard.history_secs",
             "must be between 60 (the shortest chart range) and 86400",
         );
+        let country = &ing.legacy.country;
+        p.bad_if(
+            country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()),
+            "ingress.legacy.country",
+            "must be two upper-case letters (ISO 3166 alpha-2)",
+        );
         p.bad_if(
             !(1..=10_000).contains(&dash.recent_alerts),
             "dashboard.recent_alerts",
@@ -530,7 +579,7 @@ impl TxmeshConfig {
     }
 
     /// Each `authz` list with the service it opens and its key.
-    fn authz_lists(&self) -> [(Service, &'static str, &Vec<String>); 7] {
+    fn authz_lists(&self) -> [(Service, &'static str, &Vec<String>); 8] {
         [
             (Service::Screen, "authz.screen", &self.authz.screen),
             (Service::Publish, "authz.publish", &self.authz.publish),
@@ -551,6 +600,7 @@ impl TxmeshConfig {
                 &self.authz.chaos_list,
             ),
             (Service::Forward, "authz.forward", &self.authz.forward),
+            (Service::Reconcile, "authz.reconcile", &self.authz.reconcile),
         ]
     }
 

@@ -11,16 +11,28 @@ use tonic_health::server::HealthReporter;
 #[derive(Clone)]
 pub struct Readiness {
     reporter: HealthReporter,
-    service: &'static str,
+    /// The server's gRPC services, reported together.
+    services: Vec<&'static str>,
 }
 
 impl Readiness {
     /// Starts NOT_SERVING (the reporter itself starts the overall status
     /// as SERVING, which would be a lie before the service is ready).
     pub async fn new(reporter: HealthReporter, service: &'static str) -> Self {
-        let this = Self { reporter, service };
+        let this = Self {
+            reporter,
+            services: vec![service],
+        };
         this.set(tonic_health::ServingStatus::NotServing).await;
         this
+    }
+
+    /// Reports `service` too (another gRPC service of the same server).
+    pub async fn also(&mut self, service: &'static str) {
+        self.services.push(service);
+        self.reporter
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
     }
 
     /// Ready: certificates loaded, workers started, listener bound.
@@ -35,6 +47,8 @@ impl Readiness {
 
     async fn set(&self, status: tonic_health::ServingStatus) {
         self.reporter.set_service_status("", status).await;
-        self.reporter.set_service_status(self.service, status).await;
+        for service in &self.services {
+            self.reporter.set_service_status(*service, status).await;
+        }
     }
 }

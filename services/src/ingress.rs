@@ -14,6 +14,7 @@ mod cluster;
 mod forward;
 mod handoff;
 mod journal_metrics;
+pub mod legacy;
 mod metrics;
 mod publish_client;
 mod replica;
@@ -30,7 +31,13 @@ use txmesh_actors::{
     DashboardPublisher, PublisherStatusView, RouterOptions, ScreeningStats, ShardRouter,
 };
 use txmesh_certs::{CertStore, SpiffeId};
-use txmesh_proto::v1::{ingress_server::IngressServer, replica_server::ReplicaServer};
+use txmesh_proto::{
+    simetrik::reconciliation_service_server::ReconciliationServiceServer,
+    v1::{ingress_server::IngressServer, replica_server::ReplicaServer},
+};
+
+/// The old reconciliation service's gRPC service, served beside Ingress.
+pub const LEGACY_SERVICE: &str = "simetrik.ReconciliationService";
 
 pub use cluster::{holds_history, read_members, ClusterView, ForwardStats};
 pub use service::{IngressCounters, IngressService, InputFault, ScreenLimits, CODES};
@@ -94,7 +101,8 @@ pub async fn start_with(
         handshake_timeout: Duration::from_millis(config.ingress.handshake_timeout_ms),
         ready_on_listen: false,
     };
-    let base = Foundation::new(config, spec, options.chaos.clone()).await?;
+    let mut base = Foundation::new(config, spec, options.chaos.clone()).await?;
+    base.readiness.also(LEGACY_SERVICE).await;
     options.chaos = Some(base.chaos.clone());
     let counters = Arc::new(IngressCounters::new(self::metrics::screening_latency(
         &base.metrics,
@@ -144,6 +152,14 @@ pub async fn start_with(
     )
     .with_chaos(base.chaos.clone())
     .with_cluster(view.clone());
+    let legacy = ReconciliationServiceServer::new(legacy::LegacyService::new(
+        service.clone(),
+        base.policy.clone(),
+        base.metrics.clone(),
+        config.ingress.legacy.clone(),
+        base.shutdown.clone(),
+    ))
+    .max_decoding_message_size(config.ingress.max_message_bytes);
     let ingress =
         IngressServer::new(service).max_decoding_message_size(config.ingress.max_message_bytes);
     let (metrics, certs, shutdown) = (
@@ -157,7 +173,7 @@ pub async fn start_with(
     let server = base
         .serve(
             |r| {
-                let r = r.add_service(ingress);
+                let r = r.add_service(ingress).add_service(legacy);
                 match replica {
                     Some(replica) => r.add_service(replica),
                     None => r,

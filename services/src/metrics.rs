@@ -186,6 +186,7 @@ impl Metrics {
             Service::ChaosInject,
             Service::ChaosList,
             Service::Forward,
+            Service::Reconcile,
         ] {
             for decision in [Decision::Allow, Decision::Deny] {
                 authz.with_label_values(&[service.name(), decision_label(decision)]);

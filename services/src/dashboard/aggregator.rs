@@ -54,6 +54,10 @@ pub struct Totals {
     pub flagged: u64,
     pub rejected: u64,
     pub replayed: u64,
+    /// Verdicts for clients of the old reconciliation service (their
+    /// accounts are named `legacy:` and the client's SPIFFE ID).
+    #[serde(default)]
+    pub legacy: u64,
     pub by_reason: BTreeMap<String, u64>,
 }
 
@@ -457,6 +461,10 @@ fn delta_of(
     for v in verdicts {
         d.verdicts += 1;
         d.replayed += u64::from(v.replayed);
+        d.legacy += u64::from(
+            v.account_id
+                .starts_with(crate::ingress::legacy::ACCOUNT_PREFIX),
+        );
         match v.status() {
             VerdictStatus::Approved => d.approved += 1,
             VerdictStatus::Flagged => d.flagged += 1,
@@ -480,6 +488,7 @@ fn apply_delta(t: &mut Totals, publishers: &mut BTreeMap<String, PublisherRecord
     t.flagged += d.flagged;
     t.rejected += d.rejected;
     t.replayed += d.replayed;
+    t.legacy += d.legacy;
     for (reason, n) in &d.by_reason {
         *t.by_reason.entry(reason.clone()).or_default() += n;
     }

@@ -328,7 +328,7 @@ impl IngressService {
 
     /// Screens one batch; `deliver` gets the results once all are decided.
     /// Returns how many of them another replica owns.
-    fn dispatch(
+    pub(super) fn dispatch(
         &self,
         txns: Vec<Transaction>,
         traceparent: &str,

@@ -40,6 +40,7 @@ async fn health_reports_readiness_over_mtls_and_the_probe_exits_accordingly() {
     for (target, server, service) in [
         (ing.local_addr, "ingress", ""),
         (ing.local_addr, "ingress", "txmesh.v1.Ingress"),
+        (ing.local_addr, "ingress", "simetrik.ReconciliationService"),
         (dash.grpc_addr, "dashboard", ""),
         (dash.grpc_addr, "dashboard", "txmesh.v1.Dashboard"),
     ] {

@@ -20,6 +20,7 @@ mod expiry;
 mod health;
 mod journal_cli;
 mod journal_faults;
+mod legacy;
 mod limits;
 mod metrics;
 mod outage;

@@ -42,6 +42,9 @@ pub(super) struct Delta {
     pub(super) flagged: u64,
     pub(super) rejected: u64,
     pub(super) replayed: u64,
+    /// Verdicts for clients of the old reconciliation service.
+    #[serde(default)]
+    pub(super) legacy: u64,
     pub(super) by_reason: Vec<(String, u64)>,
 }
 
