@@ -149,6 +149,22 @@ async fn without_a_certificate_or_as_another_identity_the_old_service_is_refused
             assert!(refused.is_err(), "plaintext must not be served");
         }
     }
+    // TLS without a client certificate: refused after the handshake, so
+    // the refusal shows on the first read.
+    let tls = no_client_cert_config(&config, b"h2");
+    let tcp = tokio::net::TcpStream::connect(ing.local_addr)
+        .await
+        .expect("TCP connects");
+    let outcome = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(ing.local_addr.ip().into()),
+            tcp,
+        )
+        .await;
+    if let Ok(stream) = outcome {
+        let status = http_get(stream, "/simetrik.ReconciliationService/ReconcileAndDetect").await;
+        assert_eq!(status, None, "no certificate must get no response");
+    }
     // A valid certificate of another identity is denied by authz.
     let denied = OldStream::open(&config, "txgen")
         .await

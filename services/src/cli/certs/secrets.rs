@@ -12,10 +12,16 @@ use txmesh_certs::{CertAuthority, IssueOptions, StateLayout, COMPONENT_IDENTITIE
 
 use crate::{config::TxmeshConfig, error::ServiceError};
 
-/// Every identity the chart mounts: the components `certs init` makes,
-/// and Prometheus, which scrapes `/metrics` in a cluster.
+/// Every identity the chart mounts: the components `certs init` makes
+/// (but `legacy-client`: the old service's clients run outside the
+/// cluster, and their certificate is issued to them), and Prometheus,
+/// which scrapes `/metrics` in a cluster.
 fn release_identities() -> impl Iterator<Item = &'static str> {
-    COMPONENT_IDENTITIES.iter().copied().chain(["prometheus"])
+    COMPONENT_IDENTITIES
+        .iter()
+        .copied()
+        .filter(|name| *name != "legacy-client")
+        .chain(["prometheus"])
 }
 
 /// Which release the Secrets are for.
