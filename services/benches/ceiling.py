@@ -18,7 +18,6 @@ Usage: services/benches/ceiling.py [RATE|max] [SECONDS] [ACCOUNTS]
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -50,35 +49,11 @@ def run_ceiling(server, mode, rate, secs, accounts):
     proc = subprocess.Popen([server, mode, f"127.0.0.1:{port}", state], env=env)
     replicas.wait_listening(port)
     time.sleep(1)
-    before = replicas.cpu_ticks(proc.pid)
-    child_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([replicas.BIN, "txgen", "--rate", str(rate), "--duration", f"{secs}s",
-                          "--accounts", str(accounts), "--report", "json"],
-                         env=env, capture_output=True, text=True)
-    child_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    after = replicas.cpu_ticks(proc.pid)
+    args = ["--rate", str(rate), "--duration", f"{secs}s", "--accounts", str(accounts)]
+    report, cpu = replicas.run_txgen(args, env, [proc.pid])
     proc.terminate()
     proc.wait(timeout=30)
-    try:
-        report = json.loads(out.stdout)
-    except json.JSONDecodeError:
-        raise SystemExit(f"txgen: {out.stderr[-2000:]}")
-    answered = max(report["answered"], 1)
-    server_s = (after - before) / replicas.TICKS
-    txgen_s = (child_after.ru_utime - child_before.ru_utime
-               + child_after.ru_stime - child_before.ru_stime)
-    lat = report["latency_ms"]
-    return {
-        "mode": mode,
-        "offered": rate,
-        "tx_per_s": round(report["achieved_tps"]),
-        "answered": report["answered"],
-        "errors": report["errors"],
-        "p50_ms": lat["p50"], "p99_ms": lat["p99"], "p999_ms": lat["p999"],
-        "core_us_per_tx_services": round(server_s * 1e6 / answered, 1),
-        "core_us_per_tx_all": round((server_s + txgen_s) * 1e6 / answered, 1),
-    }
-
+    return dict(mode=mode, offered=rate, **replicas.figures(report, cpu))
 
 def main():
     rate = sys.argv[1] if len(sys.argv) > 1 else "max"

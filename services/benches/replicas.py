@@ -103,20 +103,11 @@ def run(mode, rate, secs, replicas, accounts):
     for i in range(n):
         wait_listening(grpc_port(i))
     time.sleep(1)
-    before = {p.pid: cpu_ticks(p.pid) for p in procs}
-    args = [BIN, "txgen", "--rate", str(rate), "--duration", f"{secs}s",
-            "--accounts", str(accounts), "--report", "json"]
+    args = ["--rate", str(rate), "--duration", f"{secs}s", "--accounts", str(accounts)]
     if mode == "aware":
         args.append("--partition-aware")
     txgen_env = dict(env, TXMESH__TXGEN__TARGET=f"127.0.0.1:{grpc_port(0)}")
-    child_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(args, env=txgen_env, capture_output=True, text=True)
-    child_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    after = {p.pid: cpu_ticks(p.pid) for p in procs}
-    try:
-        report = json.loads(out.stdout)
-    except json.JSONDecodeError:
-        raise SystemExit(f"txgen: {out.stderr[-2000:]}")
+    report, cpu = run_txgen(args, txgen_env, [p.pid for p in procs])
     forwarded = sum(
         value(metrics(state, https_port(i)),
               'txmesh_forwarded_transactions_total{outcome="sent"}')
@@ -125,25 +116,43 @@ def run(mode, rate, secs, replicas, accounts):
         p.terminate()
     for p in procs:
         p.wait(timeout=30)
-    service_s = sum(after[pid] - before[pid] for pid in before) / TICKS
-    txgen_s = (child_after.ru_utime - child_before.ru_utime
-               + child_after.ru_stime - child_before.ru_stime)
+    answered = max(report["answered"], 1)
+    return dict(mode=mode, replicas=n, offered=rate, **figures(report, cpu),
+                forwarded_share=round(forwarded / answered, 3))
+
+
+def run_txgen(args, env, pids):
+    """Runs `txmesh txgen ARGS --report json` while `pids` serve it; returns
+    its report and the CPU seconds spent meanwhile: (services, txgen)."""
+    before = {pid: cpu_ticks(pid) for pid in pids}
+    child_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([BIN, "txgen", *args, "--report", "json"], env=env,
+                         capture_output=True, text=True)
+    child_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    services = sum(cpu_ticks(pid) - before[pid] for pid in pids) / TICKS
+    try:
+        report = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        raise SystemExit(f"txgen: {out.stderr[-2000:]}")
+    txgen = (child_after.ru_utime - child_before.ru_utime
+             + child_after.ru_stime - child_before.ru_stime)
+    return report, (services, txgen)
+
+
+def figures(report, cpu):
+    """What a row shows of a txgen report and the CPU spent for it."""
+    services, txgen = cpu
     answered = max(report["answered"], 1)
     lat = report["latency_ms"]
     return {
-        "mode": mode,
-        "replicas": n,
-        "offered": rate,
         "tx_per_s": round(report["achieved_tps"]),
         "answered": report["answered"],
         "errors": report["errors"],
         "missed_patterns": sum(v["sent"] - v["detected"] for v in report["injected"].values()),
         "p50_ms": lat["p50"], "p99_ms": lat["p99"], "p999_ms": lat["p999"],
-        "forwarded_share": round(forwarded / answered, 3),
-        "core_us_per_tx_services": round(service_s * 1e6 / answered, 1),
-        "core_us_per_tx_all": round((service_s + txgen_s) * 1e6 / answered, 1),
+        "core_us_per_tx_services": round(services * 1e6 / answered, 1),
+        "core_us_per_tx_all": round((services + txgen) * 1e6 / answered, 1),
     }
-
 
 def main():
     rate = sys.argv[1] if len(sys.argv) > 1 else "max"

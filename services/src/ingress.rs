@@ -154,10 +154,7 @@ pub async fn start_with(
     .with_cluster(view.clone());
     let legacy = ReconciliationServiceServer::new(legacy::LegacyService::new(
         service.clone(),
-        base.policy.clone(),
-        base.metrics.clone(),
         config.ingress.legacy.clone(),
-        base.shutdown.clone(),
     ))
     .max_decoding_message_size(config.ingress.max_message_bytes);
     let ingress =

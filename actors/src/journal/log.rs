@@ -337,6 +337,24 @@ impl Log {
     pub fn active_base(&self) -> Option<u64> {
         self.segments.last().map(|s| s.base_lsn)
     }
+
+    /// Removes whole segments whose records all come before `lsn` (never
+    /// the active one). Returns the bytes removed.
+    pub fn remove_before(&mut self, lsn: u64) -> u64 {
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[1].base_lsn <= lsn {
+            let segment = self.segments.remove(0);
+            match std::fs::remove_file(&segment.path) {
+                Ok(()) => removed += segment.bytes,
+                Err(e) => {
+                    tracing::warn!(path = %segment.path.display(), error = %e, "journal segment not removed");
+                    self.segments.insert(0, segment);
+                    break;
+                }
+            }
+        }
+        removed
+    }
 }
 
 /// The active segment of a [`Log`], to be synced from another thread.
@@ -365,26 +383,6 @@ impl SyncTarget {
             }
         }
         Ok(())
-    }
-}
-
-impl Log {
-    /// Removes whole segments whose records all come before `lsn` (never
-    /// the active one). Returns the bytes removed.
-    pub fn remove_before(&mut self, lsn: u64) -> u64 {
-        let mut removed = 0;
-        while self.segments.len() > 1 && self.segments[1].base_lsn <= lsn {
-            let segment = self.segments.remove(0);
-            match std::fs::remove_file(&segment.path) {
-                Ok(()) => removed += segment.bytes,
-                Err(e) => {
-                    tracing::warn!(path = %segment.path.display(), error = %e, "journal segment not removed");
-                    self.segments.insert(0, segment);
-                    break;
-                }
-            }
-        }
-        removed
     }
 }
 

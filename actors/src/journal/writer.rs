@@ -287,9 +287,9 @@ impl Writer {
             }
             self.sync_if_due(false);
             if stop {
-                if let Some(syncer) = self.syncer.take() {
-                    syncer.stop();
-                }
+                // Dropping the syncer stops its thread once its sync in
+                // progress is done; the writer syncs last.
+                self.syncer = None;
             }
             if stop && self.failed.is_none() {
                 self.sync_if_due(true);
@@ -529,13 +529,9 @@ impl Syncer {
     fn written(&self) {
         self.state.dirty.store(true, Ordering::Release);
     }
-
-    /// Stops the thread once its sync in progress is done.
-    fn stop(self) {
-        drop(self);
-    }
 }
 
+/// Stops the thread once its sync in progress is done.
 impl Drop for Syncer {
     fn drop(&mut self) {
         *self.state.stop.lock() = true;

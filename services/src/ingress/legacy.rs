@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::{wrappers::ReceiverStream, StreamExt};
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use txmesh_certs::{AuthzPolicy, Service, SpiffeId};
+use txmesh_certs::{Service, SpiffeId};
 use txmesh_proto::{
     simetrik::{
         self, reconciliation_response::Result as Answer,
@@ -33,10 +32,7 @@ use txmesh_proto::{
 };
 
 use super::service::IngressService;
-use crate::{
-    config::{LegacyAccount, LegacyConfig},
-    net::authorize,
-};
+use crate::config::{LegacyAccount, LegacyConfig};
 
 /// What the accounts of the old contract's clients are named with (then the
 /// client's SPIFFE ID): how the dashboard tells their verdicts apart.
@@ -46,30 +42,16 @@ pub const ACCOUNT_PREFIX: &str = "legacy:";
 /// stream ends with UNAVAILABLE.
 pub const RETRY_FOR: Duration = Duration::from_secs(30);
 
-/// `simetrik.ReconciliationService` over the ingress's screening.
+/// `simetrik.ReconciliationService` over the ingress's screening (its
+/// authorization, router and shutdown).
 pub struct LegacyService {
     screen: IngressService,
-    policy: std::sync::Arc<AuthzPolicy>,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
     config: LegacyConfig,
-    shutdown: CancellationToken,
 }
 
 impl LegacyService {
-    pub fn new(
-        screen: IngressService,
-        policy: std::sync::Arc<AuthzPolicy>,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
-        config: LegacyConfig,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            screen,
-            policy,
-            metrics,
-            config,
-            shutdown,
-        }
+    pub fn new(screen: IngressService, config: LegacyConfig) -> Self {
+        Self { screen, config }
     }
 }
 
@@ -83,14 +65,11 @@ impl ReconciliationService for LegacyService {
         &self,
         request: Request<Streaming<simetrik::Transaction>>,
     ) -> Result<Response<Responses>, Status> {
-        let caller = authorize(&request, &self.policy, &self.metrics, Service::Reconcile)?;
+        let caller = self.screen.authorize(&request, Service::Reconcile)?;
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let (screen, config, shutdown) = (
-            self.screen.clone(),
-            self.config.clone(),
-            self.shutdown.clone(),
-        );
+        let (screen, config) = (self.screen.clone(), self.config.clone());
+        let shutdown = screen.shutdown.clone();
         tokio::spawn(async move {
             loop {
                 let old = tokio::select! {

@@ -242,7 +242,7 @@ pub struct IngressService {
     counters: Arc<IngressCounters>,
     limits: ScreenLimits,
     /// Fires when the ingress starts shutting down.
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
     /// Consulted for every request read (injected stream resets).
     chaos: Option<Arc<txmesh_chaos::Registry>>,
     /// The partition map served to partition-aware clients.
@@ -324,6 +324,15 @@ impl IngressService {
         // the semaphore is never closed, so this waits for them all.
         let _all = permits.acquire_many(all).await;
         let _ = tx.send(Err(status)).await;
+    }
+
+    /// The caller of `request`, when `service`'s allow-list has it.
+    pub(super) fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        service: Service,
+    ) -> Result<txmesh_certs::SpiffeId, Status> {
+        authorize(request, &self.policy, &self.metrics, service)
     }
 
     /// Screens one batch; `deliver` gets the results once all are decided.
@@ -417,7 +426,7 @@ impl Ingress for IngressService {
         &self,
         request: Request<Streaming<ScreenRequest>>,
     ) -> Result<Response<Self::ScreenStream>, Status> {
-        let peer = authorize(&request, &self.policy, &self.metrics, Service::Screen)?;
+        let peer = self.authorize(&request, Service::Screen)?;
         tracing::debug!(%peer, "Screen stream opened");
         let mut inbound = request.into_inner();
         // Channel capacity is the permits plus one for the draining notice,
@@ -537,7 +546,7 @@ impl Ingress for IngressService {
         &self,
         request: Request<Transaction>,
     ) -> Result<Response<TxnResult>, Status> {
-        authorize(&request, &self.policy, &self.metrics, Service::Screen)?;
+        self.authorize(&request, Service::Screen)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.dispatch(vec![request.into_inner()], "", move |mut results| {
             let _ = tx.send(results.pop());
@@ -552,7 +561,7 @@ impl Ingress for IngressService {
         &self,
         request: Request<PartitionMapRequest>,
     ) -> Result<Response<PartitionMap>, Status> {
-        authorize(&request, &self.policy, &self.metrics, Service::Screen)?;
+        self.authorize(&request, Service::Screen)?;
         match &self.cluster {
             Some(view) => Ok(Response::new(view.served())),
             None => Err(Status::unavailable("the partition map is not known yet")),

@@ -1172,7 +1172,10 @@ impl Window {
 
 #[cfg(test)]
 mod tests {
-    use super::Placement;
+    use std::time::{Duration, Instant};
+
+    use super::{Placement, Sender, StreamPlan};
+    use crate::config::RetryConfig;
 
     #[test]
     fn a_partition_changes_route_only_once_nothing_of_it_is_unanswered() {
@@ -1196,14 +1199,6 @@ mod tests {
         placement.sent(p);
         assert_eq!(placement.place(placement.partition(&other), 2), 2);
     }
-}
-
-#[cfg(test)]
-mod pacing_tests {
-    use std::time::{Duration, Instant};
-
-    use super::{Sender, StreamPlan};
-    use crate::config::RetryConfig;
 
     #[test]
     fn at_a_fixed_rate_each_transaction_is_due_at_its_own_intended_time() {
