@@ -9,6 +9,7 @@
 //! sends each transaction to the replica that owns its account (one
 //! connection per replica) and follows the partition map as it changes.
 
+mod pacer;
 mod patterns;
 mod report;
 mod retry;

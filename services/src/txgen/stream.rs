@@ -31,6 +31,7 @@ use txmesh_proto::v1::{
 };
 
 use super::{
+    pacer::Pacer,
     routes::{Directory, Replica, RouteMap},
     Decision, Generator, GiveUp, InFlight, Label, Planned, RetryBudget, RetryQueues, Tally,
     TxgenProgress,
@@ -540,6 +541,7 @@ pub(super) async fn run_stream(
         fanout: 1,
     };
     let mut phase = Phase::Sending;
+    let pacer = Pacer::new();
     loop {
         let now = Instant::now();
         if phase == Phase::Sending && sender.run_over(now, &stop) {
@@ -574,7 +576,7 @@ pub(super) async fn run_stream(
                 event = routes.event() => Some(event),
                 () = events.notified() => None,
                 () = stop.cancelled(), if phase == Phase::Sending => None,
-                () = sleep_until_opt(wake) => None,
+                () = sleep_until_opt(&pacer, wake) => None,
                 _ = updates.changed() => None,
             }
         };
@@ -647,9 +649,9 @@ fn idle(shared: &Shared) -> bool {
 }
 
 /// Sleeps until `at`, or forever.
-async fn sleep_until_opt(at: Option<Instant>) {
+async fn sleep_until_opt(pacer: &Pacer, at: Option<Instant>) {
     match at {
-        Some(at) => sleep_precisely(at).await,
+        Some(at) => pacer.sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -661,29 +663,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// at 50,000 tx/s they go a few per request instead of one request each
 /// (each request costs every process a wakeup).
 const MIN_SEND_GAP: Duration = Duration::from_micros(200);
-
-/// What tokio's timer may be late by: it counts whole milliseconds and
-/// rounds up.
-const TIMER_GRAIN: Duration = Duration::from_millis(2);
-
-/// Sleeps until `at` to within tens of microseconds: tokio's timer for all
-/// but the last [`TIMER_GRAIN`], then the thread sleep of a blocking task
-/// (the kernel's high-resolution timer). An open-loop generator that wakes
-/// late sends late, and its latency (from the intended send time) counts
-/// that lateness.
-async fn sleep_precisely(at: Instant) {
-    if let Some(coarse) = at.checked_sub(TIMER_GRAIN) {
-        if coarse > Instant::now() {
-            tokio::time::sleep_until(coarse.into()).await;
-        }
-    }
-    let rest = at.saturating_duration_since(Instant::now());
-    if !rest.is_zero() {
-        // A task dropped meanwhile (another event came first) leaves the
-        // thread to finish its short sleep.
-        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
-    }
-}
 
 /// Gives up (and tallies) the transactions waiting for a resend past the
 /// retry `deadline` after their first send.
