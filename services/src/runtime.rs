@@ -1,4 +1,6 @@
-//! The process runtime: an actix `System` on a multi-threaded tokio runtime.
+//! The process runtime: an actix `System` on a multi-threaded tokio runtime
+//! of `io_threads` workers (two for `up` and `chaos run`, which run every
+//! service in one process).
 //! Actors (aggregator, publisher) run on the system thread, each shard on
 //! its own arbiter thread, and tonic's connections on the tokio workers.
 

@@ -7,7 +7,7 @@ use crate::{config::TxmeshConfig, dashboard, ingress, runtime, shutdown};
 
 pub(super) fn ingress(config: TxmeshConfig) -> anyhow::Result<ExitCode> {
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let drained = runtime::block_on(2, async move {
+    let drained = runtime::block_on(config.io_threads, async move {
         let handle = ingress::start(&config).await?;
         shutdown::termination().await;
         tracing::info!("shutting down: draining streams and the publisher");
@@ -22,7 +22,7 @@ pub(super) fn ingress(config: TxmeshConfig) -> anyhow::Result<ExitCode> {
 }
 
 pub(super) fn dashboard(config: TxmeshConfig) -> anyhow::Result<ExitCode> {
-    runtime::block_on(2, async move {
+    runtime::block_on(config.io_threads, async move {
         let handle = dashboard::start(&config).await?;
         shutdown::termination().await;
         handle.stop().await;

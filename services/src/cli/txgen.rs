@@ -100,7 +100,7 @@ pub(super) fn command(args: &TxgenArgs, config: TxmeshConfig) -> anyhow::Result<
     let stop = CancellationToken::new();
     let trigger = stop.clone();
     let progress = Arc::new(txgen::TxgenProgress::default());
-    let report = runtime::block_on(2, async move {
+    let report = runtime::block_on(config.io_threads, async move {
         let ctrl_c = tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let _ = tokio::signal::ctrl_c().await;
