@@ -1,6 +1,7 @@
 //! The newest records of a shard's journal, in memory, as written (one
 //! chunk per group): the publisher reads them from here without touching
-//! the disk. Bounded by bytes; older records are read back from the
+//! the disk. Only what the dashboard has not acknowledged is kept, and at
+//! most a bound of bytes of it; older records are read back from the
 //! segments (or, with the journal disabled, are gone: a counted gap).
 
 use std::{collections::VecDeque, sync::Arc};
@@ -48,6 +49,18 @@ impl Tail {
             self.first = front.first;
         }
         evicted
+    }
+
+    /// Lets go of the chunks the dashboard has acknowledged (every record
+    /// up to `acked`): nothing reads them again, and holding them would
+    /// keep `max_bytes` of delivered verdicts in memory for good.
+    pub(super) fn release(&mut self, acked: u64) {
+        while self.chunks.front().is_some_and(|c| c.last <= acked) {
+            if let Some(old) = self.chunks.pop_front() {
+                self.bytes -= old.bytes.len() as u64;
+                self.first = old.last + 1;
+            }
+        }
     }
 
     /// The first LSN held in memory.

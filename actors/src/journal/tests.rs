@@ -195,6 +195,28 @@ fn without_a_disk_what_leaves_the_memory_tail_is_reported_as_given_up() {
 }
 
 #[test]
+fn the_memory_tail_lets_go_of_what_the_dashboard_acknowledged() {
+    let (journals, _) = open(None, 1).expect("memory journal");
+    let shard = &journals.shards()[0];
+    let first: Vec<_> = (0..5).map(|i| txn("acct-4", i)).collect();
+    commit(&journals, &first, true);
+    shard.ack(5);
+    assert_eq!(
+        shard.shared.tail.lock().first(),
+        6,
+        "nothing acknowledged kept"
+    );
+    let mut cursor = DiskCursor::default();
+    assert!(shard.read(6, 10, &mut cursor).is_none(), "nothing new yet");
+    let more: Vec<_> = (5..8).map(|i| txn("acct-4", i)).collect();
+    commit(&journals, &more, true);
+    let read = shard.read(6, 10, &mut cursor).expect("the new records");
+    assert_eq!((read.first, read.last, read.skipped), (6, 8, 0));
+    assert_eq!(journals.given_up(), 0, "delivered is not given up");
+    journals.close();
+}
+
+#[test]
 fn a_snapshot_lets_acknowledged_segments_go_and_recovery_starts_from_it() {
     let d = dir("snapshot");
     let (journals, _) = open(Some(&d), 1).expect("open");

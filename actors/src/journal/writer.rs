@@ -189,6 +189,7 @@ impl ShardJournal {
     /// Records the dashboard's acknowledgement up to `lsn`.
     pub fn ack(&self, lsn: u64) {
         self.shared.acked.fetch_max(lsn, Ordering::Relaxed);
+        self.shared.tail.lock().release(lsn);
     }
 
     /// The next position for the publisher to read (it starts after the
