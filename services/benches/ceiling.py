@@ -18,6 +18,7 @@ Usage: services/benches/ceiling.py [RATE|max] [SECONDS] [ACCOUNTS]
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ def run_ceiling(server, mode, rate, secs, accounts):
     report, cpu = replicas.run_txgen(args, env, [proc.pid])
     proc.terminate()
     proc.wait(timeout=30)
+    shutil.rmtree(state, ignore_errors=True)
     return dict(mode=mode, offered=rate, **replicas.figures(report, cpu))
 
 def main():

@@ -23,6 +23,7 @@ Usage: services/benches/replicas.py [RATE|max] [SECONDS] [REPLICAS] [ACCOUNTS] [
 import json
 import os
 import resource
+import shutil
 import ssl
 import subprocess
 import sys
@@ -116,6 +117,7 @@ def run(mode, rate, secs, replicas, accounts):
         p.terminate()
     for p in procs:
         p.wait(timeout=30)
+    shutil.rmtree(state, ignore_errors=True)
     answered = max(report["answered"], 1)
     return dict(mode=mode, replicas=n, offered=rate, **figures(report, cpu),
                 forwarded_share=round(forwarded / answered, 3))
