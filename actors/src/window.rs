@@ -36,6 +36,9 @@ pub struct StoredVerdict {
     pub processing_time_us: u32,
 }
 
+/// Entries a window's buffer grows by when full.
+const GROW_BY: usize = 4;
+
 /// The bounded history of one account, oldest first (in arrival order).
 #[derive(Debug, Clone)]
 pub struct HistoryWindow {
@@ -115,6 +118,19 @@ impl HistoryWindow {
     /// evicts what is too old or too many.
     pub fn learn(&mut self, entry: WindowEntry) {
         self.newest_ms = self.newest_ms.max(entry.timestamp_unix_ms);
+        // Room is made before the push, so a full window never grows.
+        while !self.entries.is_empty() && self.entries.len() >= self.max_entries {
+            self.entries.pop_front();
+        }
+        if self.entries.len() == self.entries.capacity() {
+            // Grown by a few entries at a time, not doubled: most accounts
+            // hold fewer than `max_entries`, and a doubled buffer is up to
+            // half spare (a window of 10 entries kept room for 16), in
+            // every one of hundreds of thousands of accounts. Up to 12
+            // entries it reallocates as often as doubling would.
+            let room = self.max_entries.saturating_sub(self.entries.len());
+            self.entries.reserve_exact(room.clamp(1, GROW_BY));
+        }
         self.entries.push_back(entry);
         self.evict();
     }

@@ -38,6 +38,27 @@ fn evicts_by_count_keeping_the_newest() {
 }
 
 #[test]
+fn a_window_keeps_little_spare_room_and_a_full_one_never_grows() {
+    let mut w = HistoryWindow::new(&WindowConfig {
+        max_entries: 10,
+        max_age_secs: 3600,
+    });
+    for i in 0..9 {
+        w.record(&txn(&format!("t{i}"), 1_000 + i, 10), &approved());
+    }
+    assert!(
+        w.entries.capacity() < 9 + GROW_BY,
+        "{}",
+        w.entries.capacity()
+    );
+    for i in 9..30 {
+        w.record(&txn(&format!("t{i}"), 1_000 + i, 10), &approved());
+    }
+    assert_eq!((w.len(), w.entries.capacity()), (10, 10));
+    assert_eq!(w.entries().next().map(|e| &*e.transaction_id), Some("t20"));
+}
+
+#[test]
 fn evicts_by_age_relative_to_the_newest() {
     let mut w = HistoryWindow::new(&WindowConfig {
         max_entries: 100,
