@@ -6,6 +6,10 @@
 
 FROM rust:1.89-slim-bookworm AS build
 WORKDIR /src
+# make builds jemalloc (tikv-jemalloc-sys) from its sources.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 # Dependencies first, so a source change does not rebuild them: the
 # manifests with empty crates, then the real sources.
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
