@@ -64,6 +64,15 @@ const MOVING_RETRY_AFTER_MS: u32 = 100;
 /// rather than SipHash: every transaction is looked up at least twice.
 type Accounts<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
+/// Gives back a map's room once it holds under a quarter of it: a map
+/// never shrinks by itself, and after a burst has passivated hundreds of
+/// thousands of accounts the active map's empty buckets would stay.
+fn shrink_if_sparse<V>(map: &mut Accounts<V>) {
+    if map.capacity() > 4096 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 /// Where an account lives: a shard of this process, or (with several
 /// ingress replicas) another replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -765,6 +774,8 @@ impl Shard {
                     .map(move |answer, shard, _ctx| shard.passivated(key, answer)),
             );
         }
+        shrink_if_sparse(&mut self.active);
+        shrink_if_sparse(&mut self.passive);
     }
 
     /// Snapshots every account's window (see [`crate::journal::snapshot`]):

@@ -425,3 +425,18 @@ async fn injected_panics_hit_only_their_share_of_accounts_until_cleared() {
         .all(|r| matches!(r.outcome, Some(Outcome::Verdict(_)))));
     router.stop();
 }
+
+#[test]
+fn an_account_map_gives_back_its_room_once_mostly_empty() {
+    let mut map: Accounts<u32> = Accounts::default();
+    for i in 0..100_000u32 {
+        map.insert(format!("a{i}").into(), i);
+    }
+    let full = map.capacity();
+    shrink_if_sparse(&mut map);
+    assert_eq!(map.capacity(), full, "a full map keeps its room");
+    map.retain(|_, v| *v < 1_000);
+    shrink_if_sparse(&mut map);
+    assert!(map.capacity() < full / 16, "{} of {full}", map.capacity());
+    assert_eq!(map.len(), 1_000);
+}
