@@ -33,4 +33,32 @@ export TXMESH__STATE_DIR="$state" TXMESH__INGRESS__LISTEN=127.0.0.1:17443 \
 "$bin" certs init --dir "$state" >/dev/null
 "$bin" dashboard & sleep 1
 "$bin" ingress & sleep 1
-"$bin" txgen --rate "$rate" --duration "$secs" --accounts "$accounts" --report json
+"$bin" txgen --rate "$rate" --duration "$secs" --accounts "$accounts" --report json >"$state/report.json"
+cat "$state/report.json"
+# The dashboard must have applied exactly what txgen was answered: poll its
+# totals (the publisher delivers within milliseconds) for up to 10 s.
+snapshot() {
+  curl -s --cacert "$state/ca/tls.crt" --cert "$state/operator/tls.crt" --key "$state/operator/tls.key" \
+    https://localhost:18443/api/snapshot
+}
+for _ in $(seq 1 20); do
+  snapshot >"$state/snapshot.json" || true
+  python3 - "$state/report.json" "$state/snapshot.json" <<'PY' && exit 0
+import json, sys
+report = json.load(open(sys.argv[1]))
+try:
+    totals = json.load(open(sys.argv[2]))["totals"]
+except (ValueError, KeyError):
+    sys.exit(1)
+status = report["by_status"]
+want = {k: status.get(k.upper(), 0) for k in ("approved", "flagged", "rejected")}
+got = {k: totals[k] for k in want}
+match = totals["verdicts"] == report["answered"] and got == want
+print(json.dumps({"dashboard_verdicts": totals["verdicts"], "answered": report["answered"],
+                  "dashboard_totals_match": match}))
+sys.exit(0 if match else 1)
+PY
+  sleep 0.5
+done
+echo '{"dashboard_totals_match": false}'
+exit 1
