@@ -354,20 +354,20 @@ impl VerdictRecord {
         Some(Self {
             learned: fixed[0] & LEARNED != 0,
             replayed: fixed[0] & REPLAYED != 0,
-            entry: WindowEntry {
+            entry: WindowEntry::new(
                 transaction_id,
-                fingerprint: u64_at(fixed, 28),
-                amount_minor: i64::from_le_bytes(fixed[12..20].try_into().ok()?),
+                u64_at(fixed, 28),
+                i64::from_le_bytes(fixed[12..20].try_into().ok()?),
                 currency,
                 country,
-                timestamp_unix_ms: i64::from_le_bytes(fixed[20..28].try_into().ok()?),
-                verdict: StoredVerdict {
+                i64::from_le_bytes(fixed[20..28].try_into().ok()?),
+                StoredVerdict {
                     status,
                     reasons: u32_at(fixed, 4),
                     risk_score: fixed[2],
                     processing_time_us: u32_at(fixed, 8),
                 },
-            },
+            ),
             account_id,
             traceparent,
             merchant_id,

@@ -289,19 +289,21 @@ fn a_snapshot_lets_acknowledged_segments_go_and_recovery_starts_from_it() {
 #[test]
 fn handed_over_windows_read_back_whole_and_in_order() {
     use super::snapshot::{decode_windows, encode_windows, AccountWindow};
-    let entry = |id: &str, amount: i64| crate::window::WindowEntry {
-        transaction_id: id.into(),
-        fingerprint: 7,
-        amount_minor: amount,
-        currency: *b"EUR",
-        country: *b"DE",
-        timestamp_unix_ms: 1_700_000_000_000 + amount,
-        verdict: crate::window::StoredVerdict {
-            status: txmesh_proto::v1::VerdictStatus::Approved,
-            reasons: 0,
-            risk_score: 0,
-            processing_time_us: 5,
-        },
+    let entry = |id: &str, amount: i64| {
+        crate::window::WindowEntry::new(
+            id.into(),
+            7,
+            amount,
+            *b"EUR",
+            *b"DE",
+            1_700_000_000_000 + amount,
+            crate::window::StoredVerdict {
+                status: txmesh_proto::v1::VerdictStatus::Approved,
+                reasons: 0,
+                risk_score: 0,
+                processing_time_us: 5,
+            },
+        )
     };
     let windows: Vec<AccountWindow> = (0..50)
         .map(|a| {

@@ -130,3 +130,34 @@ proptest! {
         prop_assert_eq!(w.len(), n.min(max_entries));
     }
 }
+
+#[test]
+fn the_replay_lookup_finds_only_the_exact_id_and_the_tag_costs_no_room() {
+    assert!(std::mem::size_of::<WindowEntry>() <= 64);
+    let mut w = HistoryWindow::new(&WindowConfig::default());
+    for i in 0..50 {
+        w.record(&txn(&format!("r1-s0-{i:010}"), 1_000 + i, 10), &approved());
+    }
+    for i in 0..50 {
+        let id = format!("r1-s0-{i:010}");
+        assert_eq!(w.find(&id).map(|e| &*e.transaction_id), Some(id.as_str()));
+    }
+    assert!(w.find("r1-s0-0000000050").is_none());
+    assert!(
+        w.find("r1-s0-000000001").is_none(),
+        "a prefix is not the id"
+    );
+    let restored = WindowEntry::new(
+        "r1-s0-0000000007".into(),
+        0,
+        10,
+        *b"EUR",
+        *b"DE",
+        0,
+        w.find("r1-s0-0000000007").expect("there").verdict,
+    );
+    assert_eq!(
+        restored.id_tag,
+        w.find("r1-s0-0000000007").expect("there").id_tag
+    );
+}
