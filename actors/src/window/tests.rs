@@ -24,12 +24,17 @@ fn approved() -> Verdict {
     }
 }
 
+/// A window bounded by `max_entries` (and an hour).
+fn counted(max_entries: usize) -> HistoryWindow {
+    HistoryWindow::new(&WindowConfig {
+        max_entries,
+        max_age_secs: 3600,
+    })
+}
+
 #[test]
 fn evicts_by_count_keeping_the_newest() {
-    let mut w = HistoryWindow::new(&WindowConfig {
-        max_entries: 3,
-        max_age_secs: 3600,
-    });
+    let mut w = counted(3);
     for i in 0..5 {
         w.record(&txn(&format!("t{i}"), 1_000 + i, 10), &approved());
     }
@@ -39,10 +44,7 @@ fn evicts_by_count_keeping_the_newest() {
 
 #[test]
 fn a_window_keeps_little_spare_room_and_a_full_one_never_grows() {
-    let mut w = HistoryWindow::new(&WindowConfig {
-        max_entries: 10,
-        max_age_secs: 3600,
-    });
+    let mut w = counted(10);
     for i in 0..9 {
         w.record(&txn(&format!("t{i}"), 1_000 + i, 10), &approved());
     }
@@ -147,6 +149,7 @@ fn the_replay_lookup_finds_only_the_exact_id_and_the_tag_costs_no_room() {
         w.find("r1-s0-000000001").is_none(),
         "a prefix is not the id"
     );
+    let screened = w.find("r1-s0-0000000007").expect("there");
     let restored = WindowEntry::new(
         "r1-s0-0000000007".into(),
         0,
@@ -154,10 +157,7 @@ fn the_replay_lookup_finds_only_the_exact_id_and_the_tag_costs_no_room() {
         *b"EUR",
         *b"DE",
         0,
-        w.find("r1-s0-0000000007").expect("there").verdict,
+        screened.verdict,
     );
-    assert_eq!(
-        restored.id_tag,
-        w.find("r1-s0-0000000007").expect("there").id_tag
-    );
+    assert_eq!(restored.id_tag, screened.id_tag);
 }

@@ -52,33 +52,25 @@ impl Pacer {
 
     /// Sleeps until `at`. Cancel-safe: a sleep dropped before its time
     /// leaves the timer armed, and the next one re-arms it (an expiry of an
-    /// older sleep is recognised by the clock and slept past).
+    /// older sleep is recognised by the clock and slept past). Without a
+    /// usable timerfd it sleeps on tokio's timer.
     pub(super) async fn sleep_until(&self, at: Instant) {
         loop {
             let rest = at.saturating_duration_since(Instant::now());
             if rest.is_zero() {
                 return;
             }
-            let Some(fd) = &self.fd else {
-                tokio::time::sleep(rest).await;
-                return;
+            let Some(fd) = self.fd.as_ref().filter(|fd| arm(fd, rest).is_ok()) else {
+                break;
             };
-            if arm(fd, rest).is_err() {
-                tokio::time::sleep(rest).await;
-                return;
-            }
-            match fd.readable().await {
-                Ok(mut ready) => {
-                    // The expiry count is of no interest; reading resets it.
-                    let _ = rustix::io::read(ready.get_inner(), &mut [0u8; 8]);
-                    ready.clear_ready();
-                }
-                Err(_) => {
-                    tokio::time::sleep(at.saturating_duration_since(Instant::now())).await;
-                    return;
-                }
-            }
+            let Ok(mut ready) = fd.readable().await else {
+                break;
+            };
+            // The expiry count is of no interest; reading resets it.
+            let _ = rustix::io::read(ready.get_inner(), &mut [0u8; 8]);
+            ready.clear_ready();
         }
+        tokio::time::sleep_until(at.into()).await;
     }
 }
 
