@@ -9,8 +9,12 @@
 #       is passivated (default 1,000,000 over 1,000,000: about 632,000
 #       distinct accounts get a transaction).
 #       (`passivated 3000000 1000000`: about 950,000.)
-# The RSS is read TXMESH_BENCH_SETTLE_SECS (default 30) after the accounts
-# are where the mode wants them. TXMESH_BENCH_BIN=PATH measures that
+# The RSS is read TXMESH_BENCH_SETTLE_SECS (default 90) after the accounts
+# are where the mode wants them, and sampled every second meanwhile: the
+# settle covers a window snapshot (every 60 s by default), and rss_peak_kib
+# is the most the ingress held at rest, snapshot included (what a pod must
+# be sized for), from 20 s into the settle (once the allocator has given
+# back what passivation freed: 10 s dirty, then 10 s muzzy decay). TXMESH_BENCH_BIN=PATH measures that
 # build; other TXMESH__ variables pass through (TXMESH__ACTORS__JOURNAL__TAIL_BYTES=65536 leaves out most of the
 # journal's in-memory tail, 64 MiB per shard by default).
 set -euo pipefail
@@ -19,7 +23,7 @@ mode=${1:-active}
 count=${2:-1000000}
 if [ "$mode" = passivated ]; then accounts=${3:-1000000}; else accounts=${3:-100000}; fi
 bin=${TXMESH_BENCH_BIN:-target/release/txmesh}
-settle=${TXMESH_BENCH_SETTLE_SECS:-30}
+settle=${TXMESH_BENCH_SETTLE_SECS:-90}
 [ -n "${TXMESH_BENCH_BIN:-}" ] || cargo build --release --quiet -p txmesh
 state=$(mktemp -d)
 cleanup() {
@@ -57,11 +61,16 @@ fi
 # The RSS at rest: the allocator hands freed pages back to the system
 # after its decay time (jemalloc's background threads, 10 s dirty then
 # 10 s muzzy), and an operator sizing a pod reads the RSS it settles at.
-sleep "$settle"
+peak=0
+for i in $(seq 1 "$settle"); do
+  sleep 1
+  now=$(rss)
+  [ "$i" -gt 20 ] && [ "$now" -gt "$peak" ] && peak=$now
+done
 active=$(accounts_metric txmesh_active_accounts)
 passivated=$(accounts_metric txmesh_passivated_accounts)
 after=$(rss)
 held=$((active + passivated))
 echo "{\"mode\": \"$mode\", \"transactions\": $count, \"active\": $active, \"passivated\": $passivated," \
-  "\"rss_idle_kib\": $idle, \"rss_kib\": $after," \
+  "\"rss_idle_kib\": $idle, \"rss_kib\": $after, \"rss_peak_kib\": $peak," \
   "\"grown_bytes_per_account\": $(( (after - idle) * 1024 / (held > 0 ? held : 1) ))}"

@@ -18,6 +18,7 @@
 use std::{
     collections::HashMap,
     fs::File,
+    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -63,7 +64,7 @@ impl ShardJournal {
             .spawn(move || {
                 let span = tracing::info_span!("journal.snapshot", shard = journal.index(), lsn);
                 let _entered = span.enter();
-                done(journal.finish_snapshot(lsn, &windows));
+                done(journal.finish_snapshot(lsn, windows));
             });
         match spawned {
             // One snapshot at a time (`wants_snapshot`): the previous
@@ -83,11 +84,12 @@ impl ShardJournal {
             .store(false, std::sync::atomic::Ordering::Release);
     }
 
-    fn finish_snapshot(&self, lsn: u64, windows: &[AccountWindow]) -> Result<(), String> {
+    fn finish_snapshot(&self, lsn: u64, windows: Vec<AccountWindow>) -> Result<(), String> {
         let Some(dir) = &self.shared.dir else {
             return Ok(());
         };
         let started = std::time::Instant::now();
+        let accounts = windows.len();
         let written = write(dir, lsn, windows);
         let result = written.as_ref().map(|_| ()).map_err(ToString::to_string);
         match written {
@@ -95,7 +97,7 @@ impl ShardJournal {
                 self.shared.stats.snapshot_lsn.set(lsn);
                 remove_older(dir, lsn);
                 tracing::info!(
-                    accounts = windows.len(),
+                    accounts,
                     bytes,
                     took_ms = started.elapsed().as_millis() as u64,
                     "window snapshot written"
@@ -114,31 +116,58 @@ fn path_of(dir: &Path, lsn: u64) -> PathBuf {
     dir.join(format!("snapshot-{lsn:020}.snap"))
 }
 
-fn write(dir: &Path, lsn: u64, windows: &[AccountWindow]) -> Result<u64, JournalError> {
+/// Bytes of encoded records gathered before each write to the file.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// Writes the snapshot file, encoding as it goes: the file is never held
+/// in memory whole (for a million passivated accounts it is hundreds of
+/// MiB), and each account's collected window is let go once written.
+pub(super) fn write(
+    dir: &Path,
+    lsn: u64,
+    windows: Vec<AccountWindow>,
+) -> Result<u64, JournalError> {
     let path = path_of(dir, lsn);
     let tmp = path.with_extension("tmp");
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| JournalError::Io { path, source }
     };
-    let mut out = Vec::with_capacity(HEADER_LEN + windows.len() * 128);
-    out.extend_from_slice(&format::header(LogKind::Snapshot, lsn));
-    let mut n = 0u64;
-    for (account, entries) in windows {
-        for entry in entries.iter() {
-            n += 1;
-            format::frame(&mut out, n, |o| format::encode_entry(o, entry, account));
+    let encoded = (|| -> Result<u64, JournalError> {
+        let mut file = File::create(&tmp).map_err(io(&tmp))?;
+        let mut out = Vec::with_capacity(WRITE_CHUNK + 4096);
+        out.extend_from_slice(&format::header(LogKind::Snapshot, lsn));
+        let mut written = 0u64;
+        let mut n = 0u64;
+        for (account, entries) in windows {
+            for entry in entries.iter() {
+                n += 1;
+                format::frame(&mut out, n, |o| format::encode_entry(o, entry, &account));
+            }
+            if out.len() >= WRITE_CHUNK {
+                file.write_all(&out).map_err(io(&tmp))?;
+                written += out.len() as u64;
+                out.clear();
+            }
         }
-    }
-    std::fs::write(&tmp, &out).map_err(io(&tmp))?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(io(&tmp))?;
+        file.write_all(&out).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        Ok(written + out.len() as u64)
+    })();
+    let written = match encoded {
+        Ok(written) => written,
+        Err(e) => {
+            // A part-written snapshot is never read (only `.snap` files
+            // are), but it would take room at every failed attempt.
+            std::fs::remove_file(&tmp).ok();
+            return Err(e);
+        }
+    };
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
     if let Ok(d) = File::open(dir) {
         d.sync_all().ok();
     }
-    Ok(out.len() as u64)
+    Ok(written)
 }
 
 /// `windows` in the snapshot's record format (what a handoff carries), cut

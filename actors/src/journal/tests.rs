@@ -358,3 +358,52 @@ fn with_interval_syncs_a_thread_of_its_own_syncs_what_was_written_and_segments_i
     assert_eq!(recovered.report.records, 200);
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn a_snapshot_of_many_megabytes_is_written_in_pieces_and_reads_back_whole() {
+    let d = dir("snapshot-pieces");
+    let approved = Verdict {
+        status: VerdictStatus::Approved as i32,
+        ..Verdict::default()
+    };
+    // About 3 MiB of records: several of the writer's 1 MiB pieces, with
+    // accounts cut across them.
+    let windows: Vec<_> = (0..12_000)
+        .map(|a| {
+            let account = format!("acct-{a}");
+            let mut window = HistoryWindow::new(&WindowConfig::default());
+            for i in 0..3 {
+                window.record(&txn(&account, i), &approved);
+            }
+            (account.into_boxed_str(), window.into_entries())
+        })
+        .collect();
+    let bytes = super::snapshot::write(&d, 77, windows).expect("written");
+    assert!(bytes > 2 << 20, "{bytes}");
+    let names: Vec<_> = std::fs::read_dir(&d)
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().into_string().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        ["snapshot-00000000000000000077.snap"],
+        "no temporary left"
+    );
+    let mut loaded = std::collections::HashMap::new();
+    let lsn = super::snapshot::load(&d, &mut loaded, || {
+        HistoryWindow::new(&WindowConfig::default())
+    });
+    assert_eq!(lsn, 77);
+    assert_eq!(loaded.len(), 12_000);
+    for a in [0, 5_999, 11_999] {
+        let account = format!("acct-{a}");
+        let ids: Vec<&str> = loaded[account.as_str()]
+            .entries()
+            .map(|e| &*e.transaction_id)
+            .collect();
+        let want: Vec<String> = (0..3).map(|i| format!("{account}-t{i}")).collect();
+        assert_eq!(ids, want);
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
