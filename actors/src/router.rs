@@ -41,7 +41,7 @@ use crate::{
     },
     clock::{SharedClock, SystemClock},
     config::{ActorsConfig, ShardsConfig},
-    journal::{snapshot::AccountWindow, JournalHistograms, Journals},
+    journal::{snapshot::AccountWindow, JournalHistograms, Journals, ShardJournal},
     partition::{name_tag, partition_of, PartitionFlags, PartitionMap},
     reply::{BatchReply, ReplySlot},
     stats::{PoisonLog, ScreeningStats, ShardStats},
@@ -210,7 +210,7 @@ impl ShardRouter {
         let mut arbiters = Vec::with_capacity(count);
         let mut shards = Vec::with_capacity(count);
         for index in 0..count {
-            let arbiter = Arbiter::new();
+            let arbiter = shard_arbiter(&journals.shards()[index]);
             let stats = Arc::new(ShardStats::default());
             let holds = Arc::new(Holds::default());
             let env = Arc::new(AccountEnv {
@@ -605,6 +605,31 @@ impl ShardRouter {
     }
 }
 
+/// A shard's thread: an arbiter whose runtime writes the shard's pending
+/// journal records each time it runs out of work, before it sleeps. Every
+/// verdict its accounts decided while it was busy goes in that one group,
+/// and at low load no other thread is woken to write it. Without that
+/// runtime (it could not be built) the journal's writer thread does it.
+fn shard_arbiter(journal: &ShardJournal) -> Arbiter {
+    let flusher = journal.clone();
+    let built = Arbiter::try_with_tokio_rt(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(move || flusher.flush())
+            .build()
+    });
+    match built {
+        Ok(arbiter) => {
+            journal.flush_when_idle();
+            arbiter
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "shard runtime not built: its journal writer thread writes every group");
+            Arbiter::new()
+        }
+    }
+}
+
 fn overloaded(stats: &ShardStats, config: &ShardsConfig, slot: ReplySlot, what: &'static str) {
     stats.overloaded.inc();
     slot.error(&ActorError::Overloaded {
@@ -750,6 +775,8 @@ impl Shard {
 
     /// Starts passivating the accounts idle for `passivate_after_secs`.
     fn sweep(&mut self, ctx: &mut Context<Self>) {
+        // What was decided before this long turn is answered first.
+        self.env.journal.flush();
         let now = self.env.clock.now_ms();
         self.holds.expire(now, self.config.order_hold_ms);
         let idle_ms = self.config.passivate_after_secs.saturating_mul(1000);
@@ -782,6 +809,7 @@ impl Shard {
     /// passivated ones from here, live ones by asking them, then writes the
     /// snapshot off this thread.
     fn snapshot(&mut self, ctx: &mut Context<Self>) {
+        self.env.journal.flush();
         if self.env.journal.wants_snapshot() {
             self.collect_and_write(ctx, None);
         }

@@ -72,6 +72,67 @@ fn commit(journals: &Journals, txns: &[Transaction], learned: bool) -> Vec<TxnRe
         .expect("answered")
 }
 
+/// Commits `txns` to shard 0 without waiting; the receiver gets the
+/// answers with the thread that gave them.
+fn commit_async(
+    journals: &Journals,
+    txns: &[Transaction],
+) -> mpsc::Receiver<(std::thread::ThreadId, Vec<TxnResult>)> {
+    let (tx, rx) = mpsc::channel();
+    let batch = BatchReply::new(txns.len(), move |r| {
+        tx.send((std::thread::current().id(), r))
+            .expect("receiver");
+    });
+    for (i, t) in txns.iter().enumerate() {
+        let verdict = Verdict {
+            transaction_id: t.transaction_id.clone(),
+            status: VerdictStatus::Approved as i32,
+            ..Verdict::default()
+        };
+        journals.shards()[0].commit(t, verdict, None, batch.slot(i, &t.transaction_id));
+    }
+    rx
+}
+
+#[test]
+fn a_shard_that_flushes_as_it_idles_writes_small_groups_itself_and_big_ones_beside_it() {
+    let d = dir("owner");
+    let (journals, _) = open(Some(&d), 1).expect("open");
+    let journal = &journals.shards()[0];
+    journal.flush_when_idle();
+    let wait = std::time::Duration::from_secs(10);
+    // A group as big as a busy shard makes is written by the writer
+    // thread, with no flush from the owner.
+    let big: Vec<_> = (0..writer::OWNER_GROUP).map(|i| txn("big", i)).collect();
+    let (by, results) = commit_async(&journals, &big).recv_timeout(wait).expect("answered");
+    assert_ne!(by, std::thread::current().id(), "the writer thread wrote it");
+    assert_eq!(results.len(), big.len());
+    assert_eq!(journal.committed(), big.len() as u64);
+    // A small one waits for the owner's flush, which writes and answers it
+    // on the owner's thread (unless the writer thread, still finishing
+    // the big group, took it first: then the next one).
+    let mut inline = false;
+    for round in 0..10 {
+        let small: Vec<_> = (0..3).map(|i| txn(&format!("small{round}"), i)).collect();
+        let answers = commit_async(&journals, &small);
+        journal.flush();
+        let (by, results) = answers.recv_timeout(wait).expect("answered");
+        assert!(results
+            .iter()
+            .all(|r| matches!(r.outcome, Some(Outcome::Verdict(_)))));
+        if by == std::thread::current().id() {
+            inline = true;
+            break;
+        }
+    }
+    assert!(inline, "the owner's flush wrote a small group itself");
+    journals.close();
+    drop(journals);
+    let (_, recovered) = open(Some(&d), 1).expect("reopen");
+    assert!(recovered.report.records > big.len() as u64, "every group is on disk");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn answers_come_after_the_write_and_windows_come_back_after_a_reopen() {
     let d = dir("reopen");

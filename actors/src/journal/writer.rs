@@ -1,8 +1,14 @@
-//! One shard's journal: its account actors append records here, and a
-//! writer thread commits them in groups (one `write` for everything that
-//! arrived while the previous group was being written, and one sync when
-//! the policy asks), then answers their callers. A verdict is answered only
-//! after its record is written.
+//! One shard's journal: its account actors append records here, and they
+//! are written in groups (one `write` for everything that arrived since
+//! the previous group, and one sync when the policy asks), then their
+//! callers are answered. A verdict is answered only after its record is
+//! written.
+//!
+//! Who writes a group: the shard's own thread, each time it runs out of
+//! work ([`ShardJournal::flush`], called as its runtime parks), so at low
+//! load a verdict costs no hop to another thread; the journal's writer
+//! thread, for groups that grow big while the shard stays busy, for a
+//! journal whose owner does not flush, for retries and for the stop.
 //!
 //! A write that fails (a full disk, an unwritable directory) leaves its
 //! group unanswered and is retried until it succeeds; meanwhile the
@@ -31,6 +37,11 @@ use super::{
 
 /// How long a failed write waits before it is tried again.
 const RETRY_FAILED_WRITE: Duration = Duration::from_millis(200);
+
+/// With an owner that flushes as it goes idle, the writer thread is woken
+/// once this many records wait: a shard busy for long stretches (maximum
+/// rate) then still gets its answers out in groups, written beside it.
+pub(super) const OWNER_GROUP: usize = 128;
 
 /// A handle to one shard's journal. Cheap to clone.
 #[derive(Clone)]
@@ -63,6 +74,14 @@ pub(super) struct Shared {
     pub(super) snapshot_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The writer thread, joined at close.
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writing side, taken by whichever thread writes the next group
+    /// (`None` once the writer thread has stopped). Lock order: `core`,
+    /// then `pending`.
+    core: Mutex<Option<Writer>>,
+    /// The owning shard writes pending records as it goes idle
+    /// ([`ShardJournal::flush_when_idle`]): the writer thread is woken
+    /// only for big groups.
+    owner_flushes: AtomicBool,
 }
 
 #[derive(Default)]
@@ -116,14 +135,17 @@ impl ShardJournal {
             snapshotting: AtomicBool::new(false),
             snapshot_thread: Mutex::new(None),
             thread: Mutex::new(None),
+            core: Mutex::new(None),
+            owner_flushes: AtomicBool::new(false),
         });
+        *shared.core.lock() = Some(Writer::new(&shared, setup));
         let thread = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("journal-{index}"))
             .spawn(move || {
                 let span = tracing::info_span!("journal.writer", shard = index);
                 let _entered = span.enter();
-                Writer::new(thread, setup).run();
+                run_writer(&thread);
             });
         match spawned {
             Ok(handle) => *shared.thread.lock() = Some(handle),
@@ -159,10 +181,34 @@ impl ShardJournal {
                 encode_answer(out, txn, &verdict, learned)
             });
             p.replies.push((slot, verdict));
-            p.replies.len() == 1
+            let wake_at = if self.shared.owner_flushes.load(Ordering::Relaxed) {
+                OWNER_GROUP
+            } else {
+                1
+            };
+            p.replies.len() == wake_at
         };
         if wake {
             self.shared.wake.notify_one();
+        }
+    }
+
+    /// From now on the caller's thread (the shard that commits to this
+    /// journal) calls [`Self::flush`] each time it runs out of work; the
+    /// writer thread is no longer woken for every group.
+    pub fn flush_when_idle(&self) {
+        self.shared.owner_flushes.store(true, Ordering::Relaxed);
+    }
+
+    /// Writes the pending records on the calling thread and answers them,
+    /// unless the writer thread is writing (it takes them next), a failed
+    /// write waits to be retried, or the journal is stopping.
+    pub fn flush(&self) {
+        let Some(mut core) = self.shared.core.try_lock() else {
+            return;
+        };
+        if let Some(writer) = core.as_mut() {
+            writer.write_pending(&self.shared);
         }
     }
 
@@ -242,13 +288,16 @@ impl Shared {
     }
 }
 
-/// The writer thread's state.
+/// The writing side of a journal: its log and what writing it needs.
+/// Whoever holds it (the writer thread, or the owning shard's thread as
+/// it goes idle) writes the next group, so groups reach the log in LSN
+/// order.
 struct Writer {
-    shared: Arc<Shared>,
     setup: WriterSetup,
     last_sync: Instant,
     unsynced: bool,
-    /// A group whose write failed, retried before anything newer.
+    /// A group whose write failed, retried (by the writer thread) before
+    /// anything newer.
     failed: Option<Group>,
     /// With `sync = "interval"`: the thread that syncs, so that no write
     /// waits for a sync (`None`: the writer syncs itself).
@@ -264,13 +313,98 @@ struct Group {
     next_lsn: u64,
 }
 
+/// Takes what is pending as a group, if anything is.
+fn take_group(p: &mut Pending) -> Option<Group> {
+    if p.replies.is_empty() {
+        return None;
+    }
+    // The next group starts with room for one like this (grown frame by
+    // frame, it would reallocate at every doubling).
+    let (bytes, replies) = (p.buf.len(), p.replies.len());
+    Some(Group {
+        buf: std::mem::replace(&mut p.buf, Vec::with_capacity(bytes)),
+        replies: std::mem::replace(&mut p.replies, Vec::with_capacity(replies)),
+        first_lsn: p.first_lsn,
+        next_lsn: p.next_lsn,
+    })
+}
+
+/// What the writer thread waits for before it looks at the pending
+/// records again.
+enum Wait {
+    /// Records, or the stop.
+    Work,
+    /// Records, the stop, or this long (an interval sync falls due).
+    AtMost(Duration),
+    /// This long whatever comes (a failed write is retried), unless woken.
+    Retry,
+}
+
+/// The writer thread: writes what the owning shard does not write
+/// itself (big groups, a journal without an owner that flushes), retries
+/// failed writes, syncs when it must, and writes what is left at the stop.
+fn run_writer(shared: &Shared) {
+    loop {
+        let wait = match shared.core.lock().as_ref() {
+            Some(writer) => writer.wait(),
+            None => return,
+        };
+        shared.wait_for(wait);
+        let mut core = shared.core.lock();
+        let Some(writer) = core.as_mut() else {
+            return;
+        };
+        let (group, stop) = writer.next_group(shared);
+        if let Some(group) = group {
+            writer.write(shared, group);
+        }
+        writer.sync_if_due(shared, false);
+        if !stop {
+            continue;
+        }
+        // Dropping the syncer stops its thread once its sync in progress
+        // is done; the writer syncs last.
+        writer.syncer = None;
+        if writer.failed.is_none() {
+            writer.sync_if_due(shared, true);
+        } else {
+            // Stopping with a write that keeps failing: its callers are
+            // answered (as dropped, retryable) when the group goes.
+            tracing::error!(
+                shard = shared.index,
+                "journal stopped with an unwritten group"
+            );
+        }
+        // Nothing is written after the stop: the log closes here.
+        *core = None;
+        return;
+    }
+}
+
+impl Shared {
+    /// Blocks the writer thread until `wait` is over.
+    fn wait_for(&self, wait: Wait) {
+        let mut p = self.pending.lock();
+        let idle = p.replies.is_empty() && !p.stop;
+        match wait {
+            Wait::Retry => {
+                self.wake.wait_for(&mut p, RETRY_FAILED_WRITE);
+            }
+            Wait::AtMost(d) if idle && !d.is_zero() => {
+                self.wake.wait_for(&mut p, d);
+            }
+            Wait::Work if idle => self.wake.wait(&mut p),
+            Wait::AtMost(_) | Wait::Work => {}
+        }
+    }
+}
+
 impl Writer {
-    fn new(shared: Arc<Shared>, setup: WriterSetup) -> Self {
+    fn new(shared: &Arc<Shared>, setup: WriterSetup) -> Self {
         let syncer = (setup.sync == SyncPolicy::Interval && setup.log.is_some())
             .then(|| Syncer::start(shared.clone(), setup.sync_interval))
             .flatten();
         Self {
-            shared,
             setup,
             last_sync: Instant::now(),
             unsynced: false,
@@ -280,69 +414,54 @@ impl Writer {
         }
     }
 
-    fn run(mut self) {
-        loop {
-            let (group, stop) = self.next_group();
-            if let Some(group) = group {
-                self.write(group);
-            }
-            self.sync_if_due(false);
-            if stop {
-                // Dropping the syncer stops its thread once its sync in
-                // progress is done; the writer syncs last.
-                self.syncer = None;
-            }
-            if stop && self.failed.is_none() {
-                self.sync_if_due(true);
-                return;
-            }
-            if stop {
-                // Stopping with a write that keeps failing: its callers are
-                // answered (as dropped, retryable) when the group goes.
-                tracing::error!(
-                    shard = self.shared.index,
-                    "journal stopped with an unwritten group"
-                );
-                return;
-            }
+    /// What the writer thread waits for next.
+    fn wait(&self) -> Wait {
+        if self.failed.is_some() {
+            return Wait::Retry;
+        }
+        match self.sync_due_in() {
+            Some(d) => Wait::AtMost(d),
+            None => Wait::Work,
         }
     }
 
-    /// Waits for records (or a due sync, or a retry), then takes them.
-    fn next_group(&mut self) -> (Option<Group>, bool) {
-        let mut p = self.shared.pending.lock();
-        loop {
-            if self.failed.is_some() {
-                self.shared.wake.wait_for(&mut p, RETRY_FAILED_WRITE);
-                let mut group = self.failed.take();
-                if let Some(g) = &mut group {
-                    if !p.replies.is_empty() {
-                        g.buf.append(&mut p.buf);
-                        g.replies.append(&mut p.replies);
-                        g.next_lsn = p.next_lsn;
-                    }
-                }
-                return (group, p.stop);
+    /// Takes the pending records (behind a failed group, which goes
+    /// first); also says whether the journal is stopping.
+    fn next_group(&mut self, shared: &Shared) -> (Option<Group>, bool) {
+        let mut p = shared.pending.lock();
+        let stop = p.stop;
+        let Some(mut group) = self.failed.take() else {
+            return (take_group(&mut p), stop);
+        };
+        if !p.replies.is_empty() {
+            group.buf.append(&mut p.buf);
+            group.replies.append(&mut p.replies);
+            group.next_lsn = p.next_lsn;
+        }
+        (Some(group), stop)
+    }
+
+    /// Writes the pending records on the calling thread (the owning
+    /// shard's, going idle), unless a failed write waits to be retried or
+    /// the journal is stopping; the writer thread is woken only when it
+    /// has something to do about it (a failure to retry, a sync to time).
+    fn write_pending(&mut self, shared: &Shared) {
+        if self.failed.is_some() {
+            return;
+        }
+        let group = {
+            let mut p = shared.pending.lock();
+            if p.stop {
+                return;
             }
-            if !p.replies.is_empty() || p.stop {
-                // The next group starts with room for one like this (grown
-                // frame by frame, it would reallocate at every doubling).
-                let (bytes, replies) = (p.buf.len(), p.replies.len());
-                let group = (!p.replies.is_empty()).then(|| Group {
-                    buf: std::mem::replace(&mut p.buf, Vec::with_capacity(bytes)),
-                    replies: std::mem::replace(&mut p.replies, Vec::with_capacity(replies)),
-                    first_lsn: p.first_lsn,
-                    next_lsn: p.next_lsn,
-                });
-                return (group, p.stop);
-            }
-            match self.sync_due_in() {
-                Some(wait) if wait.is_zero() => return (None, false),
-                Some(wait) => {
-                    self.shared.wake.wait_for(&mut p, wait);
-                }
-                None => self.shared.wake.wait(&mut p),
-            }
+            take_group(&mut p)
+        };
+        let Some(group) = group else {
+            return;
+        };
+        self.write(shared, group);
+        if self.failed.is_some() || self.sync_due_in().is_some() {
+            shared.wake.notify_one();
         }
     }
 
@@ -357,7 +476,7 @@ impl Writer {
         })
     }
 
-    fn write(&mut self, group: Group) {
+    fn write(&mut self, shared: &Shared, group: Group) {
         let started = Instant::now();
         let written = match &mut self.setup.log {
             None => Ok(()),
@@ -368,38 +487,38 @@ impl Writer {
                     _ => Ok(()),
                 }),
         };
-        let stats = &self.shared.stats;
+        let stats = &shared.stats;
         match written {
             Ok(()) => {
                 stats.observe_append(started.elapsed(), group.buf.len(), group.replies.len());
                 // Without a disk there is nothing to sync (and a pending
                 // sync would keep waking the writer).
                 self.unsynced = self.setup.log.is_some() && self.setup.sync != SyncPolicy::Always;
-                self.hand_to_syncer();
-                if !self.shared.healthy.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(shard = self.shared.index, "journal writable again");
-                    self.shared.health.send_modify(|n| *n += 1);
+                self.hand_to_syncer(shared);
+                if !shared.healthy.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(shard = shared.index, "journal writable again");
+                    shared.health.send_modify(|n| *n += 1);
                 }
                 let buf: Arc<[u8]> = group.buf.into();
                 let last = group.next_lsn - 1;
-                let evicted = self.shared.tail.lock().push(group.first_lsn, last, buf);
+                let evicted = shared.tail.lock().push(group.first_lsn, last, buf);
                 if self.setup.log.is_none() {
                     // Without a disk, what leaves the memory is gone.
                     for (first, last) in evicted {
-                        self.shared.give_up(first, last);
+                        shared.give_up(first, last);
                     }
                 }
-                self.shared.committed.store(last, Ordering::Release);
+                shared.committed.store(last, Ordering::Release);
                 for (slot, verdict) in group.replies {
                     slot.verdict(verdict);
                 }
-                self.enforce_max_bytes();
+                self.enforce_max_bytes(shared);
             }
             Err(e) => {
                 stats.write_errors.inc();
-                if self.shared.healthy.swap(false, Ordering::Relaxed) {
-                    tracing::error!(shard = self.shared.index, error = %e, "journal write failed: refusing new work until it can write again");
-                    self.shared.health.send_modify(|n| *n += 1);
+                if shared.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::error!(shard = shared.index, error = %e, "journal write failed: refusing new work until it can write again");
+                    shared.health.send_modify(|n| *n += 1);
                 }
                 self.failed = Some(group);
             }
@@ -408,7 +527,7 @@ impl Writer {
 
     /// Tells the syncer there is something to sync (and, after a new
     /// segment was started, which file).
-    fn hand_to_syncer(&mut self) {
+    fn hand_to_syncer(&mut self, shared: &Shared) {
         let (Some(syncer), Some(log)) = (&self.syncer, &mut self.setup.log) else {
             return;
         };
@@ -420,8 +539,8 @@ impl Writer {
                 Err(e) => {
                     // The writer syncs once more when it stops; until
                     // then the previous segment's file is synced.
-                    self.shared.stats.write_errors.inc();
-                    tracing::error!(shard = self.shared.index, error = %e, "journal sync target");
+                    shared.stats.write_errors.inc();
+                    tracing::error!(shard = shared.index, error = %e, "journal sync target");
                 }
             }
             self.sync_base = base;
@@ -429,7 +548,7 @@ impl Writer {
         syncer.written();
     }
 
-    fn sync_if_due(&mut self, now: bool) {
+    fn sync_if_due(&mut self, shared: &Shared, now: bool) {
         let due = self.sync_due_in().is_some_and(|w| w.is_zero());
         if !(self.unsynced && (due || now)) {
             return;
@@ -440,13 +559,13 @@ impl Writer {
         let started = Instant::now();
         match log.sync() {
             Ok(()) => {
-                self.shared.stats.observe_sync(started.elapsed());
+                shared.stats.observe_sync(started.elapsed());
                 self.unsynced = false;
                 self.last_sync = Instant::now();
             }
             Err(e) => {
-                self.shared.stats.write_errors.inc();
-                tracing::error!(shard = self.shared.index, error = %e, "journal sync failed");
+                shared.stats.write_errors.inc();
+                tracing::error!(shard = shared.index, error = %e, "journal sync failed");
                 self.last_sync = Instant::now();
             }
         }
@@ -454,18 +573,18 @@ impl Writer {
 
     /// Removes the oldest segments the dashboard has, and past
     /// `max_bytes` the oldest it has not (counted as given up).
-    fn enforce_max_bytes(&mut self) {
+    fn enforce_max_bytes(&mut self, shared: &Shared) {
         let Some(log) = &mut self.setup.log else {
             return;
         };
-        let acked = self.shared.acked.load(Ordering::Relaxed);
+        let acked = shared.acked.load(Ordering::Relaxed);
         // Records in the newest snapshot and acknowledged by the dashboard
         // are needed by no one.
-        let keep_from = (self.shared.stats.snapshot_lsn.get() + 1).min(acked + 1);
+        let keep_from = (shared.stats.snapshot_lsn.get() + 1).min(acked + 1);
         let mut removed = log.remove_before(keep_from);
         while log.disk_bytes() > self.setup.max_bytes && log.segments().len() > 2 {
             let (first, next_base) = (log.segments()[0].base_lsn, log.segments()[1].base_lsn);
-            if next_base > self.shared.stats.snapshot_lsn.get() + 1 {
+            if next_base > shared.stats.snapshot_lsn.get() + 1 {
                 // Windows not yet in a snapshot: removing would forget them.
                 break;
             }
@@ -473,10 +592,10 @@ impl Writer {
             if dropped == 0 {
                 break;
             }
-            self.shared.give_up(first, next_base - 1);
+            shared.give_up(first, next_base - 1);
             removed += dropped;
         }
-        self.shared
+        shared
             .stats
             .set_disk(log.disk_bytes(), log.segments().len(), removed);
     }
