@@ -80,8 +80,7 @@ fn commit_async(
 ) -> mpsc::Receiver<(std::thread::ThreadId, Vec<TxnResult>)> {
     let (tx, rx) = mpsc::channel();
     let batch = BatchReply::new(txns.len(), move |r| {
-        tx.send((std::thread::current().id(), r))
-            .expect("receiver");
+        tx.send((std::thread::current().id(), r)).expect("receiver");
     });
     for (i, t) in txns.iter().enumerate() {
         let verdict = Verdict {
@@ -104,8 +103,14 @@ fn a_shard_that_flushes_as_it_idles_writes_small_groups_itself_and_big_ones_besi
     // A group as big as a busy shard makes is written by the writer
     // thread, with no flush from the owner.
     let big: Vec<_> = (0..writer::OWNER_GROUP).map(|i| txn("big", i)).collect();
-    let (by, results) = commit_async(&journals, &big).recv_timeout(wait).expect("answered");
-    assert_ne!(by, std::thread::current().id(), "the writer thread wrote it");
+    let (by, results) = commit_async(&journals, &big)
+        .recv_timeout(wait)
+        .expect("answered");
+    assert_ne!(
+        by,
+        std::thread::current().id(),
+        "the writer thread wrote it"
+    );
     assert_eq!(results.len(), big.len());
     assert_eq!(journal.committed(), big.len() as u64);
     // A small one waits for the owner's flush, which writes and answers it
@@ -129,7 +134,10 @@ fn a_shard_that_flushes_as_it_idles_writes_small_groups_itself_and_big_ones_besi
     journals.close();
     drop(journals);
     let (_, recovered) = open(Some(&d), 1).expect("reopen");
-    assert!(recovered.report.records > big.len() as u64, "every group is on disk");
+    assert!(
+        recovered.report.records > big.len() as u64,
+        "every group is on disk"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
