@@ -40,9 +40,6 @@ pub struct StoredVerdict {
     pub processing_time_us: u32,
 }
 
-/// Entries a window's buffer grows by when full.
-const GROW_BY: usize = 4;
-
 /// The bounded history of one account, oldest first (in arrival order).
 #[derive(Debug, Clone)]
 pub struct HistoryWindow {
@@ -125,13 +122,15 @@ impl HistoryWindow {
             self.entries.pop_front();
         }
         if self.entries.len() == self.entries.capacity() {
-            // Grown by a few entries at a time, not doubled: most accounts
-            // hold fewer than `max_entries`, and a doubled buffer is up to
-            // half spare (a window of 10 entries kept room for 16), in
-            // every one of hundreds of thousands of accounts. Up to 12
-            // entries it reallocates as often as doubling would.
-            let room = self.max_entries.saturating_sub(self.entries.len());
-            self.entries.reserve_exact(room.clamp(1, GROW_BY));
+            // Grown one entry at a time, not doubled: most accounts hold
+            // fewer than `max_entries`, and a doubled buffer is up to half
+            // spare (a window of 10 entries kept room for 16; grown four
+            // at a time, 12) in every one of hundreds of thousands of
+            // accounts. The allocator rounds a size up to its size class
+            // and grows within it in place, so the buffer costs the class
+            // that fits its entries; a new class copies it, at most 4 KiB,
+            // a few times in an account's first `max_entries` screenings.
+            self.entries.reserve_exact(1);
         }
         self.entries.push_back(entry);
         self.evict();
