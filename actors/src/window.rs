@@ -40,6 +40,21 @@ pub struct StoredVerdict {
     pub processing_time_us: u32,
 }
 
+/// How many entries a full buffer of `len` grows by: to the next of the
+/// allocator's size classes, four per doubling (jemalloc's: for 64-byte
+/// entries 1..8, then 10, 12, 14, 16, 20, 24 ... 64 entries), so a buffer
+/// fills the class it is given. Not doubled: most accounts hold fewer
+/// than `max_entries`, and a doubled buffer is up to half spare (a window
+/// of 10 entries kept room for 16, in every one of hundreds of thousands
+/// of accounts); not one at a time: each growth is a reallocation, and at
+/// maximum rate one per screening was 4 % of the ingress's CPU.
+fn class_step(len: usize) -> usize {
+    match len.checked_ilog2() {
+        Some(log) => 1 << log.saturating_sub(2),
+        None => 1,
+    }
+}
+
 /// The bounded history of one account, oldest first (in arrival order).
 #[derive(Debug, Clone)]
 pub struct HistoryWindow {
@@ -122,15 +137,9 @@ impl HistoryWindow {
             self.entries.pop_front();
         }
         if self.entries.len() == self.entries.capacity() {
-            // Grown one entry at a time, not doubled: most accounts hold
-            // fewer than `max_entries`, and a doubled buffer is up to half
-            // spare (a window of 10 entries kept room for 16; grown four
-            // at a time, 12) in every one of hundreds of thousands of
-            // accounts. The allocator rounds a size up to its size class
-            // and grows within it in place, so the buffer costs the class
-            // that fits its entries; a new class copies it, at most 4 KiB,
-            // a few times in an account's first `max_entries` screenings.
-            self.entries.reserve_exact(1);
+            let room = self.max_entries.saturating_sub(self.entries.len());
+            self.entries
+                .reserve_exact(class_step(self.entries.len()).clamp(1, room.max(1)));
         }
         self.entries.push_back(entry);
         self.evict();

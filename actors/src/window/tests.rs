@@ -43,12 +43,30 @@ fn evicts_by_count_keeping_the_newest() {
 }
 
 #[test]
-fn a_window_keeps_no_spare_room_and_a_full_one_never_grows() {
+fn a_window_grows_by_the_allocators_size_classes_and_a_full_one_never_grows() {
+    let capacities: Vec<usize> = {
+        let mut w = counted(64);
+        (0..64)
+            .filter_map(|i| {
+                let before = w.entries.capacity();
+                w.record(&txn(&format!("c{i}"), 1_000 + i, 10), &approved());
+                (w.entries.capacity() != before).then_some(w.entries.capacity())
+            })
+            .collect()
+    };
+    assert_eq!(
+        capacities,
+        [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64]
+    );
     let mut w = counted(10);
     for i in 0..9 {
         w.record(&txn(&format!("t{i}"), 1_000 + i, 10), &approved());
     }
-    assert_eq!(w.entries.capacity(), 9, "no spare room");
+    assert_eq!(
+        w.entries.capacity(),
+        10,
+        "the size class that fits 9 entries"
+    );
     for i in 9..30 {
         w.record(&txn(&format!("t{i}"), 1_000 + i, 10), &approved());
     }
