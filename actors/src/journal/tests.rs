@@ -96,7 +96,22 @@ fn commit_async(
 #[test]
 fn a_shard_that_flushes_as_it_idles_writes_small_groups_itself_and_big_ones_beside_it() {
     let d = dir("owner");
-    let (journals, _) = open(Some(&d), 1).expect("open");
+    // With `always`, every group stays on the writer thread (its sync
+    // takes milliseconds): the default policy here.
+    let interval = JournalConfig {
+        sync: SyncPolicy::Interval,
+        ..config()
+    };
+    let open = |d: &Path| {
+        Journals::open(
+            Some(d),
+            &interval,
+            &WindowConfig::default(),
+            1,
+            &JournalHistograms::default(),
+        )
+    };
+    let (journals, _) = open(&d).expect("open");
     let journal = &journals.shards()[0];
     journal.flush_when_idle();
     let wait = std::time::Duration::from_secs(10);
@@ -133,11 +148,26 @@ fn a_shard_that_flushes_as_it_idles_writes_small_groups_itself_and_big_ones_besi
     assert!(inline, "the owner's flush wrote a small group itself");
     journals.close();
     drop(journals);
-    let (_, recovered) = open(Some(&d), 1).expect("reopen");
+    let (_, recovered) = open(&d).expect("reopen");
     assert!(
         recovered.report.records > big.len() as u64,
         "every group is on disk"
     );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn with_sync_always_every_group_stays_on_the_writer_thread() {
+    let d = dir("always");
+    let (journals, _) = open(Some(&d), 1).expect("open");
+    journals.shards()[0].flush_when_idle();
+    let txns: Vec<_> = (0..3).map(|i| txn("acct-1", i)).collect();
+    let (by, results) = commit_async(&journals, &txns)
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("answered with no flush from the owner");
+    assert_ne!(by, std::thread::current().id());
+    assert_eq!(results.len(), 3);
+    journals.close();
     let _ = std::fs::remove_dir_all(&d);
 }
 

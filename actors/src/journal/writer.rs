@@ -195,9 +195,19 @@ impl ShardJournal {
 
     /// From now on the caller's thread (the shard that commits to this
     /// journal) calls [`Self::flush`] each time it runs out of work; the
-    /// writer thread is no longer woken for every group.
+    /// writer thread is no longer woken for every group. Not with `sync =
+    /// "always"`: a group's fdatasync takes milliseconds, and on the
+    /// writer thread the shard goes on deciding the next group meanwhile.
     pub fn flush_when_idle(&self) {
-        self.shared.owner_flushes.store(true, Ordering::Relaxed);
+        let syncs_each_group = self
+            .shared
+            .core
+            .lock()
+            .as_ref()
+            .is_some_and(|w| w.setup.sync == SyncPolicy::Always);
+        if !syncs_each_group {
+            self.shared.owner_flushes.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Writes the pending records on the calling thread and answers them,
