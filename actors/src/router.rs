@@ -609,7 +609,8 @@ impl ShardRouter {
 /// journal records each time it runs out of work, before it sleeps. Every
 /// verdict its accounts decided while it was busy goes in that one group,
 /// and at low load no other thread is woken to write it. Without that
-/// runtime (it could not be built) the journal's writer thread does it.
+/// runtime (it could not be built), and with `sync = "always"`, the
+/// journal's writer thread does it.
 fn shard_arbiter(journal: &ShardJournal) -> Arbiter {
     let flusher = journal.clone();
     let built = Arbiter::try_with_tokio_rt(move || {

@@ -139,7 +139,7 @@ impl HistoryWindow {
         if self.entries.len() == self.entries.capacity() {
             let room = self.max_entries.saturating_sub(self.entries.len());
             self.entries
-                .reserve_exact(class_step(self.entries.len()).clamp(1, room.max(1)));
+                .reserve_exact(class_step(self.entries.len()).min(room).max(1));
         }
         self.entries.push_back(entry);
         self.evict();
