@@ -20,6 +20,7 @@ use txmesh_proto::v1::{Reason, Transaction, Verdict, VerdictStatus};
 use crate::{
     clock::SharedClock,
     config::{RulesConfig, SupervisionConfig, WindowConfig},
+    journal::snapshot::{unshare, SharedEntries},
     reply::ReplySlot,
     rules::{evaluate, Evaluation},
     stats::{PoisonLog, ShardStats},
@@ -63,10 +64,11 @@ impl Message for Passivate {
 }
 
 /// What a passivated account keeps: its window entries without spare
-/// capacity, and its crash history only if it has one.
+/// capacity (shared with a snapshot being written), and its crash history
+/// only if it has one.
 #[derive(Debug, Clone)]
 pub struct AccountState {
-    pub entries: Box<[WindowEntry]>,
+    pub entries: SharedEntries,
     pub supervision: Option<Box<SupervisionState>>,
 }
 
@@ -111,7 +113,7 @@ impl AccountActor {
     /// An account brought back from its passivated state.
     pub fn restore(env: Arc<AccountEnv>, state: AccountState) -> Self {
         Self {
-            window: HistoryWindow::restore(&env.window, state.entries),
+            window: HistoryWindow::restore(&env.window, unshare(state.entries)),
             env,
             supervision: state.supervision,
         }
@@ -289,7 +291,7 @@ impl Handler<Passivate> for AccountActor {
         // A copy, not a move: a snapshot may still ask this actor for its
         // window before it stops.
         MessageResult(Some(AccountState {
-            entries: self.window.entries().cloned().collect(),
+            entries: Arc::new(self.window.entries().cloned().collect()),
             supervision: self.supervision.take(),
         }))
     }

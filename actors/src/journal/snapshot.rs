@@ -20,6 +20,7 @@ use std::{
     fs::File,
     io::Write,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use crate::{error::JournalError, window::HistoryWindow, window::WindowEntry};
@@ -29,8 +30,21 @@ use super::{
     writer::ShardJournal,
 };
 
-/// One account's window, as collected for a snapshot.
-pub type AccountWindow = (Box<str>, Box<[WindowEntry]>);
+/// One account's window entries, shared rather than copied: a snapshot of
+/// a million passivated accounts holds the entries their passivated
+/// states hold (an `Arc` each), not a second copy of every window and
+/// transaction id (that copy was most of the snapshot's peak memory).
+pub type SharedEntries = Arc<Box<[WindowEntry]>>;
+
+/// One account's window, as collected for a snapshot or a handoff.
+pub type AccountWindow = (Box<str>, SharedEntries);
+
+/// The entries of `shared` to own (an account being restored): taken as
+/// they are when nothing else holds them, copied when a snapshot being
+/// written still does (it goes on writing what it collected).
+pub fn unshare(shared: SharedEntries) -> Box<[WindowEntry]> {
+    Arc::try_unwrap(shared).unwrap_or_else(|held| (*held).clone())
+}
 
 impl ShardJournal {
     /// Whether this journal keeps snapshots (it is on disk and none is
@@ -212,7 +226,11 @@ pub fn decode_windows(bytes: &[u8], windows: &mut Vec<AccountWindow>) -> Result<
     if end != format::ScanEnd::Clean || bad {
         return Err(format!("window records unreadable ({end:?})"));
     }
-    windows.extend(accounts.into_iter().map(|(a, e)| (a, e.into_boxed_slice())));
+    windows.extend(
+        accounts
+            .into_iter()
+            .map(|(a, e)| (a, Arc::new(e.into_boxed_slice()))),
+    );
     Ok(())
 }
 

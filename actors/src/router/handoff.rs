@@ -166,10 +166,7 @@ impl Handler<ExportWindows> for Shard {
     fn handle(&mut self, msg: ExportWindows, _ctx: &mut Self::Context) -> Self::Result {
         // What waits for a passivation is delivered after it: asking the
         // actor now would miss it.
-        let busy = self
-            .active
-            .iter()
-            .any(|(k, a)| a.passivating.is_some() && msg.0.has(k));
+        let busy = self.passivating.keys().any(|k| msg.0.has(k));
         if busy {
             return Box::pin(actix::fut::ready(None));
         }
@@ -195,7 +192,7 @@ impl Handler<ExportWindows> for Shard {
                 .map(move |answers, shard, _| {
                     for (key, answer) in answers {
                         match answer {
-                            Ok(entries) => windows.push((key, entries)),
+                            Ok(entries) => windows.push((key, Arc::new(entries))),
                             Err(_) => match shard.passive.get(&key) {
                                 Some(state) => windows.push((key, state.entries.clone())),
                                 // Gone mid-export (its arbiter is stopping): ask
@@ -216,6 +213,7 @@ impl Handler<DropAccounts> for Shard {
     fn handle(&mut self, msg: DropAccounts, _ctx: &mut Self::Context) -> usize {
         let before = self.active.len() + self.passive.len();
         self.active.retain(|k, _| !msg.0.has(k));
+        self.passivating.retain(|k, _| !msg.0.has(k));
         self.passive.retain(|k, _| !msg.0.has(k));
         let active = self.active.len() as u64;
         let passive = self.passive.len() as u64;

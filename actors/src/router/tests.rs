@@ -339,6 +339,49 @@ async fn idle_accounts_passivate_and_come_back_with_their_history() {
 }
 
 #[actix_rt::test]
+async fn transactions_that_arrive_during_a_passivation_wait_for_it_and_keep_the_history() {
+    let mut config = ActorsConfig::default();
+    config.shards.count = 1;
+    config.shards.passivation_sweep_ms = 1;
+    let (router, clock) = crashing_router(&config);
+    let now = crate::clock::system_unix_ms();
+    let accounts: Vec<String> = (0..2_000).map(|a| format!("p-{a}")).collect();
+    for i in 0..10 {
+        let round = accounts
+            .iter()
+            .map(|a| txn(a, &format!("{a}-{i}"), 1_000, now - 30_000 + i))
+            .collect();
+        screen(&router, round).await;
+    }
+    // Every account goes idle at once: one sweep asks all 2,000 to
+    // passivate, and their eleventh transactions arrive while the answers
+    // come back (before, during and after each account's passivation).
+    clock.advance(Duration::from_secs(config.shards.passivate_after_secs));
+    let eleventh = accounts.chunks(10).map(|some| {
+        let txns = some
+            .iter()
+            .map(|a| txn(a, &format!("{a}-10"), 1_000, now - 20_000))
+            .collect();
+        screen(&router, txns)
+    });
+    let results = join_all(eleventh).await;
+    for r in results.iter().flatten() {
+        assert_eq!(
+            verdict(r).reasons,
+            vec![Reason::Velocity as i32],
+            "{}: the history came through",
+            r.transaction_id
+        );
+    }
+    let stats = router.stats().clone();
+    eventually("every account passivated or active", || {
+        stats.total(|s| &s.active) + stats.total(|s| &s.passivated) == 2_000
+    })
+    .await;
+    router.stop();
+}
+
+#[actix_rt::test]
 async fn an_unclaimed_order_hold_passes_on_without_letting_anything_overtake() {
     let mut config = ActorsConfig::default();
     config.shards.count = 1;
