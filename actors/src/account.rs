@@ -25,7 +25,7 @@ use crate::{
     rules::{evaluate, Evaluation},
     stats::{PoisonLog, ShardStats},
     supervision::SupervisionState,
-    window::{HistoryWindow, WindowEntry},
+    window::HistoryWindow,
     ActorError,
 };
 
@@ -52,11 +52,12 @@ impl Message for ScreenTxn {
 /// (the quarantine must run its course in a live actor).
 pub struct Passivate;
 
-/// Asks an account for a copy of its window (for a snapshot).
+/// Asks an account for its window (for a snapshot): a copy of a live one,
+/// or the entries a passivation handed to the shard.
 pub struct PeekWindow;
 
 impl Message for PeekWindow {
-    type Result = Box<[WindowEntry]>;
+    type Result = SharedEntries;
 }
 
 impl Message for Passivate {
@@ -94,9 +95,18 @@ pub struct AccountEnv {
 
 /// The actor owning one account's history.
 pub struct AccountActor {
-    window: HistoryWindow,
+    history: History,
     env: Arc<AccountEnv>,
     supervision: Option<Box<SupervisionState>>,
+}
+
+/// An account's history: its live window, or the entries a passivation
+/// moved out of it (shared with the shard, which holds them from then on;
+/// the actor stops once the shard lets go of its address, and keeps them
+/// only to answer a snapshot that asks before then).
+enum History {
+    Live(HistoryWindow),
+    HandedOver(SharedEntries),
 }
 
 impl AccountActor {
@@ -104,7 +114,7 @@ impl AccountActor {
     /// whoever starts it (the shard), before the first message.
     pub fn new(env: Arc<AccountEnv>) -> Self {
         Self {
-            window: HistoryWindow::new(&env.window),
+            history: History::Live(HistoryWindow::new(&env.window)),
             env,
             supervision: None,
         }
@@ -113,7 +123,7 @@ impl AccountActor {
     /// An account brought back from its passivated state.
     pub fn restore(env: Arc<AccountEnv>, state: AccountState) -> Self {
         Self {
-            window: HistoryWindow::restore(&env.window, unshare(state.entries)),
+            history: History::Live(HistoryWindow::restore(&env.window, unshare(state.entries))),
             env,
             supervision: state.supervision,
         }
@@ -177,6 +187,13 @@ impl Handler<ScreenTxn> for AccountActor {
     type Result = ();
 
     fn handle(&mut self, msg: ScreenTxn, ctx: &mut Self::Context) {
+        let History::Live(window) = &mut self.history else {
+            // Passivated: the shard keeps what arrives meanwhile for the
+            // restored actor, so nothing is sent here; were it, it is
+            // refused, not screened without its history.
+            msg.reply.error(&ActorError::ShuttingDown);
+            return;
+        };
         if let Some(state) = self.supervision.as_deref_mut() {
             if state.is_poison(&msg.txn.transaction_id) {
                 msg.reply.error(&ActorError::Poison {
@@ -213,7 +230,7 @@ impl Handler<ScreenTxn> for AccountActor {
                 .chaos
                 .as_ref()
                 .is_some_and(|chaos| inject_faults(chaos, &msg.txn.account_id));
-            (evaluate(&self.window, &msg.txn, &self.env.rules, now), kill)
+            (evaluate(window, &msg.txn, &self.env.rules, now), kill)
         }));
         let elapsed_us = u64::try_from(msg.received.elapsed().as_micros()).unwrap_or(u64::MAX);
         let (outcome, kill) = match outcome {
@@ -223,7 +240,7 @@ impl Handler<ScreenTxn> for AccountActor {
         let (mut verdict, learned) = match outcome {
             Ok(Evaluation::Fresh(mut verdict)) => {
                 verdict.processing_time_us = elapsed_us;
-                let fingerprint = self.window.record(&msg.txn, &verdict);
+                let fingerprint = window.record(&msg.txn, &verdict);
                 (verdict, Some(fingerprint))
             }
             Ok(Evaluation::Rejected(mut verdict)) => {
@@ -288,10 +305,20 @@ impl Handler<Passivate> for AccountActor {
                 return MessageResult(None);
             }
         }
-        // A copy, not a move: a snapshot may still ask this actor for its
-        // window before it stops.
+        // Moved, not copied: copying every entry and transaction id at
+        // each passivation left the allocator's pages riddled with the
+        // freed originals (hundreds of MiB over a million accounts).
+        let entries = match &mut self.history {
+            History::Live(window) => {
+                let window = std::mem::replace(window, HistoryWindow::new(&self.env.window));
+                let entries: SharedEntries = Arc::new(window.into_entries());
+                self.history = History::HandedOver(entries.clone());
+                entries
+            }
+            History::HandedOver(entries) => entries.clone(),
+        };
         MessageResult(Some(AccountState {
-            entries: Arc::new(self.window.entries().cloned().collect()),
+            entries,
             supervision: self.supervision.take(),
         }))
     }
@@ -301,7 +328,10 @@ impl Handler<PeekWindow> for AccountActor {
     type Result = MessageResult<PeekWindow>;
 
     fn handle(&mut self, _msg: PeekWindow, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.window.entries().cloned().collect())
+        MessageResult(match &self.history {
+            History::Live(window) => Arc::new(window.entries().cloned().collect()),
+            History::HandedOver(entries) => entries.clone(),
+        })
     }
 }
 

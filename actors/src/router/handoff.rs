@@ -192,7 +192,7 @@ impl Handler<ExportWindows> for Shard {
                 .map(move |answers, shard, _| {
                     for (key, answer) in answers {
                         match answer {
-                            Ok(entries) => windows.push((key, Arc::new(entries))),
+                            Ok(entries) => windows.push((key, entries)),
                             Err(_) => match shard.passive.get(&key) {
                                 Some(state) => windows.push((key, state.entries.clone())),
                                 // Gone mid-export (its arbiter is stopping): ask
