@@ -338,6 +338,20 @@ async fn idle_accounts_passivate_and_come_back_with_their_history() {
     router.stop();
 }
 
+/// 2,000 accounts named `{prefix}-{n}`, each screened `rounds` times
+/// within a minute (one transaction each per round); returns their ids.
+async fn screen_rounds(router: &ShardRouter, prefix: &str, rounds: i64, now: i64) -> Vec<String> {
+    let accounts: Vec<String> = (0..2_000).map(|a| format!("{prefix}-{a}")).collect();
+    for i in 0..rounds {
+        let round = accounts
+            .iter()
+            .map(|a| txn(a, &format!("{a}-{i}"), 1_000, now - 30_000 + i))
+            .collect();
+        screen(router, round).await;
+    }
+    accounts
+}
+
 #[actix_rt::test]
 async fn transactions_that_arrive_during_a_passivation_wait_for_it_and_keep_the_history() {
     let mut config = ActorsConfig::default();
@@ -345,14 +359,7 @@ async fn transactions_that_arrive_during_a_passivation_wait_for_it_and_keep_the_
     config.shards.passivation_sweep_ms = 1;
     let (router, clock) = crashing_router(&config);
     let now = crate::clock::system_unix_ms();
-    let accounts: Vec<String> = (0..2_000).map(|a| format!("p-{a}")).collect();
-    for i in 0..10 {
-        let round = accounts
-            .iter()
-            .map(|a| txn(a, &format!("{a}-{i}"), 1_000, now - 30_000 + i))
-            .collect();
-        screen(&router, round).await;
-    }
+    let accounts = screen_rounds(&router, "p", 10, now).await;
     // Every account goes idle at once: one sweep asks all 2,000 to
     // passivate, and their eleventh transactions arrive while the answers
     // come back (before, during and after each account's passivation).
@@ -409,17 +416,10 @@ async fn snapshots_taken_while_accounts_passivate_hold_every_window() {
     };
     let router = ShardRouter::start_recovered(&config, options, journals, recovered.windows);
     let now = crate::clock::system_unix_ms();
-    let accounts: Vec<String> = (0..2_000).map(|a| format!("s-{a}")).collect();
-    for i in 0..3 {
-        let round = accounts
-            .iter()
-            .map(|a| txn(a, &format!("{a}-{i}"), 1_000, now - 30_000 + i))
-            .collect();
-        screen(&router, round).await;
-    }
+    screen_rounds(&router, "s", 3, now).await;
     // Snapshots one after another while every account passivates: a
-    // passivation takes the actor's window, and a snapshot that asks the
-    // actor afterwards must read it from the shard or not be taken.
+    // passivation moves the actor's window out, and a snapshot that asks
+    // the actor afterwards must still get all of it.
     clock.advance(Duration::from_secs(config.shards.passivate_after_secs));
     let stats = router.stats().clone();
     let mut taken = 0;
