@@ -747,17 +747,12 @@ impl Shard {
     fn deliver(&mut self, msg: ScreenTxn, stamp: u64, now_ms: u64) {
         let hold_until = now_ms + self.config.order_hold_ms;
         let capacity = self.config.account_mailbox;
-        let waiting = match self.passivating.is_empty() {
-            true => None,
-            false => self.passivating.get_mut(&*msg.txn.account_id),
-        };
-        let refused = match waiting {
+        // (A lookup in an empty map returns before it hashes: nearly
+        // always, nothing is passivating.)
+        let refused = match self.passivating.get_mut(&*msg.txn.account_id) {
             // Its passivation is under way: the transaction waits for the
             // restored actor, in order.
             Some(waiting) => {
-                if let Some(account) = self.active.get_mut(&*msg.txn.account_id) {
-                    account.last_used_ms = now_ms;
-                }
                 if waiting.len() < capacity {
                     waiting.push((stamp, msg));
                     None
