@@ -31,10 +31,10 @@ fn main() {
     let config = WindowConfig::default();
     println!("window entries | ns per evaluate (median of 5 runs of 1,000,000)");
     for size in [0usize, 8, 32, 64] {
-        let mut window = HistoryWindow::new(&config);
+        let mut window = HistoryWindow::new();
         for i in 0..size as i64 {
             if let Evaluation::Fresh(v) = evaluate(&window, &txn(i), &rules, NOW) {
-                window.record(&txn(i), &v);
+                window.record(&config, &txn(i), &v);
             }
         }
         let probe = txn(10_000);

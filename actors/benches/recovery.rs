@@ -109,8 +109,8 @@ fn commit(
             if let Some(w) = windows.as_deref_mut() {
                 w[shard]
                     .entry(t.account_id.as_str().into())
-                    .or_insert_with(|| HistoryWindow::new(&config.window))
-                    .record(&t, &v);
+                    .or_default()
+                    .record(&config.window, &t, &v);
             }
             let fingerprint = txmesh_actors::window::fingerprint(&t);
             journals.shards()[shard].commit(
@@ -151,7 +151,7 @@ fn write(dir: &Path, accounts: u64, verdicts: u64, recent: u64) {
         journal.write_snapshot(
             lsn,
             w.into_iter()
-                .map(|(k, w)| (k, w.into_entries().into()))
+                .map(|(k, w)| (k, std::sync::Arc::new(w.into_entries())))
                 .collect(),
         );
         while journal.stats().snapshot_lsn.get() < lsn {

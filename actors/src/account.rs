@@ -114,7 +114,7 @@ impl AccountActor {
     /// whoever starts it (the shard), before the first message.
     pub fn new(env: Arc<AccountEnv>) -> Self {
         Self {
-            history: History::Live(HistoryWindow::new(&env.window)),
+            history: History::Live(HistoryWindow::new()),
             env,
             supervision: None,
         }
@@ -240,7 +240,7 @@ impl Handler<ScreenTxn> for AccountActor {
         let (mut verdict, learned) = match outcome {
             Ok(Evaluation::Fresh(mut verdict)) => {
                 verdict.processing_time_us = elapsed_us;
-                let fingerprint = window.record(&msg.txn, &verdict);
+                let fingerprint = window.record(&self.env.window, &msg.txn, &verdict);
                 (verdict, Some(fingerprint))
             }
             Ok(Evaluation::Rejected(mut verdict)) => {
@@ -310,7 +310,7 @@ impl Handler<Passivate> for AccountActor {
         // freed originals (hundreds of MiB over a million accounts).
         let entries = match &mut self.history {
             History::Live(window) => {
-                let window = std::mem::replace(window, HistoryWindow::new(&self.env.window));
+                let window = std::mem::take(window);
                 let entries: SharedEntries = Arc::new(window.into_entries());
                 self.history = History::HandedOver(entries.clone());
                 entries
@@ -329,7 +329,7 @@ impl Handler<PeekWindow> for AccountActor {
 
     fn handle(&mut self, _msg: PeekWindow, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(match &self.history {
-            History::Live(window) => Arc::new(window.entries().cloned().collect()),
+            History::Live(window) => Arc::new(window.to_entries()),
             History::HandedOver(entries) => entries.clone(),
         })
     }

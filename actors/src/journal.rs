@@ -286,7 +286,7 @@ fn recover_shard(
     let mut windows: HashMap<Box<str>, HistoryWindow> = HashMap::new();
     // (A shard seen for the first time has no directory yet: no snapshot;
     // the log creates it.)
-    let covered = snapshot::load(dir, &mut windows, || HistoryWindow::new(window));
+    let covered = snapshot::load(dir, &mut windows, window);
     let mut undecodable = 0u64;
     let (log, mut recovery) = log::Log::open_after(
         dir,
@@ -301,11 +301,9 @@ fn recover_shard(
             if !record.learned {
                 return;
             }
-            let account = windows
-                .entry(record.account_id)
-                .or_insert_with(|| HistoryWindow::new(window));
+            let account = windows.entry(record.account_id).or_default();
             if covered == 0 || account.find(&record.entry.transaction_id).is_none() {
-                account.learn(record.entry);
+                account.learn(window, record.entry);
             }
         },
     )?;

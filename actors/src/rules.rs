@@ -26,6 +26,8 @@ use crate::{
 
 /// Longest accepted transaction or account id.
 const MAX_ID_LEN: usize = 128;
+// A window keeps every id screening lets through.
+const _: () = assert!(MAX_ID_LEN <= crate::window::MAX_ID_BYTES);
 
 /// The outcome of screening one transaction against its account's window.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,11 +54,11 @@ pub fn evaluate(
         return Evaluation::Rejected(verdict(txn, VerdictStatus::Rejected, invalid, 100));
     }
     if let Some(previous) = window.find(&txn.transaction_id) {
-        if previous.fingerprint == crate::window::fingerprint(txn) {
-            let stored = previous.verdict;
+        if previous.fields.fingerprint == crate::window::fingerprint(txn) {
+            let stored = previous.fields.verdict;
             let mut original = verdict(
                 txn,
-                stored.status,
+                stored.status(),
                 stored.reason_codes(),
                 u32::from(stored.risk_score),
             );
@@ -86,7 +88,7 @@ pub fn evaluate(
         reasons.push(Reason::AmountAnomaly);
     }
     if window.len() >= rules.new_country_min_history
-        && !window.entries().any(|e| e.country == country)
+        && !window.fields().any(|e| e.country == country)
     {
         reasons.push(Reason::NewCountry);
     }
@@ -94,7 +96,7 @@ pub fn evaluate(
         reasons.push(Reason::Structuring);
     }
     if window.len() >= rules.currency_switch_min_history
-        && !window.entries().any(|e| e.currency == ccy)
+        && !window.fields().any(|e| e.currency == ccy)
     {
         reasons.push(Reason::CurrencySwitch);
     }
@@ -147,7 +149,7 @@ fn velocity_exceeded(window: &HistoryWindow, txn: &Transaction, rules: &RulesCon
         i64::try_from(rules.velocity_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let since = txn.timestamp_unix_ms.saturating_sub(span_ms);
     let recent = window
-        .entries()
+        .fields()
         .filter(|e| e.timestamp_unix_ms > since && e.timestamp_unix_ms <= txn.timestamp_unix_ms)
         .count();
     recent + 1 > rules.velocity_max
@@ -160,7 +162,7 @@ fn amount_anomalous(
     rules: &RulesConfig,
 ) -> bool {
     let (count, sum) = window
-        .entries()
+        .fields()
         .filter(|e| e.currency == ccy)
         .fold((0i128, 0i128), |(n, s), e| {
             (n + 1, s + i128::from(e.amount_minor))
@@ -194,7 +196,7 @@ fn structuring(
         i64::try_from(rules.structuring_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let since = txn.timestamp_unix_ms.saturating_sub(span_ms);
     let earlier = window
-        .entries()
+        .fields()
         .filter(|e| {
             e.timestamp_unix_ms > since
                 && e.timestamp_unix_ms <= txn.timestamp_unix_ms

@@ -12,151 +12,407 @@ use txmesh_proto::v1::{Transaction, Verdict, VerdictStatus};
 use crate::config::WindowConfig;
 
 /// What the window remembers of one screened transaction: enough for the
-/// rules and for answering a replay with the original verdict.
+/// rules and for answering a replay with the original verdict. The owned
+/// form, as the journal reads and writes it; a window keeps the same
+/// fields in a [`Slot`] and the id in its id buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowEntry {
     pub transaction_id: Box<str>,
+    pub fields: Slot,
+}
+
+/// An entry's fields other than its id, and where its id is in the
+/// buffer of the window (or of the [`Entries`]) holding it: 48 bytes, so
+/// ten of them fill a 512-byte allocation (with the id in an allocation
+/// of its own the entry was 64 bytes and each id one more allocation).
+#[derive(Debug, Clone, Copy)]
+pub struct Slot {
     /// Hash of the transaction's content: a replay must match it, otherwise
     /// the id is in conflict.
     pub fingerprint: u64,
     pub amount_minor: i64,
-    pub currency: [u8; 3],
-    pub country: [u8; 2],
     pub timestamp_unix_ms: i64,
     pub verdict: StoredVerdict,
-    /// A 16-bit hash of `transaction_id`, in the entry's own padding: the
-    /// replay lookup compares it before it reads the id from the heap
-    /// (a cache miss per entry, per screening).
+    pub currency: [u8; 3],
+    pub country: [u8; 2],
+    /// A 16-bit hash of the id: the replay lookup compares it before it
+    /// reads the id.
     id_tag: u16,
+    /// The id's place in its buffer: `id_at..id_at + id_len`.
+    id_at: u32,
+    id_len: u8,
 }
 
-/// The verdict as first decided, compact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoredVerdict {
-    pub status: VerdictStatus,
-    /// Bit i set when reason i (its proto number, below 32) fired.
-    pub reasons: u32,
-    pub risk_score: u8,
-    pub processing_time_us: u32,
-}
-
-/// How many entries a full buffer of `len` grows by: to the next of the
-/// allocator's size classes, four per doubling (jemalloc's: for 64-byte
-/// entries 1..8, then 10, 12, 14, 16, 20, 24 ... 64 entries), so a buffer
-/// fills the class it is given. Not doubled: most accounts hold fewer
-/// than `max_entries`, and a doubled buffer is up to half spare (a window
-/// of 10 entries kept room for 16, in every one of hundreds of thousands
-/// of accounts); not one at a time: each growth is a reallocation, and at
-/// maximum rate one per screening was 4 % of the ingress's CPU.
-fn class_step(len: usize) -> usize {
-    match len.checked_ilog2() {
-        Some(log) => 1 << log.saturating_sub(2),
-        None => 1,
+/// Two slots are equal when their fields are; where their ids are kept
+/// is not part of it.
+impl PartialEq for Slot {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+            && self.amount_minor == other.amount_minor
+            && self.timestamp_unix_ms == other.timestamp_unix_ms
+            && self.verdict == other.verdict
+            && self.currency == other.currency
+            && self.country == other.country
+            && self.id_tag == other.id_tag
     }
 }
 
-/// The bounded history of one account, oldest first (in arrival order).
+impl Eq for Slot {}
+
+/// The longest id a window keeps (a slot holds its length in a byte);
+/// validation refuses longer ones before anything is screened.
+pub const MAX_ID_BYTES: usize = u8::MAX as usize;
+
+/// One entry of a window, borrowed: its id and its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub transaction_id: &'a str,
+    pub fields: &'a Slot,
+}
+
+impl Entry<'_> {
+    /// The entry in its owned form.
+    pub fn to_owned(self) -> WindowEntry {
+        WindowEntry {
+            transaction_id: self.transaction_id.into(),
+            fields: Slot {
+                id_at: 0,
+                ..*self.fields
+            },
+        }
+    }
+}
+
+/// The verdict as first decided, compact (12 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredVerdict {
+    /// Bit i set when reason i (its proto number, below 32) fired.
+    pub reasons: u32,
+    pub processing_time_us: u32,
+    pub risk_score: u8,
+    /// The `VerdictStatus` number (they are all below 256).
+    status: u8,
+}
+
+/// The smallest of the allocator's size classes that holds `bytes`
+/// (jemalloc's: 8, 16, then steps of 16 up to 128, then four per
+/// doubling: 160, 192, 224, 256, 320 ...). A window's buffers are grown to
+/// a whole class, so none pays for room it cannot use.
+fn size_class(bytes: usize) -> usize {
+    match bytes {
+        0..=8 => 8,
+        9..=128 => bytes.next_multiple_of(16),
+        _ => {
+            let step = 1usize << ((bytes - 1).ilog2() - 2);
+            bytes.next_multiple_of(step)
+        }
+    }
+}
+
+/// How many slots a buffer that must hold `needed` is given: as many as
+/// fill the size class of `needed` slots, at most `max`. Not doubled: most
+/// accounts hold fewer than `max_entries`, and a doubled buffer is up to
+/// half spare (a window of 10 entries kept room for 16, in every one of
+/// hundreds of thousands of accounts); not one at a time: each growth is
+/// a reallocation, and at maximum rate one per screening was 4 % of the
+/// ingress's CPU.
+fn slots_for(needed: usize, max: usize) -> usize {
+    let slot = std::mem::size_of::<Slot>();
+    (size_class(needed * slot) / slot).clamp(needed, max.max(needed))
+}
+
+/// The bounded history of one account, oldest first (in arrival order):
+/// the slots in a ring, the ids one after another in one buffer (the
+/// front slot's id first; evicted ids are reclaimed when the buffer is
+/// next full). The bounds are the shard's [`WindowConfig`], passed in:
+/// this is 56 bytes, what the account actor's task allocation has room
+/// for.
 #[derive(Debug, Clone)]
 pub struct HistoryWindow {
-    entries: VecDeque<WindowEntry>,
-    max_entries: usize,
-    max_age_ms: i64,
+    slots: VecDeque<Slot>,
+    ids: Box<[u8]>,
     newest_ms: i64,
 }
 
-impl HistoryWindow {
-    /// An empty window with the given bounds.
-    pub fn new(config: &WindowConfig) -> Self {
+/// A window's entries as a passivated account keeps them: no spare room,
+/// the ids from the start of their buffer.
+#[derive(Debug, Clone, Default)]
+pub struct Entries {
+    slots: Box<[Slot]>,
+    ids: Box<[u8]>,
+}
+
+fn id_in<'a>(ids: &'a [u8], slot: &Slot) -> &'a [u8] {
+    let at = slot.id_at as usize;
+    ids.get(at..at + usize::from(slot.id_len))
+        .unwrap_or_default()
+}
+
+fn entry_in<'a>(ids: &'a [u8], slot: &'a Slot) -> Entry<'a> {
+    Entry {
+        // Ids are copied in from `str`s whole, so they are UTF-8.
+        transaction_id: std::str::from_utf8(id_in(ids, slot)).unwrap_or_default(),
+        fields: slot,
+    }
+}
+
+impl Entries {
+    /// Where the slots are (tests check what is moved and what copied).
+    #[cfg(test)]
+    pub(crate) fn slots_ptr(&self) -> *const Slot {
+        self.slots.as_ptr()
+    }
+
+    /// The entries, oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Entry<'_>> + ExactSizeIterator {
+        self.slots.iter().map(|s| entry_in(&self.ids, s))
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// Equal when their entries are, one by one (where the ids sit in the
+/// buffer is not part of it).
+impl PartialEq for Entries {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Entries {}
+
+impl FromIterator<WindowEntry> for Entries {
+    fn from_iter<I: IntoIterator<Item = WindowEntry>>(entries: I) -> Self {
+        let mut ids = Vec::new();
+        let slots = entries
+            .into_iter()
+            .filter(|e| e.transaction_id.len() <= MAX_ID_BYTES)
+            .map(|e| place(&mut ids, &e.transaction_id, e.fields))
+            .collect();
         Self {
-            entries: VecDeque::new(),
-            max_entries: config.max_entries,
-            max_age_ms: i64::try_from(config.max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            slots,
+            ids: ids.into_boxed_slice(),
+        }
+    }
+}
+
+impl<'a> FromIterator<Entry<'a>> for Entries {
+    fn from_iter<I: IntoIterator<Item = Entry<'a>>>(entries: I) -> Self {
+        let mut ids = Vec::new();
+        let slots = entries
+            .into_iter()
+            .map(|e| place(&mut ids, e.transaction_id, *e.fields))
+            .collect();
+        Self {
+            slots,
+            ids: ids.into_boxed_slice(),
+        }
+    }
+}
+
+/// `slot` with its id appended to `ids`.
+fn place(ids: &mut Vec<u8>, id: &str, slot: Slot) -> Slot {
+    let at = ids.len();
+    ids.extend_from_slice(id.as_bytes());
+    Slot {
+        id_at: u32::try_from(at).unwrap_or(u32::MAX),
+        id_len: u8::try_from(id.len()).unwrap_or(u8::MAX),
+        ..slot
+    }
+}
+
+fn max_age_ms(config: &WindowConfig) -> i64 {
+    i64::try_from(config.max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+impl HistoryWindow {
+    /// An empty window (allocating nothing).
+    pub fn new() -> Self {
+        Self {
+            slots: VecDeque::new(),
+            ids: Box::default(),
             newest_ms: i64::MIN,
         }
     }
 
     /// A window holding `entries` (oldest first, as [`Self::into_entries`]
-    /// gave them), bounded by `config`.
-    pub fn restore(config: &WindowConfig, entries: Box<[WindowEntry]>) -> Self {
-        let mut window = Self::new(config);
-        window.newest_ms = entries
-            .iter()
-            .map(|e| e.timestamp_unix_ms)
-            .max()
-            .unwrap_or(i64::MIN);
-        window.entries = entries.into_vec().into();
-        window.evict();
+    /// gave them), bounded by `config`; it takes their buffers as they are.
+    pub fn restore(config: &WindowConfig, entries: Entries) -> Self {
+        let mut window = Self {
+            newest_ms: entries
+                .slots
+                .iter()
+                .map(|e| e.timestamp_unix_ms)
+                .max()
+                .unwrap_or(i64::MIN),
+            slots: entries.slots.into_vec().into(),
+            ids: entries.ids,
+        };
+        window.evict(config);
         window
     }
 
     /// The entries, oldest first, in the compact form a passivated account
-    /// keeps (no spare capacity).
-    pub fn into_entries(self) -> Box<[WindowEntry]> {
-        Vec::from(self.entries).into_boxed_slice()
+    /// keeps (no spare room). The id buffer is kept as it is when a copy of
+    /// its live part would take an allocation as large.
+    pub fn into_entries(self) -> Entries {
+        let (start, end) = self.id_range();
+        if size_class(end - start) >= self.ids.len() {
+            return Entries {
+                slots: Vec::from(self.slots).into_boxed_slice(),
+                ids: self.ids,
+            };
+        }
+        let base = u32::try_from(start).unwrap_or(0);
+        let slots = Vec::from(self.slots)
+            .into_iter()
+            .map(|s| Slot {
+                id_at: s.id_at - base,
+                ..s
+            })
+            .collect();
+        Entries {
+            slots,
+            ids: Box::from(&self.ids[start..end]),
+        }
+    }
+
+    /// A copy of the entries, in the form [`Self::into_entries`] gives.
+    pub fn to_entries(&self) -> Entries {
+        self.entries().collect()
     }
 
     /// The entries, oldest first.
-    pub fn entries(&self) -> impl DoubleEndedIterator<Item = &WindowEntry> + ExactSizeIterator {
-        self.entries.iter()
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = Entry<'_>> + ExactSizeIterator {
+        self.slots.iter().map(|s| entry_in(&self.ids, s))
+    }
+
+    /// The entries' fields without their ids, oldest first (what the rules
+    /// read).
+    pub fn fields(&self) -> impl DoubleEndedIterator<Item = &Slot> + ExactSizeIterator {
+        self.slots.iter()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slots.is_empty()
     }
 
     /// The entry screened under `transaction_id`, if still in the window.
     /// Every screening asks, and the answer is nearly always no: an entry
     /// whose tag differs is passed over without reading its id.
-    pub fn find(&self, transaction_id: &str) -> Option<&WindowEntry> {
+    pub fn find(&self, transaction_id: &str) -> Option<Entry<'_>> {
         let tag = id_tag(transaction_id);
-        self.entries
+        let id = transaction_id.as_bytes();
+        self.slots
             .iter()
             .rev()
-            .find(|e| e.id_tag == tag && *e.transaction_id == *transaction_id)
+            .find(|s| s.id_tag == tag && id_in(&self.ids, s) == id)
+            .map(|s| entry_in(&self.ids, s))
     }
 
     /// Records a screened transaction, then evicts what is too old or too
     /// many. Called only after the verdict is decided.
     /// Returns the transaction's fingerprint (the journal records it).
-    pub fn record(&mut self, txn: &Transaction, verdict: &Verdict) -> u64 {
+    pub fn record(&mut self, config: &WindowConfig, txn: &Transaction, verdict: &Verdict) -> u64 {
         let fingerprint = fingerprint(txn);
-        self.learn(WindowEntry::of(txn, verdict, fingerprint));
+        let fields = Slot::of(txn, verdict, fingerprint);
+        self.push(config, &txn.transaction_id, fields);
         fingerprint
     }
 
-    /// Adds an entry (screened now, or read back from the journal), then
-    /// evicts what is too old or too many.
-    pub fn learn(&mut self, entry: WindowEntry) {
-        self.newest_ms = self.newest_ms.max(entry.timestamp_unix_ms);
-        // Room is made before the push, so a full window never grows.
-        while !self.entries.is_empty() && self.entries.len() >= self.max_entries {
-            self.entries.pop_front();
+    /// Adds an entry (read back from the journal), then evicts what is too
+    /// old or too many. An id longer than [`MAX_ID_BYTES`] is never
+    /// screened (validation refuses it), so no window holds one: such an
+    /// entry is not learned.
+    pub fn learn(&mut self, config: &WindowConfig, entry: WindowEntry) {
+        if entry.transaction_id.len() <= MAX_ID_BYTES {
+            self.push(config, &entry.transaction_id, entry.fields);
         }
-        if self.entries.len() == self.entries.capacity() {
-            let room = self.max_entries.saturating_sub(self.entries.len());
-            self.entries
-                .reserve_exact(class_step(self.entries.len()).min(room).max(1));
-        }
-        self.entries.push_back(entry);
-        self.evict();
     }
 
-    fn evict(&mut self) {
-        while self.entries.len() > self.max_entries {
-            self.entries.pop_front();
+    fn push(&mut self, config: &WindowConfig, id: &str, fields: Slot) {
+        self.newest_ms = self.newest_ms.max(fields.timestamp_unix_ms);
+        // Room is made before the push, so a full window never grows.
+        while !self.slots.is_empty() && self.slots.len() >= config.max_entries {
+            self.slots.pop_front();
         }
-        let cutoff = self.newest_ms.saturating_sub(self.max_age_ms);
+        if self.slots.len() == self.slots.capacity() {
+            let room = slots_for(self.slots.len() + 1, config.max_entries);
+            self.slots.reserve_exact(room - self.slots.len());
+        }
+        let at = self.make_room(id.len());
+        self.ids[at..at + id.len()].copy_from_slice(id.as_bytes());
+        self.slots.push_back(Slot {
+            id_at: u32::try_from(at).unwrap_or(u32::MAX),
+            id_len: u8::try_from(id.len()).unwrap_or(u8::MAX),
+            ..fields
+        });
+        self.evict(config);
+    }
+
+    /// Where the window's ids are in its buffer: `start..end`.
+    fn id_range(&self) -> (usize, usize) {
+        match (self.slots.front(), self.slots.back()) {
+            (Some(front), Some(back)) => (
+                front.id_at as usize,
+                back.id_at as usize + usize::from(back.id_len),
+            ),
+            _ => (0, 0),
+        }
+    }
+
+    /// Where an id of `len` bytes goes: after the last one, once the ids
+    /// evicted from the front are reclaimed (the live ones moved to the
+    /// start) or, when that is not enough, in a buffer of the next size
+    /// class.
+    fn make_room(&mut self, len: usize) -> usize {
+        let (start, end) = self.id_range();
+        if end + len <= self.ids.len() {
+            return end;
+        }
+        let live = end - start;
+        if live + len <= self.ids.len() {
+            self.ids.copy_within(start..end, 0);
+        } else {
+            let mut grown = vec![0u8; size_class(live + len)].into_boxed_slice();
+            grown[..live].copy_from_slice(&self.ids[start..end]);
+            self.ids = grown;
+        }
+        let base = u32::try_from(start).unwrap_or(0);
+        for slot in &mut self.slots {
+            slot.id_at -= base;
+        }
+        live
+    }
+
+    fn evict(&mut self, config: &WindowConfig) {
+        while self.slots.len() > config.max_entries {
+            self.slots.pop_front();
+        }
+        let cutoff = self.newest_ms.saturating_sub(max_age_ms(config));
         while self
-            .entries
+            .slots
             .front()
             .is_some_and(|e| e.timestamp_unix_ms < cutoff)
         {
-            self.entries.pop_front();
+            self.slots.pop_front();
         }
+    }
+}
+
+impl Default for HistoryWindow {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -167,12 +423,30 @@ impl StoredVerdict {
             .iter()
             .filter(|r| (0..32).contains(*r))
             .fold(0u32, |bits, r| bits | (1 << r));
-        Self {
-            status: verdict.status(),
+        Self::new(
+            verdict.status(),
             reasons,
-            risk_score: u8::try_from(verdict.risk_score.min(100)).unwrap_or(100),
-            processing_time_us: u32::try_from(verdict.processing_time_us).unwrap_or(u32::MAX),
+            u8::try_from(verdict.risk_score.min(100)).unwrap_or(100),
+            u32::try_from(verdict.processing_time_us).unwrap_or(u32::MAX),
+        )
+    }
+
+    pub fn new(
+        status: VerdictStatus,
+        reasons: u32,
+        risk_score: u8,
+        processing_time_us: u32,
+    ) -> Self {
+        Self {
+            reasons,
+            processing_time_us,
+            risk_score,
+            status: u8::try_from(status as i32).unwrap_or_default(),
         }
+    }
+
+    pub fn status(&self) -> VerdictStatus {
+        VerdictStatus::try_from(i32::from(self.status)).unwrap_or_default()
     }
 
     /// The reasons as proto enum numbers, in ascending order.
@@ -219,29 +493,47 @@ impl WindowEntry {
         timestamp_unix_ms: i64,
         verdict: StoredVerdict,
     ) -> Self {
-        Self {
-            id_tag: id_tag(&transaction_id),
-            transaction_id,
+        let fields = Slot {
             fingerprint,
             amount_minor,
-            currency,
-            country,
             timestamp_unix_ms,
             verdict,
+            currency,
+            country,
+            id_tag: id_tag(&transaction_id),
+            id_at: 0,
+            id_len: u8::try_from(transaction_id.len()).unwrap_or(u8::MAX),
+        };
+        Self {
+            transaction_id,
+            fields,
         }
     }
 
     /// What the window keeps of `txn`, screened as `verdict`.
     pub fn of(txn: &Transaction, verdict: &Verdict, fingerprint: u64) -> Self {
-        Self::new(
-            txn.transaction_id.as_str().into(),
+        Self {
+            transaction_id: txn.transaction_id.as_str().into(),
+            fields: Slot::of(txn, verdict, fingerprint),
+        }
+    }
+}
+
+impl Slot {
+    /// The fields of `txn`, screened as `verdict`, for an id the window
+    /// places.
+    fn of(txn: &Transaction, verdict: &Verdict, fingerprint: u64) -> Self {
+        Self {
             fingerprint,
-            txn.amount_minor,
-            code::<3>(&txn.currency),
-            code::<2>(&txn.country),
-            txn.timestamp_unix_ms,
-            StoredVerdict::from_verdict(verdict),
-        )
+            amount_minor: txn.amount_minor,
+            timestamp_unix_ms: txn.timestamp_unix_ms,
+            verdict: StoredVerdict::from_verdict(verdict),
+            currency: code::<3>(&txn.currency),
+            country: code::<2>(&txn.country),
+            id_tag: id_tag(&txn.transaction_id),
+            id_at: 0,
+            id_len: u8::try_from(txn.transaction_id.len()).unwrap_or(u8::MAX),
+        }
     }
 
     /// The currency code as text.

@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use txmesh_proto::v1::{Transaction, Verdict, VerdictStatus};
 
-use crate::window::{code, fingerprint, StoredVerdict, WindowEntry};
+use crate::window::{code, fingerprint, Entry, Slot, StoredVerdict, WindowEntry};
 
 /// The first bytes of every segment file.
 pub const MAGIC: &[u8; 8] = b"TXMJRNL\0";
@@ -238,12 +238,12 @@ struct Scalars {
 
 /// Appends the payload of a window entry of `account` (as a learned
 /// record, without a trace): what a snapshot holds.
-pub fn encode_entry(out: &mut Vec<u8>, entry: &WindowEntry, account: &str) {
-    Scalars::of(entry, LEARNED).encode(out, [&entry.transaction_id, account, ""]);
+pub fn encode_entry(out: &mut Vec<u8>, entry: Entry<'_>, account: &str) {
+    Scalars::of(entry.fields, LEARNED).encode(out, [entry.transaction_id, account, ""]);
 }
 
 impl Scalars {
-    fn of(e: &WindowEntry, flags: u8) -> Self {
+    fn of(e: &Slot, flags: u8) -> Self {
         Self {
             flags,
             verdict: e.verdict,
@@ -257,7 +257,7 @@ impl Scalars {
 
     fn encode(&self, out: &mut Vec<u8>, strings: [&str; 3]) {
         out.push(self.flags);
-        out.push(self.verdict.status as u8);
+        out.push(self.verdict.status() as u8);
         out.push(self.verdict.risk_score);
         out.push(0);
         out.extend_from_slice(&self.verdict.reasons.to_le_bytes());
@@ -316,7 +316,7 @@ impl VerdictRecord {
         let flags = if self.learned { LEARNED } else { 0 }
             | if self.replayed { REPLAYED } else { 0 }
             | if merchant { MERCHANT } else { 0 };
-        Scalars::of(e, flags).encode(
+        Scalars::of(&e.fields, flags).encode(
             out,
             [&e.transaction_id, &self.account_id, &self.traceparent],
         );
@@ -361,12 +361,7 @@ impl VerdictRecord {
                 currency,
                 country,
                 i64::from_le_bytes(fixed[20..28].try_into().ok()?),
-                StoredVerdict {
-                    status,
-                    reasons: u32_at(fixed, 4),
-                    risk_score: fixed[2],
-                    processing_time_us: u32_at(fixed, 8),
-                },
+                StoredVerdict::new(status, u32_at(fixed, 4), fixed[2], u32_at(fixed, 8)),
             ),
             account_id,
             traceparent,
@@ -376,11 +371,11 @@ impl VerdictRecord {
 
     /// The verdict as the dashboard receives it.
     pub fn to_verdict(&self) -> Verdict {
-        let e = &self.entry;
+        let e = &self.entry.fields;
         Verdict {
-            transaction_id: e.transaction_id.to_string(),
+            transaction_id: self.entry.transaction_id.to_string(),
             account_id: self.account_id.to_string(),
-            status: e.verdict.status as i32,
+            status: e.verdict.status() as i32,
             reasons: e.verdict.reason_codes(),
             risk_score: u32::from(e.verdict.risk_score),
             replayed: self.replayed,

@@ -23,7 +23,11 @@ use std::{
     sync::Arc,
 };
 
-use crate::{error::JournalError, window::HistoryWindow, window::WindowEntry};
+use crate::{
+    config::WindowConfig,
+    error::JournalError,
+    window::{Entries, HistoryWindow, WindowEntry},
+};
 
 use super::{
     format::{self, LogKind, VerdictRecord, HEADER_LEN},
@@ -34,7 +38,7 @@ use super::{
 /// a million passivated accounts holds the entries their passivated
 /// states hold (an `Arc` each), not a second copy of every window and
 /// transaction id (that copy was most of the snapshot's peak memory).
-pub type SharedEntries = Arc<Box<[WindowEntry]>>;
+pub type SharedEntries = Arc<Entries>;
 
 /// One account's window, as collected for a snapshot or a handoff.
 pub type AccountWindow = (Box<str>, SharedEntries);
@@ -42,7 +46,7 @@ pub type AccountWindow = (Box<str>, SharedEntries);
 /// The entries of `shared` to own (an account being restored): taken as
 /// they are when nothing else holds them, copied when a snapshot being
 /// written still does (it goes on writing what it collected).
-pub fn unshare(shared: SharedEntries) -> Box<[WindowEntry]> {
+pub fn unshare(shared: SharedEntries) -> Entries {
     Arc::try_unwrap(shared).unwrap_or_else(|held| (*held).clone())
 }
 
@@ -229,7 +233,7 @@ pub fn decode_windows(bytes: &[u8], windows: &mut Vec<AccountWindow>) -> Result<
     windows.extend(
         accounts
             .into_iter()
-            .map(|(a, e)| (a, Arc::new(e.into_boxed_slice()))),
+            .map(|(a, e)| (a, Arc::new(e.into_iter().collect()))),
     );
     Ok(())
 }
@@ -270,7 +274,7 @@ fn remove_older(dir: &Path, lsn: u64) {
 pub(super) fn load(
     dir: &Path,
     windows: &mut HashMap<Box<str>, HistoryWindow>,
-    make: impl Fn() -> HistoryWindow,
+    config: &WindowConfig,
 ) -> u64 {
     for (lsn, path) in list(dir) {
         let Ok(bytes) = std::fs::read(&path) else {
@@ -285,8 +289,8 @@ pub(super) fn load(
             if let Some(record) = VerdictRecord::decode(found.payload) {
                 loaded
                     .entry(record.account_id)
-                    .or_insert_with(&make)
-                    .learn(record.entry);
+                    .or_default()
+                    .learn(config, record.entry);
             }
         });
         if end != format::ScanEnd::Clean {

@@ -327,7 +327,7 @@ fn a_snapshot_lets_acknowledged_segments_go_and_recovery_starts_from_it() {
     let segments_before = log::list(&d.join("shard-0")).expect("list").len();
     assert!(segments_before > 3, "{segments_before}");
     // The window as the account actor holds it (the last 64 of 200).
-    let mut window = HistoryWindow::new(&WindowConfig::default());
+    let mut window = HistoryWindow::new();
     for i in 0..200 {
         let t = txn("acct-4", i);
         let v = Verdict {
@@ -335,10 +335,13 @@ fn a_snapshot_lets_acknowledged_segments_go_and_recovery_starts_from_it() {
             status: VerdictStatus::Approved as i32,
             ..Verdict::default()
         };
-        window.record(&t, &v);
+        window.record(&WindowConfig::default(), &t, &v);
     }
     assert!(shard.wants_snapshot());
-    shard.write_snapshot(200, vec![("acct-4".into(), window.into_entries().into())]);
+    shard.write_snapshot(
+        200,
+        vec![("acct-4".into(), Arc::new(window.into_entries()))],
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while shard.stats().snapshot_lsn.get() < 200 {
         assert!(Instant::now() < deadline, "snapshot written");
@@ -376,7 +379,7 @@ fn a_snapshot_lets_acknowledged_segments_go_and_recovery_starts_from_it() {
         "the record after the snapshot"
     );
     assert!(window.find("acct-4-t150").is_some(), "from the snapshot");
-    let ids: Vec<&str> = window.entries().map(|e| &*e.transaction_id).collect();
+    let ids: Vec<&str> = window.entries().map(|e| e.transaction_id).collect();
     let mut unique = ids.clone();
     unique.sort_unstable();
     unique.dedup();
@@ -396,12 +399,7 @@ fn handed_over_windows_read_back_whole_and_in_order() {
             *b"EUR",
             *b"DE",
             1_700_000_000_000 + amount,
-            crate::window::StoredVerdict {
-                status: txmesh_proto::v1::VerdictStatus::Approved,
-                reasons: 0,
-                risk_score: 0,
-                processing_time_us: 5,
-            },
+            crate::window::StoredVerdict::new(txmesh_proto::v1::VerdictStatus::Approved, 0, 0, 5),
         )
     };
     let windows: Vec<AccountWindow> = (0..50)
@@ -409,7 +407,7 @@ fn handed_over_windows_read_back_whole_and_in_order() {
             let entries: Vec<_> = (0..5).map(|i| entry(&format!("t{a}-{i}"), i)).collect();
             (
                 format!("acct-{a}").into(),
-                entries.into_boxed_slice().into(),
+                Arc::new(entries.into_iter().collect()),
             )
         })
         .collect();
@@ -428,7 +426,7 @@ fn handed_over_windows_read_back_whole_and_in_order() {
 #[test]
 fn a_restored_account_takes_its_entries_and_copies_them_only_while_a_snapshot_holds_them() {
     use super::snapshot::{unshare, SharedEntries};
-    let entries: Box<[crate::window::WindowEntry]> = (0..3)
+    let entries: crate::window::Entries = (0..3)
         .map(|i| {
             crate::window::WindowEntry::new(
                 format!("t{i}").into(),
@@ -437,20 +435,20 @@ fn a_restored_account_takes_its_entries_and_copies_them_only_while_a_snapshot_ho
                 *b"EUR",
                 *b"DE",
                 1_700_000_000_000 + i,
-                crate::window::StoredVerdict {
-                    status: txmesh_proto::v1::VerdictStatus::Approved,
-                    reasons: 0,
-                    risk_score: 0,
-                    processing_time_us: 5,
-                },
+                crate::window::StoredVerdict::new(
+                    txmesh_proto::v1::VerdictStatus::Approved,
+                    0,
+                    0,
+                    5,
+                ),
             )
         })
         .collect();
-    let at = entries.as_ptr();
+    let at = entries.slots_ptr();
     let alone: SharedEntries = Arc::new(entries);
     let taken = unshare(alone);
     assert_eq!(
-        taken.as_ptr(),
+        taken.slots_ptr(),
         at,
         "held by nothing else: taken, not copied"
     );
@@ -458,10 +456,10 @@ fn a_restored_account_takes_its_entries_and_copies_them_only_while_a_snapshot_ho
     let passivated: SharedEntries = Arc::new(taken);
     let in_snapshot = passivated.clone();
     let restored = unshare(passivated);
-    assert_ne!(restored.as_ptr(), at, "a snapshot holds them: copied");
-    assert_eq!(*restored, **in_snapshot);
+    assert_ne!(restored.slots_ptr(), at, "a snapshot holds them: copied");
+    assert_eq!(restored, *in_snapshot);
     assert_eq!(
-        in_snapshot.as_ptr(),
+        in_snapshot.slots_ptr(),
         at,
         "the snapshot keeps what it collected"
     );
@@ -515,11 +513,11 @@ fn a_snapshot_of_many_megabytes_is_written_in_pieces_and_reads_back_whole() {
     let windows: Vec<_> = (0..12_000)
         .map(|a| {
             let account = format!("acct-{a}");
-            let mut window = HistoryWindow::new(&WindowConfig::default());
+            let mut window = HistoryWindow::new();
             for i in 0..3 {
-                window.record(&txn(&account, i), &approved);
+                window.record(&WindowConfig::default(), &txn(&account, i), &approved);
             }
-            (account.into_boxed_str(), window.into_entries().into())
+            (account.into_boxed_str(), Arc::new(window.into_entries()))
         })
         .collect();
     let bytes = super::snapshot::write(&d, 77, windows).expect("written");
@@ -535,16 +533,14 @@ fn a_snapshot_of_many_megabytes_is_written_in_pieces_and_reads_back_whole() {
         "no temporary left"
     );
     let mut loaded = std::collections::HashMap::new();
-    let lsn = super::snapshot::load(&d, &mut loaded, || {
-        HistoryWindow::new(&WindowConfig::default())
-    });
+    let lsn = super::snapshot::load(&d, &mut loaded, &WindowConfig::default());
     assert_eq!(lsn, 77);
     assert_eq!(loaded.len(), 12_000);
     for a in [0, 5_999, 11_999] {
         let account = format!("acct-{a}");
         let ids: Vec<&str> = loaded[account.as_str()]
             .entries()
-            .map(|e| &*e.transaction_id)
+            .map(|e| e.transaction_id)
             .collect();
         let want: Vec<String> = (0..3).map(|i| format!("{account}-t{i}")).collect();
         assert_eq!(ids, want);

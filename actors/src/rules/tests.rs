@@ -19,12 +19,12 @@ fn txn(id: &str, amount: i64, ts: i64) -> Transaction {
 }
 
 fn window_with(history: &[Transaction]) -> HistoryWindow {
-    let mut w = HistoryWindow::new(&WindowConfig::default());
+    let mut w = HistoryWindow::new();
     let rules = RulesConfig::default();
     for t in history {
         match evaluate(&w, t, &rules, NOW) {
             Evaluation::Fresh(v) => {
-                w.record(t, &v);
+                w.record(&WindowConfig::default(), t, &v);
             }
             other => panic!("history must be fresh, got {other:?}"),
         }

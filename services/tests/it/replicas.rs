@@ -745,7 +745,7 @@ async fn scaling_three_to_four_to_three_under_load_moves_history_in_order() {
             accounts += 1;
             let mut last: HashMap<&str, u64> = HashMap::new();
             for e in window.entries() {
-                let id = &*e.transaction_id;
+                let id = e.transaction_id;
                 let Some((stream, n)) = id.rsplit_once('-') else {
                     continue;
                 };
@@ -758,7 +758,7 @@ async fn scaling_three_to_four_to_three_under_load_moves_history_in_order() {
                         four.owner(p).0.name,
                         window
                             .entries()
-                            .map(|e| &*e.transaction_id)
+                            .map(|e| e.transaction_id)
                             .collect::<Vec<_>>(),
                         screened_at(&config.state_dir, account)
                     );
