@@ -647,11 +647,24 @@ impl Actor for Shard {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = Duration::from_millis(self.config.passivation_sweep_ms);
-        ctx.run_interval(every, |shard, ctx| shard.sweep(ctx));
+        repeat(ctx, every, Shard::sweep);
         if let Some(every) = self.snapshot_every {
-            ctx.run_interval(every, |shard, ctx| shard.snapshot(ctx));
+            repeat(ctx, every, Shard::snapshot);
         }
     }
+}
+
+/// Runs `task` on the shard every `every`, counted from the end of the
+/// previous run. Not `run_interval`: actix's interval catches up on missed
+/// ticks within one poll of the shard, so a sweep that took longer than
+/// its period (a large shard, a busy machine) ran again at once, for ever,
+/// and the accounts on the shard's thread never ran (seen as a hung test
+/// with a 1 ms sweep on a loaded machine).
+fn repeat(ctx: &mut Context<Shard>, every: Duration, task: fn(&mut Shard, &mut Context<Shard>)) {
+    ctx.run_later(every, move |shard, ctx| {
+        task(shard, ctx);
+        repeat(ctx, every, task);
+    });
 }
 
 impl actix::Supervised for Shard {
