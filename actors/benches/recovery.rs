@@ -150,9 +150,7 @@ fn write(dir: &Path, accounts: u64, verdicts: u64, recent: u64) {
         assert!(journal.wants_snapshot());
         journal.write_snapshot(
             lsn,
-            w.into_iter()
-                .map(|(k, w)| (k, std::sync::Arc::new(w.into_entries())))
-                .collect(),
+            w.into_iter().map(|(k, w)| (k, w.into_entries())).collect(),
         );
         while journal.stats().snapshot_lsn.get() < lsn {
             std::thread::sleep(Duration::from_millis(50));

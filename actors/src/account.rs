@@ -20,7 +20,7 @@ use txmesh_proto::v1::{Reason, Transaction, Verdict, VerdictStatus};
 use crate::{
     clock::SharedClock,
     config::{RulesConfig, SupervisionConfig, WindowConfig},
-    journal::snapshot::{unshare, SharedEntries},
+    journal::snapshot::SharedEntries,
     reply::ReplySlot,
     rules::{evaluate, Evaluation},
     stats::{PoisonLog, ShardStats},
@@ -123,7 +123,7 @@ impl AccountActor {
     /// An account brought back from its passivated state.
     pub fn restore(env: Arc<AccountEnv>, state: AccountState) -> Self {
         Self {
-            history: History::Live(HistoryWindow::restore(&env.window, unshare(state.entries))),
+            history: History::Live(HistoryWindow::restore(&env.window, &state.entries)),
             env,
             supervision: state.supervision,
         }
@@ -311,7 +311,7 @@ impl Handler<Passivate> for AccountActor {
         let entries = match &mut self.history {
             History::Live(window) => {
                 let window = std::mem::take(window);
-                let entries: SharedEntries = Arc::new(window.into_entries());
+                let entries: SharedEntries = window.into_entries();
                 self.history = History::HandedOver(entries.clone());
                 entries
             }
@@ -329,7 +329,7 @@ impl Handler<PeekWindow> for AccountActor {
 
     fn handle(&mut self, _msg: PeekWindow, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(match &self.history {
-            History::Live(window) => Arc::new(window.to_entries()),
+            History::Live(window) => window.to_entries(),
             History::HandedOver(entries) => entries.clone(),
         })
     }

@@ -235,7 +235,7 @@ impl ShardRouter {
                 .into_iter()
                 .map(|(account, window)| {
                     let state = AccountState {
-                        entries: Arc::new(window.into_entries()),
+                        entries: window.into_entries(),
                         supervision: None,
                     };
                     (account, state)

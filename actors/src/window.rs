@@ -5,6 +5,7 @@
 use std::{
     collections::VecDeque,
     hash::{BuildHasher, DefaultHasher, Hash, Hasher},
+    sync::Arc,
 };
 
 use txmesh_proto::v1::{Transaction, Verdict, VerdictStatus};
@@ -63,11 +64,11 @@ impl Eq for Slot {}
 /// validation refuses longer ones before anything is screened.
 pub const MAX_ID_BYTES: usize = u8::MAX as usize;
 
-/// One entry of a window, borrowed: its id and its fields.
+/// One entry of a window: its id (borrowed) and its fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry<'a> {
     pub transaction_id: &'a str,
-    pub fields: &'a Slot,
+    pub fields: Slot,
 }
 
 impl Entry<'_> {
@@ -77,7 +78,7 @@ impl Entry<'_> {
             transaction_id: self.transaction_id.into(),
             fields: Slot {
                 id_at: 0,
-                ..*self.fields
+                ..self.fields
             },
         }
     }
@@ -134,12 +135,27 @@ pub struct HistoryWindow {
     newest_ms: i64,
 }
 
-/// A window's entries as a passivated account keeps them: no spare room,
-/// the ids from the start of their buffer.
-#[derive(Debug, Clone, Default)]
+/// A window's entries as a passivated account keeps them: encoded in one
+/// shared allocation, about 50 bytes an entry with a 26-byte id (as a
+/// slot and its id in a buffer they were 74, in three allocations). A
+/// snapshot or a handoff holds a clone (the same bytes); restoring an
+/// account decodes them into a window of its own.
+///
+/// Each entry: id length (1 byte) and id, id tag (2), fingerprint (8),
+/// then as LEB128 varints the amount (zigzag), the timestamp's difference
+/// from the previous entry's (zigzag), the reasons and the processing
+/// time; then risk score, status, currency (3) and country (2).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entries {
-    slots: Box<[Slot]>,
-    ids: Box<[u8]>,
+    bytes: Arc<[u8]>,
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Self {
+            bytes: Arc::from(&[][..]),
+        }
+    }
 }
 
 fn id_in<'a>(ids: &'a [u8], slot: &Slot) -> &'a [u8] {
@@ -148,82 +164,171 @@ fn id_in<'a>(ids: &'a [u8], slot: &Slot) -> &'a [u8] {
         .unwrap_or_default()
 }
 
-fn entry_in<'a>(ids: &'a [u8], slot: &'a Slot) -> Entry<'a> {
+fn entry_in<'a>(ids: &'a [u8], slot: &Slot) -> Entry<'a> {
     Entry {
         // Ids are copied in from `str`s whole, so they are UTF-8.
         transaction_id: std::str::from_utf8(id_in(ids, slot)).unwrap_or_default(),
-        fields: slot,
+        fields: *slot,
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// Reads what [`Entries`] holds, entry by entry.
+struct Decoder<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    previous_ms: i64,
+}
+
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let taken = self.bytes.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(taken)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn entry(&mut self) -> Option<Entry<'a>> {
+        let id_len = self.byte()?;
+        let id = self.take(usize::from(id_len))?;
+        let id_tag = u16::from_le_bytes(self.take(2)?.try_into().ok()?);
+        let fingerprint = u64::from_le_bytes(self.take(8)?.try_into().ok()?);
+        let amount_minor = unzigzag(self.varint()?);
+        let timestamp_unix_ms = self.previous_ms.wrapping_add(unzigzag(self.varint()?));
+        self.previous_ms = timestamp_unix_ms;
+        let reasons = u32::try_from(self.varint()?).ok()?;
+        let processing_time_us = u32::try_from(self.varint()?).ok()?;
+        let risk_score = self.byte()?;
+        let status = self.byte()?;
+        let codes = self.take(5)?;
+        Some(Entry {
+            // Ids are written from `str`s whole, so they are UTF-8.
+            transaction_id: std::str::from_utf8(id).unwrap_or_default(),
+            fields: Slot {
+                fingerprint,
+                amount_minor,
+                timestamp_unix_ms,
+                verdict: StoredVerdict {
+                    reasons,
+                    processing_time_us,
+                    risk_score,
+                    status,
+                },
+                currency: [codes[0], codes[1], codes[2]],
+                country: [codes[3], codes[4]],
+                id_tag,
+                id_at: 0,
+                id_len,
+            },
+        })
+    }
+}
+
+/// Appends entries in the form [`Entries`] holds.
+#[derive(Default)]
+struct Encoder {
+    out: Vec<u8>,
+    previous_ms: i64,
+}
+
+impl Encoder {
+    fn put(&mut self, id: &str, f: &Slot) {
+        let Ok(id_len) = u8::try_from(id.len()) else {
+            return;
+        };
+        let out = &mut self.out;
+        out.push(id_len);
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&f.id_tag.to_le_bytes());
+        out.extend_from_slice(&f.fingerprint.to_le_bytes());
+        put_varint(out, zigzag(f.amount_minor));
+        put_varint(
+            out,
+            zigzag(f.timestamp_unix_ms.wrapping_sub(self.previous_ms)),
+        );
+        self.previous_ms = f.timestamp_unix_ms;
+        put_varint(out, u64::from(f.verdict.reasons));
+        put_varint(out, u64::from(f.verdict.processing_time_us));
+        out.push(f.verdict.risk_score);
+        out.push(f.verdict.status);
+        out.extend_from_slice(&f.currency);
+        out.extend_from_slice(&f.country);
+    }
+
+    fn finish(self) -> Entries {
+        Entries {
+            bytes: Arc::from(self.out),
+        }
     }
 }
 
 impl Entries {
-    /// Where the slots are (tests check what is moved and what copied).
-    #[cfg(test)]
-    pub(crate) fn slots_ptr(&self) -> *const Slot {
-        self.slots.as_ptr()
-    }
-
     /// The entries, oldest first.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Entry<'_>> + ExactSizeIterator {
-        self.slots.iter().map(|s| entry_in(&self.ids, s))
+    pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> {
+        let mut decoder = Decoder {
+            bytes: &self.bytes,
+            at: 0,
+            previous_ms: 0,
+        };
+        std::iter::from_fn(move || decoder.entry())
     }
 
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.iter().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.bytes.is_empty()
     }
 }
-
-/// Equal when their entries are, one by one (where the ids sit in the
-/// buffer is not part of it).
-impl PartialEq for Entries {
-    fn eq(&self, other: &Self) -> bool {
-        self.iter().eq(other.iter())
-    }
-}
-
-impl Eq for Entries {}
 
 impl FromIterator<WindowEntry> for Entries {
     fn from_iter<I: IntoIterator<Item = WindowEntry>>(entries: I) -> Self {
-        let mut ids = Vec::new();
-        let slots = entries
-            .into_iter()
-            .filter(|e| e.transaction_id.len() <= MAX_ID_BYTES)
-            .map(|e| place(&mut ids, &e.transaction_id, e.fields))
-            .collect();
-        Self {
-            slots,
-            ids: ids.into_boxed_slice(),
+        let mut encoder = Encoder::default();
+        for e in entries {
+            encoder.put(&e.transaction_id, &e.fields);
         }
+        encoder.finish()
     }
 }
 
 impl<'a> FromIterator<Entry<'a>> for Entries {
     fn from_iter<I: IntoIterator<Item = Entry<'a>>>(entries: I) -> Self {
-        let mut ids = Vec::new();
-        let slots = entries
-            .into_iter()
-            .map(|e| place(&mut ids, e.transaction_id, *e.fields))
-            .collect();
-        Self {
-            slots,
-            ids: ids.into_boxed_slice(),
+        let mut encoder = Encoder::default();
+        for e in entries {
+            encoder.put(e.transaction_id, &e.fields);
         }
-    }
-}
-
-/// `slot` with its id appended to `ids`.
-fn place(ids: &mut Vec<u8>, id: &str, slot: Slot) -> Slot {
-    let at = ids.len();
-    ids.extend_from_slice(id.as_bytes());
-    Slot {
-        id_at: u32::try_from(at).unwrap_or(u32::MAX),
-        id_len: u8::try_from(id.len()).unwrap_or(u8::MAX),
-        ..slot
+        encoder.finish()
     }
 }
 
@@ -242,48 +347,33 @@ impl HistoryWindow {
     }
 
     /// A window holding `entries` (oldest first, as [`Self::into_entries`]
-    /// gave them), bounded by `config`; it takes their buffers as they are.
-    pub fn restore(config: &WindowConfig, entries: Entries) -> Self {
-        let mut window = Self {
-            newest_ms: entries
+    /// gave them), bounded by `config`.
+    pub fn restore(config: &WindowConfig, entries: &Entries) -> Self {
+        let (count, id_bytes) = entries
+            .iter()
+            .fold((0, 0), |(n, b), e| (n + 1, b + e.transaction_id.len()));
+        let mut window = Self::new();
+        if count > 0 {
+            // Room for them all at once, in whole size classes.
+            let count = count.min(config.max_entries.max(1));
+            window
                 .slots
-                .iter()
-                .map(|e| e.timestamp_unix_ms)
-                .max()
-                .unwrap_or(i64::MIN),
-            slots: entries.slots.into_vec().into(),
-            ids: entries.ids,
-        };
-        window.evict(config);
+                .reserve_exact(slots_for(count, config.max_entries));
+            window.ids = vec![0; size_class(id_bytes)].into_boxed_slice();
+        }
+        for e in entries.iter() {
+            window.push(config, e.transaction_id, e.fields);
+        }
         window
     }
 
     /// The entries, oldest first, in the compact form a passivated account
-    /// keeps (no spare room). The id buffer is kept as it is when a copy of
-    /// its live part would take an allocation as large.
+    /// keeps.
     pub fn into_entries(self) -> Entries {
-        let (start, end) = self.id_range();
-        if size_class(end - start) >= self.ids.len() {
-            return Entries {
-                slots: Vec::from(self.slots).into_boxed_slice(),
-                ids: self.ids,
-            };
-        }
-        let base = u32::try_from(start).unwrap_or(0);
-        let slots = Vec::from(self.slots)
-            .into_iter()
-            .map(|s| Slot {
-                id_at: s.id_at - base,
-                ..s
-            })
-            .collect();
-        Entries {
-            slots,
-            ids: Box::from(&self.ids[start..end]),
-        }
+        self.to_entries()
     }
 
-    /// A copy of the entries, in the form [`Self::into_entries`] gives.
+    /// The entries in the form [`Self::into_entries`] gives.
     pub fn to_entries(&self) -> Entries {
         self.entries().collect()
     }

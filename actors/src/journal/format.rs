@@ -239,7 +239,7 @@ struct Scalars {
 /// Appends the payload of a window entry of `account` (as a learned
 /// record, without a trace): what a snapshot holds.
 pub fn encode_entry(out: &mut Vec<u8>, entry: Entry<'_>, account: &str) {
-    Scalars::of(entry.fields, LEARNED).encode(out, [entry.transaction_id, account, ""]);
+    Scalars::of(&entry.fields, LEARNED).encode(out, [entry.transaction_id, account, ""]);
 }
 
 impl Scalars {

@@ -20,7 +20,6 @@ use std::{
     fs::File,
     io::Write,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use crate::{
@@ -36,19 +35,13 @@ use super::{
 
 /// One account's window entries, shared rather than copied: a snapshot of
 /// a million passivated accounts holds the entries their passivated
-/// states hold (an `Arc` each), not a second copy of every window and
-/// transaction id (that copy was most of the snapshot's peak memory).
-pub type SharedEntries = Arc<Entries>;
+/// states hold ([`Entries`] are one shared allocation), not a second copy
+/// of every window and transaction id (that copy was most of the
+/// snapshot's peak memory).
+pub type SharedEntries = Entries;
 
 /// One account's window, as collected for a snapshot or a handoff.
 pub type AccountWindow = (Box<str>, SharedEntries);
-
-/// The entries of `shared` to own (an account being restored): taken as
-/// they are when nothing else holds them, copied when a snapshot being
-/// written still does (it goes on writing what it collected).
-pub fn unshare(shared: SharedEntries) -> Entries {
-    Arc::try_unwrap(shared).unwrap_or_else(|held| (*held).clone())
-}
 
 impl ShardJournal {
     /// Whether this journal keeps snapshots (it is on disk and none is
@@ -233,7 +226,7 @@ pub fn decode_windows(bytes: &[u8], windows: &mut Vec<AccountWindow>) -> Result<
     windows.extend(
         accounts
             .into_iter()
-            .map(|(a, e)| (a, Arc::new(e.into_iter().collect()))),
+            .map(|(a, e)| (a, e.into_iter().collect())),
     );
     Ok(())
 }

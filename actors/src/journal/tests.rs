@@ -338,10 +338,7 @@ fn a_snapshot_lets_acknowledged_segments_go_and_recovery_starts_from_it() {
         window.record(&WindowConfig::default(), &t, &v);
     }
     assert!(shard.wants_snapshot());
-    shard.write_snapshot(
-        200,
-        vec![("acct-4".into(), Arc::new(window.into_entries()))],
-    );
+    shard.write_snapshot(200, vec![("acct-4".into(), window.into_entries())]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while shard.stats().snapshot_lsn.get() < 200 {
         assert!(Instant::now() < deadline, "snapshot written");
@@ -405,10 +402,7 @@ fn handed_over_windows_read_back_whole_and_in_order() {
     let windows: Vec<AccountWindow> = (0..50)
         .map(|a| {
             let entries: Vec<_> = (0..5).map(|i| entry(&format!("t{a}-{i}"), i)).collect();
-            (
-                format!("acct-{a}").into(),
-                Arc::new(entries.into_iter().collect()),
-            )
+            (format!("acct-{a}").into(), entries.into_iter().collect())
         })
         .collect();
     let pieces = encode_windows(&windows, 1_000);
@@ -421,48 +415,6 @@ fn handed_over_windows_read_back_whole_and_in_order() {
     let mut damaged = pieces[0].clone();
     damaged[20] ^= 1;
     assert!(decode_windows(&damaged, &mut Vec::new()).is_err());
-}
-
-#[test]
-fn a_restored_account_takes_its_entries_and_copies_them_only_while_a_snapshot_holds_them() {
-    use super::snapshot::{unshare, SharedEntries};
-    let entries: crate::window::Entries = (0..3)
-        .map(|i| {
-            crate::window::WindowEntry::new(
-                format!("t{i}").into(),
-                7,
-                100 + i,
-                *b"EUR",
-                *b"DE",
-                1_700_000_000_000 + i,
-                crate::window::StoredVerdict::new(
-                    txmesh_proto::v1::VerdictStatus::Approved,
-                    0,
-                    0,
-                    5,
-                ),
-            )
-        })
-        .collect();
-    let at = entries.slots_ptr();
-    let alone: SharedEntries = Arc::new(entries);
-    let taken = unshare(alone);
-    assert_eq!(
-        taken.slots_ptr(),
-        at,
-        "held by nothing else: taken, not copied"
-    );
-
-    let passivated: SharedEntries = Arc::new(taken);
-    let in_snapshot = passivated.clone();
-    let restored = unshare(passivated);
-    assert_ne!(restored.slots_ptr(), at, "a snapshot holds them: copied");
-    assert_eq!(restored, *in_snapshot);
-    assert_eq!(
-        in_snapshot.slots_ptr(),
-        at,
-        "the snapshot keeps what it collected"
-    );
 }
 
 #[test]
@@ -517,7 +469,7 @@ fn a_snapshot_of_many_megabytes_is_written_in_pieces_and_reads_back_whole() {
             for i in 0..3 {
                 window.record(&WindowConfig::default(), &txn(&account, i), &approved);
             }
-            (account.into_boxed_str(), Arc::new(window.into_entries()))
+            (account.into_boxed_str(), window.into_entries())
         })
         .collect();
     let bytes = super::snapshot::write(&d, 77, windows).expect("written");

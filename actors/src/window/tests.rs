@@ -170,7 +170,7 @@ proptest! {
         }
         let entries: Vec<WindowEntry> = b.w.entries().map(Entry::to_owned).collect();
         let copied = b.w.to_entries();
-        let restored = HistoryWindow::restore(&b.config, b.w.into_entries());
+        let restored = HistoryWindow::restore(&b.config, &b.w.into_entries());
         prop_assert_eq!(restored.entries().map(Entry::to_owned).collect::<Vec<_>>(), entries.clone());
         prop_assert_eq!(restored.to_entries(), copied);
         let rebuilt: Entries = entries.into_iter().collect();
@@ -189,7 +189,7 @@ proptest! {
 }
 
 #[test]
-fn a_passivated_window_keeps_only_the_live_ids() {
+fn a_passivated_window_keeps_only_the_live_ids_in_one_allocation() {
     let mut b = counted(4);
     for i in 0..40 {
         b.record(
@@ -200,9 +200,47 @@ fn a_passivated_window_keeps_only_the_live_ids() {
     // The buffer grew for four 43-byte ids; four of 5 bytes are live.
     assert!(b.w.ids.len() >= 160, "{}", b.w.ids.len());
     let entries = b.w.into_entries();
-    assert_eq!(entries.ids.len(), 20);
+    // Per entry: 1 + 5 (id), 2 + 8 (tag, fingerprint), 1 (amount), 1
+    // (time after the previous: +1 ms; the first, 1,036, takes 2), 1 + 1
+    // (reasons, processing time), 2 (risk, status), 5 (codes): 27.
+    assert_eq!(entries.bytes.len(), 4 * 27 + 1);
     let ids: Vec<&str> = entries.iter().map(|e| e.transaction_id).collect();
     assert_eq!(ids, ["id-36", "id-37", "id-38", "id-39"]);
+    let restored = HistoryWindow::restore(&b.config, &entries);
+    assert_eq!(restored.slots.capacity(), 4);
+    assert_eq!(restored.ids.len(), 32, "the ids' size class");
+}
+
+proptest! {
+    /// Whatever the fields (extremes included), the passivated form gives
+    /// back exactly the entries put in, in order.
+    #[test]
+    fn the_passivated_form_round_trips_any_entry(
+        fields in proptest::collection::vec(
+            (any::<u64>(), any::<i64>(), any::<i64>(), any::<u32>(), any::<u32>(), any::<u8>(), 0usize..=128),
+            0..12,
+        ),
+    ) {
+        let entries: Vec<WindowEntry> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, &(fingerprint, amount, ts, reasons, us, risk, id_len))| {
+                let id: String = format!("{i}{}", "é".repeat(id_len / 2)).chars().take(id_len.max(1)).collect();
+                WindowEntry::new(
+                    id.into(),
+                    fingerprint,
+                    amount,
+                    *b"JPY",
+                    *b"NL",
+                    ts,
+                    StoredVerdict::new(VerdictStatus::Flagged, reasons, risk, us),
+                )
+            })
+            .collect();
+        let passivated: Entries = entries.clone().into_iter().collect();
+        let back: Vec<WindowEntry> = passivated.iter().map(Entry::to_owned).collect();
+        prop_assert_eq!(back, entries);
+    }
 }
 
 #[test]
