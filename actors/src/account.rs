@@ -101,7 +101,7 @@ pub struct AccountActor {
 }
 
 /// An account's history: its live window, or the entries a passivation
-/// moved out of it (shared with the shard, which holds them from then on;
+/// encoded from it (shared with the shard, which holds them from then on;
 /// the actor stops once the shard lets go of its address, and keeps them
 /// only to answer a snapshot that asks before then).
 enum History {
@@ -305,9 +305,8 @@ impl Handler<Passivate> for AccountActor {
                 return MessageResult(None);
             }
         }
-        // Moved, not copied: copying every entry and transaction id at
-        // each passivation left the allocator's pages riddled with the
-        // freed originals (hundreds of MiB over a million accounts).
+        // Encoded into one allocation (see `Entries`), and the window is
+        // freed at once: the shard and any snapshot share that allocation.
         let entries = match &mut self.history {
             History::Live(window) => {
                 let window = std::mem::take(window);

@@ -150,14 +150,6 @@ pub struct Entries {
     bytes: Arc<[u8]>,
 }
 
-impl Default for Entries {
-    fn default() -> Self {
-        Self {
-            bytes: Arc::from(&[][..]),
-        }
-    }
-}
-
 fn id_in<'a>(ids: &'a [u8], slot: &Slot) -> &'a [u8] {
     let at = slot.id_at as usize;
     ids.get(at..at + usize::from(slot.id_len))
