@@ -8,6 +8,7 @@ use std::{
     sync::Arc,
 };
 
+use prost::encoding::encode_varint;
 use txmesh_proto::v1::{Transaction, Verdict, VerdictStatus};
 
 use crate::config::WindowConfig;
@@ -164,14 +165,6 @@ fn entry_in<'a>(ids: &'a [u8], slot: &Slot) -> Entry<'a> {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
@@ -182,15 +175,14 @@ fn unzigzag(v: u64) -> i64 {
 
 /// Reads what [`Entries`] holds, entry by entry.
 struct Decoder<'a> {
-    bytes: &'a [u8],
-    at: usize,
+    rest: &'a [u8],
     previous_ms: i64,
 }
 
 impl<'a> Decoder<'a> {
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let taken = self.bytes.get(self.at..self.at + n)?;
-        self.at += n;
+        let (taken, rest) = self.rest.split_at_checked(n)?;
+        self.rest = rest;
         Some(taken)
     }
 
@@ -199,15 +191,7 @@ impl<'a> Decoder<'a> {
     }
 
     fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Some(v);
-            }
-        }
-        None
+        prost::encoding::decode_varint(&mut self.rest).ok()
     }
 
     fn entry(&mut self) -> Option<Entry<'a>> {
@@ -254,6 +238,8 @@ struct Encoder {
 }
 
 impl Encoder {
+    /// Appends one entry; one whose id is longer than [`MAX_ID_BYTES`] is
+    /// left out, as a window leaves it out (see [`HistoryWindow::learn`]).
     fn put(&mut self, id: &str, f: &Slot) {
         let Ok(id_len) = u8::try_from(id.len()) else {
             return;
@@ -263,14 +249,14 @@ impl Encoder {
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(&f.id_tag.to_le_bytes());
         out.extend_from_slice(&f.fingerprint.to_le_bytes());
-        put_varint(out, zigzag(f.amount_minor));
-        put_varint(
-            out,
+        encode_varint(zigzag(f.amount_minor), out);
+        encode_varint(
             zigzag(f.timestamp_unix_ms.wrapping_sub(self.previous_ms)),
+            out,
         );
         self.previous_ms = f.timestamp_unix_ms;
-        put_varint(out, u64::from(f.verdict.reasons));
-        put_varint(out, u64::from(f.verdict.processing_time_us));
+        encode_varint(u64::from(f.verdict.reasons), out);
+        encode_varint(u64::from(f.verdict.processing_time_us), out);
         out.push(f.verdict.risk_score);
         out.push(f.verdict.status);
         out.extend_from_slice(&f.currency);
@@ -288,8 +274,7 @@ impl Entries {
     /// The entries, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> {
         let mut decoder = Decoder {
-            bytes: &self.bytes,
-            at: 0,
+            rest: &self.bytes,
             previous_ms: 0,
         };
         std::iter::from_fn(move || decoder.entry())
