@@ -24,8 +24,9 @@ use std::{
 
 use txmesh_actors::{
     config::{JournalConfig, SyncPolicy},
-    journal::{JournalHistograms, Journals},
+    journal::{snapshot::SnapshotWindows, JournalHistograms, Journals},
     reply::BatchReply,
+    window::passive::PassiveWindows,
     ActorsConfig, HistoryWindow, RouterOptions, ShardRouter,
 };
 use txmesh_proto::v1::{Transaction, Verdict, VerdictStatus};
@@ -148,10 +149,16 @@ fn write(dir: &Path, accounts: u64, verdicts: u64, recent: u64) {
         let journal = &journals.shards()[shard];
         let lsn = journal.committed();
         assert!(journal.wants_snapshot());
-        journal.write_snapshot(
-            lsn,
-            w.into_iter().map(|(k, w)| (k, w.into_entries())).collect(),
-        );
+        // As a shard snapshots its passivated accounts: from their store.
+        let mut passive = PassiveWindows::new();
+        for (k, w) in w {
+            passive.insert(&k, &w.into_entries());
+        }
+        let windows = SnapshotWindows {
+            passive: passive.freeze(),
+            active: Vec::new(),
+        };
+        journal.write_snapshot(lsn, windows);
         while journal.stats().snapshot_lsn.get() < lsn {
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -41,11 +41,15 @@ use crate::{
     },
     clock::{SharedClock, SystemClock},
     config::{ActorsConfig, ShardsConfig},
-    journal::{snapshot::AccountWindow, JournalHistograms, Journals, ShardJournal},
+    journal::{
+        snapshot::{AccountWindow, SnapshotWindows},
+        JournalHistograms, Journals, ShardJournal,
+    },
     partition::{name_tag, partition_of, PartitionFlags, PartitionMap},
     reply::{BatchReply, ReplySlot},
     stats::{PoisonLog, ScreeningStats, ShardStats},
-    window::HistoryWindow,
+    supervision::SupervisionState,
+    window::{passive::PassiveWindows, HistoryWindow},
     ActorError,
 };
 use holds::Holds;
@@ -150,7 +154,11 @@ pub struct Shard {
     /// entries: it is nearly always empty, and a field in every entry was
     /// 24 bytes in each of hundreds of thousands.
     passivating: Accounts<Vec<(u64, ScreenTxn)>>,
-    passive: Accounts<AccountState>,
+    /// The passivated accounts' windows.
+    passive: PassiveWindows,
+    /// What supervision remembers of the passivated accounts that have
+    /// crashed lately (nearly always none).
+    supervised: Accounts<Box<SupervisionState>>,
     /// How often the windows are snapshotted (`None`: journal in memory).
     snapshot_every: Option<Duration>,
     /// With several replicas: the partitions served here (work for others
@@ -229,18 +237,10 @@ impl ShardRouter {
                 overload_retry_after_ms: config.shards.overload_retry_after_ms,
                 journal: journals.shards()[index].clone(),
             });
-            let passive: Accounts<AccountState> = recovered
-                .next()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(account, window)| {
-                    let state = AccountState {
-                        entries: window.into_entries(),
-                        supervision: None,
-                    };
-                    (account, state)
-                })
-                .collect();
+            let mut passive = PassiveWindows::new();
+            for (account, window) in recovered.next().unwrap_or_default() {
+                passive.insert(&account, &window.into_entries());
+            }
             stats.passivated.set(passive.len() as u64);
             let shard = Shard {
                 env,
@@ -250,6 +250,7 @@ impl ShardRouter {
                 active: Accounts::default(),
                 passivating: Accounts::default(),
                 passive,
+                supervised: Accounts::default(),
                 snapshot_every: journals
                     .is_durable()
                     .then(|| Duration::from_secs(config.journal.snapshot_interval_secs)),
@@ -732,19 +733,21 @@ impl Shard {
     /// state) on demand.
     fn activate(&mut self, account_id: &str) -> &mut ActiveAccount {
         if !self.active.contains_key(account_id) {
-            // The key moves between the maps rather than being copied:
-            // one allocation less per passivation and reactivation.
-            let (key, actor) = match self.passive.remove_entry(account_id) {
-                Some((key, state)) => {
+            let actor = match self.passive.remove(account_id) {
+                Some(entries) => {
                     self.env.stats.passivated.dec();
                     self.env.stats.reactivations.inc();
-                    (key, AccountActor::restore(self.env.clone(), state))
+                    let state = AccountState {
+                        entries,
+                        supervision: self.supervised.remove(account_id),
+                    };
+                    AccountActor::restore(self.env.clone(), state)
                 }
-                None => (account_id.into(), AccountActor::new(self.env.clone())),
+                None => AccountActor::new(self.env.clone()),
             };
             let addr = self.start_account(actor);
             self.active.insert(
-                key,
+                account_id.into(),
                 ActiveAccount {
                     addr,
                     last_used_ms: 0,
@@ -830,7 +833,8 @@ impl Shard {
         }
         shrink_if_sparse(&mut self.active);
         shrink_if_sparse(&mut self.passivating);
-        shrink_if_sparse(&mut self.passive);
+        shrink_if_sparse(&mut self.supervised);
+        self.passive.compact();
     }
 
     /// Snapshots every account's window (see [`crate::journal::snapshot`]):
@@ -852,11 +856,8 @@ impl Shard {
     ) {
         let journal = self.env.journal.clone();
         let lsn = journal.committed();
-        let mut windows: Vec<AccountWindow> = self
-            .passive
-            .iter()
-            .map(|(k, s)| (k.clone(), s.entries.clone()))
-            .collect();
+        let passive = self.passive.freeze();
+        let mut windows: Vec<AccountWindow> = Vec::new();
         let asks: Vec<_> = self
             .active
             .iter()
@@ -871,7 +872,7 @@ impl Shard {
                     Ok(entries) => windows.push((key, entries)),
                     // Passivated meanwhile: its state is here now.
                     Err(_) => match shard.passive.get(&key) {
-                        Some(state) => windows.push((key, state.entries.clone())),
+                        Some(entries) => windows.push((key, entries)),
                         None => {
                             tracing::warn!(shard = shard.env.shard, "snapshot skipped: an account's window could not be read");
                             journal.snapshot_abandoned();
@@ -883,6 +884,10 @@ impl Shard {
                     },
                 }
             }
+            let windows = SnapshotWindows {
+                passive,
+                active: windows,
+            };
             journal.write_snapshot_then(lsn, windows, move |result| {
                 if let Some(done) = done {
                     let _ = done.send(result);
@@ -905,7 +910,10 @@ impl Shard {
                 drop(account);
                 self.env.stats.active.dec();
                 self.env.stats.passivations.inc();
-                self.passive.insert(held, state);
+                self.passive.insert(&held, &state.entries);
+                if let Some(supervision) = state.supervision {
+                    self.supervised.insert(held, supervision);
+                }
                 self.env.stats.passivated.inc();
             }
             Ok(None) => {

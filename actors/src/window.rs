@@ -13,6 +13,8 @@ use txmesh_proto::v1::{Transaction, Verdict, VerdictStatus};
 
 use crate::config::WindowConfig;
 
+pub mod passive;
+
 /// What the window remembers of one screened transaction: enough for the
 /// rules and for answering a replay with the original verdict. The owned
 /// form, as the journal reads and writes it; a window keeps the same
@@ -270,14 +272,32 @@ impl Encoder {
     }
 }
 
+/// The entries encoded in `bytes` (as [`Entries`] holds them), oldest
+/// first; decoding stops at the first malformed one.
+fn decode(bytes: &[u8]) -> impl Iterator<Item = Entry<'_>> {
+    let mut decoder = Decoder {
+        rest: bytes,
+        previous_ms: 0,
+    };
+    std::iter::from_fn(move || decoder.entry())
+}
+
 impl Entries {
     /// The entries, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = Entry<'_>> {
-        let mut decoder = Decoder {
-            rest: &self.bytes,
-            previous_ms: 0,
-        };
-        std::iter::from_fn(move || decoder.entry())
+        decode(&self.bytes)
+    }
+
+    /// The entries as encoded (what [`passive::PassiveWindows`] stores).
+    fn encoded(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Entries of their own holding a copy of `encoded`.
+    fn from_encoded(encoded: &[u8]) -> Self {
+        Self {
+            bytes: Arc::from(encoded),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -25,7 +25,7 @@ use std::{
 use crate::{
     config::WindowConfig,
     error::JournalError,
-    window::{Entries, HistoryWindow, WindowEntry},
+    window::{passive::FrozenWindows, Entries, Entry, HistoryWindow, WindowEntry},
 };
 
 use super::{
@@ -43,6 +43,34 @@ pub type SharedEntries = Entries;
 /// One account's window, as collected for a snapshot or a handoff.
 pub type AccountWindow = (Box<str>, SharedEntries);
 
+/// The windows a snapshot writes: the passivated accounts' as their store
+/// held them (shared, not copied), and the active accounts' as collected.
+#[derive(Default)]
+pub struct SnapshotWindows {
+    pub passive: FrozenWindows,
+    pub active: Vec<AccountWindow>,
+}
+
+impl From<Vec<AccountWindow>> for SnapshotWindows {
+    fn from(active: Vec<AccountWindow>) -> Self {
+        Self {
+            passive: FrozenWindows::default(),
+            active,
+        }
+    }
+}
+
+impl SnapshotWindows {
+    /// Accounts held.
+    pub fn len(&self) -> usize {
+        self.passive.len() + self.active.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl ShardJournal {
     /// Whether this journal keeps snapshots (it is on disk and none is
     /// being written).
@@ -57,7 +85,7 @@ impl ShardJournal {
     /// Writes `windows`, complete up to journal position `lsn`, as a
     /// snapshot on a thread of its own; the segments it covers become
     /// removable once it is in place.
-    pub fn write_snapshot(&self, lsn: u64, windows: Vec<AccountWindow>) {
+    pub fn write_snapshot(&self, lsn: u64, windows: SnapshotWindows) {
         self.write_snapshot_then(lsn, windows, |_| {});
     }
 
@@ -66,7 +94,7 @@ impl ShardJournal {
     pub fn write_snapshot_then(
         &self,
         lsn: u64,
-        windows: Vec<AccountWindow>,
+        windows: SnapshotWindows,
         done: impl FnOnce(Result<(), String>) + Send + 'static,
     ) {
         let journal = self.clone();
@@ -95,7 +123,7 @@ impl ShardJournal {
             .store(false, std::sync::atomic::Ordering::Release);
     }
 
-    fn finish_snapshot(&self, lsn: u64, windows: Vec<AccountWindow>) -> Result<(), String> {
+    fn finish_snapshot(&self, lsn: u64, windows: SnapshotWindows) -> Result<(), String> {
         let Some(dir) = &self.shared.dir else {
             return Ok(());
         };
@@ -133,11 +161,7 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// Writes the snapshot file, encoding as it goes: the file is never held
 /// in memory whole (for a million passivated accounts it is hundreds of
 /// MiB), and each account's collected window is let go once written.
-pub(super) fn write(
-    dir: &Path,
-    lsn: u64,
-    windows: Vec<AccountWindow>,
-) -> Result<u64, JournalError> {
+pub(super) fn write(dir: &Path, lsn: u64, windows: SnapshotWindows) -> Result<u64, JournalError> {
     let path = path_of(dir, lsn);
     let tmp = path.with_extension("tmp");
     let io = |path: &Path| {
@@ -150,16 +174,27 @@ pub(super) fn write(
         out.extend_from_slice(&format::header(LogKind::Snapshot, lsn));
         let mut written = 0u64;
         let mut n = 0u64;
-        for (account, entries) in windows {
-            for entry in entries.iter() {
+        let mut put = |account: &str,
+                       entries: &mut dyn Iterator<Item = Entry<'_>>|
+         -> Result<(), JournalError> {
+            for entry in entries {
                 n += 1;
-                format::frame(&mut out, n, |o| format::encode_entry(o, entry, &account));
+                format::frame(&mut out, n, |o| format::encode_entry(o, entry, account));
             }
             if out.len() >= WRITE_CHUNK {
                 file.write_all(&out).map_err(io(&tmp))?;
                 written += out.len() as u64;
                 out.clear();
             }
+            Ok(())
+        };
+        let SnapshotWindows { passive, active } = windows;
+        for (account, entries) in active {
+            put(&account, &mut entries.iter())?;
+        }
+        let passive = passive.in_memory_order();
+        for (account, mut entries) in passive.iter() {
+            put(account, &mut entries)?;
         }
         file.write_all(&out).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;

@@ -338,7 +338,7 @@ fn a_snapshot_lets_acknowledged_segments_go_and_recovery_starts_from_it() {
         window.record(&WindowConfig::default(), &t, &v);
     }
     assert!(shard.wants_snapshot());
-    shard.write_snapshot(200, vec![("acct-4".into(), window.into_entries())]);
+    shard.write_snapshot(200, vec![("acct-4".into(), window.into_entries())].into());
     let deadline = Instant::now() + Duration::from_secs(10);
     while shard.stats().snapshot_lsn.get() < 200 {
         assert!(Instant::now() < deadline, "snapshot written");
@@ -461,8 +461,9 @@ fn a_snapshot_of_many_megabytes_is_written_in_pieces_and_reads_back_whole() {
         ..Verdict::default()
     };
     // About 3 MiB of records: several of the writer's 1 MiB pieces, with
-    // accounts cut across them.
-    let windows: Vec<_> = (0..12_000)
+    // accounts cut across them. Half are passivated (read from their
+    // store's chunks), half active (collected from their actors).
+    let mut windows: Vec<_> = (0..12_000)
         .map(|a| {
             let account = format!("acct-{a}");
             let mut window = HistoryWindow::new();
@@ -472,6 +473,14 @@ fn a_snapshot_of_many_megabytes_is_written_in_pieces_and_reads_back_whole() {
             (account.into_boxed_str(), window.into_entries())
         })
         .collect();
+    let mut passive = crate::window::passive::PassiveWindows::new();
+    for (account, entries) in windows.split_off(6_000) {
+        passive.insert(&account, &entries);
+    }
+    let windows = super::snapshot::SnapshotWindows {
+        passive: passive.freeze(),
+        active: windows,
+    };
     let bytes = super::snapshot::write(&d, 77, windows).expect("written");
     assert!(bytes > 2 << 20, "{bytes}");
     let names: Vec<_> = std::fs::read_dir(&d)
@@ -488,7 +497,7 @@ fn a_snapshot_of_many_megabytes_is_written_in_pieces_and_reads_back_whole() {
     let lsn = super::snapshot::load(&d, &mut loaded, &WindowConfig::default());
     assert_eq!(lsn, 77);
     assert_eq!(loaded.len(), 12_000);
-    for a in [0, 5_999, 11_999] {
+    for a in [0, 5_999, 6_000, 11_999] {
         let account = format!("acct-{a}");
         let ids: Vec<&str> = loaded[account.as_str()]
             .entries()

@@ -23,10 +23,7 @@ use futures_util::future::join_all;
 
 use super::{Shard, ShardRouter};
 use crate::{
-    account::{AccountState, PeekWindow},
-    journal::snapshot::AccountWindow,
-    partition::partition_of,
-    ActorError,
+    account::PeekWindow, journal::snapshot::AccountWindow, partition::partition_of, ActorError,
 };
 
 /// How long an export waits for a shard to finish passivating a moving
@@ -174,7 +171,7 @@ impl Handler<ExportWindows> for Shard {
             .passive
             .iter()
             .filter(|(k, _)| msg.0.has(k))
-            .map(|(k, s)| (k.clone(), s.entries.clone()))
+            .map(|(k, entries)| (k.into(), entries))
             .collect();
         let asks: Vec<_> = self
             .active
@@ -194,7 +191,7 @@ impl Handler<ExportWindows> for Shard {
                         match answer {
                             Ok(entries) => windows.push((key, entries)),
                             Err(_) => match shard.passive.get(&key) {
-                                Some(state) => windows.push((key, state.entries.clone())),
+                                Some(entries) => windows.push((key, entries)),
                                 // Gone mid-export (its arbiter is stopping): ask
                                 // again rather than hand over less.
                                 None => return None,
@@ -214,7 +211,8 @@ impl Handler<DropAccounts> for Shard {
         let before = self.active.len() + self.passive.len();
         self.active.retain(|k, _| !msg.0.has(k));
         self.passivating.retain(|k, _| !msg.0.has(k));
-        self.passive.retain(|k, _| !msg.0.has(k));
+        self.passive.retain(|k| !msg.0.has(k));
+        self.supervised.retain(|k, _| !msg.0.has(k));
         let active = self.active.len() as u64;
         let passive = self.passive.len() as u64;
         let stats = &self.env.stats;
@@ -234,11 +232,8 @@ impl Handler<ImportWindows> for Shard {
             if self.active.remove(&account).is_some() {
                 self.env.stats.active.dec();
             }
-            let state = AccountState {
-                entries,
-                supervision: None,
-            };
-            if self.passive.insert(account, state).is_none() {
+            self.supervised.remove(&account);
+            if self.passive.insert(&account, &entries) {
                 self.env.stats.passivated.inc();
             }
         }
