@@ -835,6 +835,8 @@ impl Shard {
         shrink_if_sparse(&mut self.passivating);
         shrink_if_sparse(&mut self.supervised);
         self.passive.compact();
+        let held = self.passive.held_bytes();
+        self.env.stats.passivated_bytes.set(held as u64);
     }
 
     /// Snapshots every account's window (see [`crate::journal::snapshot`]):

@@ -37,6 +37,9 @@ pub struct ShardStats {
     pub passivations: Counter,
     /// Accounts started again from their passivated state.
     pub reactivations: Counter,
+    /// Bytes the passivated accounts' windows take (their store's chunks
+    /// and index), as of the last sweep.
+    pub passivated_bytes: Counter,
 }
 
 /// The poison messages seen by a router, most recent first.

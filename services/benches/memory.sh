@@ -14,7 +14,9 @@
 # settle covers a window snapshot (every 60 s by default), and rss_peak_kib
 # is the most the ingress held at rest, snapshot included (what a pod must
 # be sized for), from 20 s into the settle (once the allocator has given
-# back what passivation freed: 10 s dirty, then 10 s muzzy decay). TXMESH_BENCH_BIN=PATH measures that
+# back what passivation freed: 10 s dirty, then 10 s muzzy decay);
+# passivated_store_kib is what the passivated windows' store holds, chunks
+# and index (txmesh_passivated_window_bytes). TXMESH_BENCH_BIN=PATH measures that
 # build; other TXMESH__ variables pass through (TXMESH__ACTORS__JOURNAL__TAIL_BYTES=65536 leaves out most of the
 # journal's in-memory tail, 64 MiB per shard by default).
 set -euo pipefail
@@ -50,7 +52,7 @@ idle=$(rss)
 "$bin" txgen --rate max --count "$count" --accounts "$accounts" --report json >"$state/report.json"
 accounts_metric() {
   curl -s --cacert "$state/ca/tls.crt" --cert "$state/operator/tls.crt" --key "$state/operator/tls.key" \
-    https://localhost:19443/metrics | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {print s+0}'
+    https://localhost:19443/metrics | awk -v m="$1" '$1 ~ "^"m {s+=$2} END {printf "%.0f\n", s}'
 }
 if [ "$mode" = passivated ]; then
   for _ in $(seq 1 180); do
@@ -69,8 +71,9 @@ for i in $(seq 1 "$settle"); do
 done
 active=$(accounts_metric txmesh_active_accounts)
 passivated=$(accounts_metric txmesh_passivated_accounts)
+store=$(accounts_metric txmesh_passivated_window_bytes)
 after=$(rss)
 held=$((active + passivated))
 echo "{\"mode\": \"$mode\", \"transactions\": $count, \"active\": $active, \"passivated\": $passivated," \
-  "\"rss_idle_kib\": $idle, \"rss_kib\": $after, \"rss_peak_kib\": $peak," \
+  "\"rss_idle_kib\": $idle, \"rss_kib\": $after, \"rss_peak_kib\": $peak, \"passivated_store_kib\": $(( store / 1024 ))," \
   "\"grown_bytes_per_account\": $(( (after - idle) * 1024 / (held > 0 ? held : 1) ))}"

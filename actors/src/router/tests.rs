@@ -326,6 +326,10 @@ async fn idle_accounts_passivate_and_come_back_with_their_history() {
     })
     .await;
     assert_eq!(stats.total(|s| &s.passivations), 2);
+    eventually("the passivated windows' bytes counted", || {
+        stats.total(|s| &s.passivated_bytes) > 0
+    })
+    .await;
 
     // The eleventh within the minute is VELOCITY: the history came back.
     let out = screen(&router, vec![txn("v", "v10", 1_000, now - 20_000)]).await;
@@ -335,6 +339,10 @@ async fn idle_accounts_passivate_and_come_back_with_their_history() {
     assert_eq!(stats.total(|s| &s.reactivations), 2);
     assert_eq!(stats.total(|s| &s.active), 2);
     assert_eq!(stats.total(|s| &s.passivated), 0);
+    eventually("nothing held for passivated accounts", || {
+        stats.total(|s| &s.passivated_bytes) == 0
+    })
+    .await;
     router.stop();
 }
 

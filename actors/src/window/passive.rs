@@ -27,10 +27,11 @@ use super::{decode, Entries, Entry};
 /// Small in tests, so that they cross many chunk boundaries.
 const CHUNK_BYTES: usize = if cfg!(test) { 4 * 1024 } else { 256 * 1024 };
 
-/// A sealed chunk is compacted once less than this share of it is live
-/// (so at worst about half of what the store holds is dead space, and
-/// each record is copied a bounded number of times).
-const COMPACT_BELOW: f64 = 0.5;
+/// A sealed chunk is compacted once less than this share of it is live:
+/// at most a quarter of a sealed chunk is dead space, and compaction
+/// copies under 3 bytes for each byte it frees (so in total under 3 times
+/// what was ever passivated).
+const COMPACT_BELOW: f64 = 0.75;
 
 /// Most bytes [`PassiveWindows::compact`] copies in one call (it runs on
 /// the shard's thread, between transactions).
@@ -321,7 +322,8 @@ impl PassiveWindows {
     /// Gives back dead space: copies the live records of the chunks that
     /// are mostly dead into the open chunk and drops them (at most
     /// [`COMPACT_BUDGET`] bytes copied per call), frees chunks with
-    /// nothing live, and shrinks the index once it is mostly empty.
+    /// nothing live (the open one too), and shrinks the index once it is
+    /// mostly empty.
     pub fn compact(&mut self) {
         let mut budget = COMPACT_BUDGET;
         for i in 0..self.chunks.len() {
@@ -343,9 +345,17 @@ impl PassiveWindows {
             self.move_live(i, &bytes);
             self.free.push(i);
         }
-        if self.index.len() < self.index.capacity() / 4 {
+        // An open chunk left with nothing live goes too (a shard whose
+        // accounts all came back holds nothing).
+        if let Some(i) = self.open.filter(|&i| self.chunks[i].live == 0) {
+            self.chunks[i].bytes = Bytes::Free;
+            self.free.push(i);
+            self.open = None;
+        }
+        if self.index.len() * 4 < self.index.capacity() {
             let (chunks, hasher) = (&self.chunks, &self.hasher);
-            self.index.shrink_to(self.index.len(), |&h| {
+            // Room to double again before the next growth.
+            self.index.shrink_to(self.index.len() * 2, |&h| {
                 hasher.hash_one(Self::at(chunks, h).map_or("", |r| r.account))
             });
         }

@@ -65,6 +65,8 @@ fn holds_replaces_and_gives_back_each_accounts_entries() {
     assert_eq!(store.len(), 1);
     store.retain(|k| k != "b");
     assert!(store.is_empty());
+    store.compact();
+    assert_eq!(store.held_bytes(), 0, "an empty store holds nothing");
 }
 
 #[test]

@@ -242,7 +242,7 @@ pub(super) fn register(
         move || vec![(vec![], s.shards.len() as f64)],
     );
     type Pick = fn(&txmesh_actors::stats::ShardStats) -> &txmesh_actors::stats::Counter;
-    let per_shard: [(&str, &str, MetricType, Pick); 7] = [
+    let per_shard: [(&str, &str, MetricType, Pick); 8] = [
         (
             "txmesh_active_accounts",
             "Live account actors, per shard.",
@@ -254,6 +254,12 @@ pub(super) fn register(
             "Accounts held passivated, per shard.",
             GAUGE,
             |s| &s.passivated,
+        ),
+        (
+            "txmesh_passivated_window_bytes",
+            "Bytes the passivated accounts' windows take (chunks and index), per shard, as of the last passivation sweep.",
+            GAUGE,
+            |s| &s.passivated_bytes,
         ),
         (
             "txmesh_account_restarts_total",
