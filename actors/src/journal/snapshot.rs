@@ -188,13 +188,15 @@ pub(super) fn write(dir: &Path, lsn: u64, windows: SnapshotWindows) -> Result<u6
             }
             Ok(())
         };
+        // Passivated first, as they were collected first.
         let SnapshotWindows { passive, active } = windows;
-        for (account, entries) in active {
-            put(&account, &mut entries.iter())?;
-        }
         let passive = passive.in_memory_order();
         for (account, mut entries) in passive.iter() {
             put(account, &mut entries)?;
+        }
+        drop(passive);
+        for (account, entries) in active {
+            put(&account, &mut entries.iter())?;
         }
         file.write_all(&out).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;

@@ -169,8 +169,7 @@ impl Handler<ExportWindows> for Shard {
         }
         let mut windows: Vec<AccountWindow> = self
             .passive
-            .iter()
-            .filter(|(k, _)| msg.0.has(k))
+            .matching(|k| msg.0.has(k))
             .map(|(k, entries)| (k.into(), entries))
             .collect();
         let asks: Vec<_> = self

@@ -242,12 +242,21 @@ impl PassiveWindows {
         });
     }
 
-    /// Every account and a copy of its entries, in no particular order
-    /// (what a handoff sends).
+    /// Every account and a copy of its entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Entries)> {
+        self.matching(|_| true)
+    }
+
+    /// The accounts for which `keep` is true and a copy of their entries
+    /// (what a handoff sends); the others are not copied.
+    pub fn matching<'a>(
+        &'a self,
+        mut keep: impl FnMut(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = (&'a str, Entries)> + 'a {
         self.index
             .iter()
             .filter_map(|&h| Self::at(&self.chunks, h))
+            .filter(move |r| keep(r.account))
             .map(|r| (r.account, Entries::from_encoded(r.entries)))
     }
 
