@@ -37,6 +37,19 @@ fn account(i: u32) -> String {
     format!("acct-5f3a9c21d4e8b071-{i:08}")
 }
 
+/// A store of `accounts` accounts with `per` entries each, and the map
+/// that holds the same.
+fn filled(accounts: u32, per: usize) -> (PassiveWindows, HashMap<String, Entries>) {
+    let mut store = PassiveWindows::new();
+    let mut model = HashMap::new();
+    for i in 0..accounts {
+        let (k, e) = (account(i), entries(&account(i), per, u64::from(i)));
+        store.insert(&k, &e);
+        model.insert(k, e);
+    }
+    (store, model)
+}
+
 /// Every account of `model` is found with its entries, and no other.
 fn holds_exactly(store: &PassiveWindows, model: &HashMap<String, Entries>) {
     assert_eq!(store.len(), model.len());
@@ -71,13 +84,7 @@ fn holds_replaces_and_gives_back_each_accounts_entries() {
 
 #[test]
 fn compaction_gives_back_the_dead_space_of_reactivated_accounts() {
-    let mut store = PassiveWindows::new();
-    let mut model = HashMap::new();
-    for i in 0..20_000 {
-        let (k, e) = (account(i), entries(&account(i), 5, u64::from(i)));
-        store.insert(&k, &e);
-        model.insert(k, e);
-    }
+    let (mut store, mut model) = filled(20_000, 5);
     let full = store.held_bytes();
     // Four in five come back to life: their records are dead space.
     for i in (0..20_000).filter(|i| i % 5 != 0) {
@@ -98,13 +105,7 @@ fn compaction_gives_back_the_dead_space_of_reactivated_accounts() {
 
 #[test]
 fn a_frozen_view_keeps_its_windows_while_the_store_changes() {
-    let mut store = PassiveWindows::new();
-    let mut model = HashMap::new();
-    for i in 0..5_000 {
-        let (k, e) = (account(i), entries(&account(i), 4, u64::from(i)));
-        store.insert(&k, &e);
-        model.insert(k, e);
-    }
+    let (mut store, model) = filled(5_000, 4);
     let frozen = store.freeze().in_memory_order();
     for i in 0..5_000 {
         store.remove(&account(i));
