@@ -169,10 +169,6 @@ impl PassiveWindows {
             .copied()
     }
 
-    pub fn contains(&self, account: &str) -> bool {
-        self.find(account).is_some()
-    }
-
     /// A copy of the account's entries, if it is held.
     pub fn get(&self, account: &str) -> Option<Entries> {
         let h = self.find(account)?;
@@ -182,7 +178,7 @@ impl PassiveWindows {
     /// Holds `entries` for `account`, in place of what it held before.
     /// Returns whether the account is new here.
     pub fn insert(&mut self, account: &str, entries: &Entries) -> bool {
-        let replaced = self.remove_record(account);
+        let replaced = self.remove(account).is_some();
         let mut encoded = Vec::new();
         encode_record(&mut encoded, account, entries.encoded());
         let at = self.append(&encoded);
@@ -209,10 +205,6 @@ impl PassiveWindows {
         let (entries, len) = (Entries::from_encoded(record.entries), record.len);
         self.release(h, len);
         Some(entries)
-    }
-
-    fn remove_record(&mut self, account: &str) -> bool {
-        self.remove(account).is_some()
     }
 
     /// Marks `len` bytes of the record at `h` dead.
