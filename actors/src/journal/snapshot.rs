@@ -33,11 +33,9 @@ use super::{
     writer::ShardJournal,
 };
 
-/// One account's window entries, shared rather than copied: a snapshot of
-/// a million passivated accounts holds the entries their passivated
-/// states hold ([`Entries`] are one shared allocation), not a second copy
-/// of every window and transaction id (that copy was most of the
-/// snapshot's peak memory).
+/// One account's window entries, in one shared allocation (what an active
+/// account hands a snapshot or a handoff). Passivated accounts reach a
+/// snapshot as their store's chunks ([`FrozenWindows`]), not copied.
 pub type SharedEntries = Entries;
 
 /// One account's window, as collected for a snapshot or a handoff.
@@ -45,7 +43,6 @@ pub type AccountWindow = (Box<str>, SharedEntries);
 
 /// The windows a snapshot writes: the passivated accounts' as their store
 /// held them (shared, not copied), and the active accounts' as collected.
-#[derive(Default)]
 pub struct SnapshotWindows {
     pub passive: FrozenWindows,
     pub active: Vec<AccountWindow>,
